@@ -1,0 +1,352 @@
+#!/usr/bin/env bash
+# A real local Kubernetes control plane built from Go modules: etcd, kube-apiserver,
+# kube-controller-manager, kube-scheduler and kwok (fake kubelets) as plain processes on 127.0.0.1,
+# with 3 zones x 2 fake nodes. See docs/dev-cluster.md.
+#
+#   e2e/cluster.sh up | env | down | status | build | zone-down ZONE | zone-up ZONE
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+TOOLS=$ROOT/e2e/tools
+W=$ROOT/.cluster
+PKI=$W/pki
+LOGS=$W/logs
+PIDS=$W/pids
+
+K8S_VERSION=v1.35.4
+ETCD_VERSION=v3.6.14
+KWOK_VERSION=v0.8.0
+ZONES=(zone-a zone-b zone-c)
+NODES_PER_ZONE=2
+
+APISERVER_PORT=${KCP_APISERVER_PORT:-6443}
+ETCD_CLIENT_PORT=${KCP_ETCD_PORT:-2379}
+ETCD_PEER_PORT=$((ETCD_CLIENT_PORT + 1))
+KCM_PORT=${KCP_KCM_PORT:-10257}
+SCHED_PORT=${KCP_SCHED_PORT:-10259}
+KWOK_PORT=${KCP_KWOK_PORT:-10247}
+# The node lifecycle controller marks a silent node Unknown after this grace period
+# (Kubernetes default 50s; shortened so tests are quick). Pod tolerations keep the default 300s.
+NODE_MONITOR_GRACE=${KCP_NODE_MONITOR_GRACE:-20s}
+NODE_MONITOR_PERIOD=${KCP_NODE_MONITOR_PERIOD:-2s}
+NODE_LEASE_SECONDS=${KCP_NODE_LEASE_SECONDS:-20}
+
+export GOTOOLCHAIN=local CGO_ENABLED=0
+export GOFLAGS="${GOFLAGS:-} -buildvcs=false"
+
+log() { printf '[cluster %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+go_version() { command -v go >/dev/null || die "Go is required to build the control plane (go not found on PATH)"; go env GOVERSION; }
+
+# Binaries live outside the repo so clean clones on the same machine reuse them.
+cache_root() { echo "${RESILIENT_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/resilient-operator}"; }
+bin_dir() {
+  local sum
+  sum=$(cat "$TOOLS"/*/go.mod "$TOOLS"/*/go.sum | sha256sum | cut -c1-12)
+  echo "$(cache_root)/bin/k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_$(go_version)_${sum}"
+}
+BIN=""
+KUBECTL=""
+ensure_bin_var() { [ -n "$BIN" ] || { BIN=$(bin_dir); KUBECTL="$BIN/kubectl --kubeconfig=$W/kubeconfig"; }; }
+
+build() {
+  ensure_bin_var
+  local all=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok) missing=() b
+  for b in "${all[@]}"; do [ -x "$BIN/$b" ] || missing+=("$b"); done
+  if [ ${#missing[@]} -eq 0 ]; then return 0; fi
+  log "building ${missing[*]} into $BIN"
+  log "a cold build takes about 25 minutes on 2 cores; later runs reuse the cache"
+  mkdir -p "$BIN.partial"
+  local ldf="-s -w" p
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldf="$ldf -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=35 -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
+  done
+  local start total=${#missing[@]} n=0 mod pkg flags t0
+  t0=$(date +%s)
+  for m in k8s etcd kwok; do
+    log "downloading Go modules for e2e/tools/$m (cached in $(go env GOMODCACHE))"
+    (cd "$TOOLS/$m" && go mod download)
+  done
+  for b in "${missing[@]}"; do
+    n=$((n + 1))
+    case $b in
+      etcd) mod=etcd; pkg=go.etcd.io/etcd/server/v3; flags="-s -w" ;;
+      kwok) mod=kwok; pkg=sigs.k8s.io/kwok/cmd/kwok; flags="-s -w" ;;
+      *) mod=k8s; pkg=k8s.io/kubernetes/cmd/$b; flags=$ldf ;;
+    esac
+    log "[$n/$total] go build $pkg"
+    start=$(date +%s)
+    (cd "$TOOLS/$mod" && go build -trimpath -ldflags "$flags" -o "$BIN.partial/$b" "$pkg")
+    log "[$n/$total] $b built in $(($(date +%s) - start))s"
+  done
+  mkdir -p "$BIN"
+  for b in "${missing[@]}"; do mv "$BIN.partial/$b" "$BIN/$b"; done
+  rmdir "$BIN.partial" 2>/dev/null || true
+  log "build finished in $(($(date +%s) - t0))s"
+}
+
+pki() {
+  [ -f "$PKI/admin.crt" ] && return 0
+  mkdir -p "$PKI"
+  log "creating a CA and an admin certificate in $PKI"
+  (
+    cd "$PKI"
+    openssl genrsa -out ca.key 2048 2>/dev/null
+    openssl req -x509 -new -key ca.key -subj /CN=resilient-dev-ca -days 3650 -out ca.crt 2>/dev/null
+    openssl genrsa -out admin.key 2048 2>/dev/null
+    cat >admin.ext <<'EOE'
+basicConstraints=CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=serverAuth,clientAuth
+subjectAltName=DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:10.0.0.1
+EOE
+    openssl req -new -key admin.key -subj "/O=system:masters/CN=resilient-dev-admin" -out admin.csr 2>/dev/null
+    openssl x509 -req -in admin.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 -extfile admin.ext -out admin.crt 2>/dev/null
+  )
+  cat >"$W/kubeconfig" <<EOK
+apiVersion: v1
+kind: Config
+clusters:
+- name: resilient-dev
+  cluster: {server: "https://127.0.0.1:$APISERVER_PORT", certificate-authority: "$PKI/ca.crt"}
+users:
+- name: resilient-dev-admin
+  user: {client-certificate: "$PKI/admin.crt", client-key: "$PKI/admin.key"}
+contexts:
+- name: resilient-dev
+  context: {cluster: resilient-dev, user: resilient-dev-admin}
+current-context: resilient-dev
+EOK
+}
+
+pid_alive() { [ -f "$PIDS/$1.pid" ] && kill -0 "$(cat "$PIDS/$1.pid")" 2>/dev/null; }
+
+start_proc() { # name, command...
+  local name=$1
+  shift
+  mkdir -p "$PIDS" "$LOGS"
+  setsid "$@" >"$LOGS/$name.log" 2>&1 </dev/null &
+  echo $! >"$PIDS/$name.pid"
+}
+
+port_free() { ! ss -ltnH "sport = :$1" 2>/dev/null | grep -q .; }
+
+wait_for() { # description, timeout seconds, command...
+  local what=$1 timeout=$2 deadline
+  shift 2
+  deadline=$(($(date +%s) + timeout))
+  until "$@" >/dev/null 2>&1; do
+    [ "$(date +%s)" -lt "$deadline" ] || die "timed out after ${timeout}s waiting for $what (logs in $LOGS)"
+    sleep 0.5
+  done
+}
+
+healthy() {
+  local c
+  for c in etcd kube-apiserver kube-controller-manager kube-scheduler kwok; do pid_alive $c || return 1; done
+  $KUBECTL get --raw=/readyz >/dev/null 2>&1
+}
+
+kwok_stages() {
+  # The stage definitions ship inside the kwok module; standalone kwok has no built-in defaults.
+  local dir
+  dir=$(cd "$TOOLS/kwok" && go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | sed -n 's/.*"Dir": "\(.*\)",*/\1/p')
+  [ -d "$dir/kustomize/stage" ] || die "kwok stage files not found in the module cache ($dir)"
+  local f
+  for f in node/fast/node-initialize.yaml node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
+    pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
+    cat "$dir/kustomize/stage/$f"
+    echo '---'
+  done
+}
+
+nodes_yaml() {
+  local z i n
+  for z in "${ZONES[@]}"; do
+    for i in $(seq 1 "$NODES_PER_ZONE"); do
+      n=node-${z#zone-}-$i
+      cat <<EON
+---
+apiVersion: v1
+kind: Node
+metadata:
+  name: $n
+  annotations: {node.alpha.kubernetes.io/ttl: "0", kwok.x-k8s.io/node: fake}
+  labels:
+    kwok.x-k8s.io/managed: "true"
+    type: kwok
+    kubernetes.io/hostname: $n
+    kubernetes.io/os: linux
+    kubernetes.io/arch: amd64
+    node.kubernetes.io/instance-type: m5.2xlarge
+    topology.kubernetes.io/region: region-1
+    topology.kubernetes.io/zone: $z
+spec: {providerID: "kwok://$n"}
+status:
+  capacity: {cpu: "8", memory: 32Gi, pods: "110", ephemeral-storage: 100Gi}
+  allocatable: {cpu: 7910m, memory: 31Gi, pods: "110", ephemeral-storage: 95Gi}
+  nodeInfo: {architecture: amd64, operatingSystem: linux, kubeletVersion: $K8S_VERSION, kubeProxyVersion: $K8S_VERSION,
+             bootID: "", containerRuntimeVersion: "kwok", kernelVersion: "", machineID: "", osImage: "kwok", systemUUID: ""}
+EON
+    done
+  done
+}
+
+print_env() {
+  ensure_bin_var
+  echo "export KUBECONFIG=$W/kubeconfig"
+  echo "export PATH=$BIN:\$PATH"
+}
+
+up() {
+  build
+  ensure_bin_var
+  if [ -f "$W/kubeconfig" ] && healthy; then
+    log "cluster already running"
+    print_env
+    return 0
+  fi
+  if [ -d "$PIDS" ]; then
+    log "found a stopped or partial cluster; cleaning it up first"
+    down_quiet
+  fi
+  local p
+  for p in "$APISERVER_PORT" "$ETCD_CLIENT_PORT" "$ETCD_PEER_PORT" "$KCM_PORT" "$SCHED_PORT" "$KWOK_PORT"; do
+    port_free "$p" || die "port 127.0.0.1:$p is in use by another process (see: ss -ltnp 'sport = :$p')"
+  done
+  local t0
+  t0=$(date +%s)
+  mkdir -p "$W" "$LOGS"
+  pki
+  log "starting etcd $ETCD_VERSION on 127.0.0.1:$ETCD_CLIENT_PORT"
+  start_proc etcd "$BIN/etcd" --name=node0 --data-dir="$W/etcd" \
+    --listen-client-urls="http://127.0.0.1:$ETCD_CLIENT_PORT" --advertise-client-urls="http://127.0.0.1:$ETCD_CLIENT_PORT" \
+    --listen-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-cluster="node0=http://127.0.0.1:$ETCD_PEER_PORT" --auto-compaction-retention=1 \
+    --quota-backend-bytes=8589934592 --unsafe-no-fsync --log-level=warn
+  wait_for "etcd" 30 curl -fsS "http://127.0.0.1:$ETCD_CLIENT_PORT/health"
+  log "starting kube-apiserver $K8S_VERSION on https://127.0.0.1:$APISERVER_PORT (TLS, RBAC)"
+  start_proc kube-apiserver "$BIN/kube-apiserver" --etcd-servers="http://127.0.0.1:$ETCD_CLIENT_PORT" \
+    --bind-address=127.0.0.1 --secure-port="$APISERVER_PORT" --advertise-address=127.0.0.1 \
+    --allow-privileged=true --authorization-mode=Node,RBAC \
+    --tls-cert-file="$PKI/admin.crt" --tls-private-key-file="$PKI/admin.key" --client-ca-file="$PKI/ca.crt" \
+    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file="$PKI/admin.key" --service-account-signing-key-file="$PKI/admin.key" \
+    --proxy-client-cert-file="$PKI/admin.crt" --proxy-client-key-file="$PKI/admin.key" \
+    --service-cluster-ip-range=10.0.0.0/24
+  wait_for "kube-apiserver /readyz" 120 $KUBECTL get --raw=/readyz
+  log "starting kube-controller-manager (node-monitor-grace-period=$NODE_MONITOR_GRACE)"
+  start_proc kube-controller-manager "$BIN/kube-controller-manager" --kubeconfig="$W/kubeconfig" \
+    --bind-address=127.0.0.1 --secure-port="$KCM_PORT" \
+    --authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics \
+    --root-ca-file="$PKI/ca.crt" --service-account-private-key-file="$PKI/admin.key" \
+    --leader-elect=false --node-monitor-period="$NODE_MONITOR_PERIOD" --node-monitor-grace-period="$NODE_MONITOR_GRACE"
+  log "starting kube-scheduler"
+  start_proc kube-scheduler "$BIN/kube-scheduler" --kubeconfig="$W/kubeconfig" \
+    --bind-address=127.0.0.1 --secure-port="$SCHED_PORT" \
+    --authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics --leader-elect=false
+  kwok_stages >"$W/kwok.yaml"
+  log "starting kwok $KWOK_VERSION (fake kubelets for nodes labelled kwok.x-k8s.io/managed=true)"
+  start_proc kwok "$BIN/kwok" --kubeconfig="$W/kubeconfig" --config="$W/kwok.yaml" \
+    --manage-all-nodes=false --manage-nodes-with-label-selector=kwok.x-k8s.io/managed=true \
+    --node-lease-duration-seconds="$NODE_LEASE_SECONDS" --cidr=10.244.0.0/16 --node-ip=127.0.0.1 \
+    --server-address="127.0.0.1:$KWOK_PORT"
+  wait_for "kube-controller-manager /healthz" 60 curl -fsSk "https://127.0.0.1:$KCM_PORT/healthz"
+  wait_for "kube-scheduler /healthz" 60 curl -fsSk "https://127.0.0.1:$SCHED_PORT/healthz"
+  log "creating ${#ZONES[@]} zones x $NODES_PER_ZONE nodes"
+  nodes_yaml | $KUBECTL apply -f - >/dev/null
+  wait_for "all nodes Ready" 120 $KUBECTL wait --for=condition=Ready node --all --timeout=5s
+  wait_for "the default ServiceAccount" 60 $KUBECTL get serviceaccount default -n default
+  log "cluster up in $(($(date +%s) - t0))s"
+  print_env
+}
+
+stop_pid() { # name
+  local f=$PIDS/$1.pid pid i
+  [ -f "$f" ] || return 0
+  pid=$(cat "$f")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+    kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$f"
+}
+
+down_quiet() {
+  local c
+  for c in kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do stop_pid $c; done
+  rm -rf "$W"
+}
+
+down() {
+  if [ ! -d "$W" ]; then
+    log "no cluster state in $W; nothing to stop"
+    return 0
+  fi
+  log "stopping the processes started by e2e/cluster.sh up"
+  down_quiet
+  log "stopped; removed $W"
+}
+
+zone_nodes() { $KUBECTL get nodes -l "topology.kubernetes.io/zone=$1" -o name; }
+
+zone_down() {
+  local zone=${1:?usage: cluster.sh zone-down ZONE}
+  ensure_bin_var
+  [ -n "$(zone_nodes "$zone")" ] || die "no nodes in zone $zone"
+  # kwok stops acting as the kubelet of these nodes: no more lease renewals or status updates,
+  # exactly what the control plane sees when a zone loses power or network.
+  log "zone $zone goes dark: its kubelets stop heartbeating"
+  $KUBECTL label node -l "topology.kubernetes.io/zone=$zone" kwok.x-k8s.io/managed- >/dev/null
+  log "the node lifecycle controller marks them Unknown after ~$NODE_MONITOR_GRACE and taints them node.kubernetes.io/unreachable"
+}
+
+zone_up() {
+  local zone=${1:?usage: cluster.sh zone-up ZONE}
+  ensure_bin_var
+  [ -n "$(zone_nodes "$zone")" ] || die "no nodes in zone $zone"
+  log "zone $zone comes back: its kubelets heartbeat again"
+  $KUBECTL label node -l "topology.kubernetes.io/zone=$zone" kwok.x-k8s.io/managed=true --overwrite >/dev/null
+  local deadline=$(($(date +%s) + 120)) n
+  for n in $(zone_nodes "$zone"); do
+    until [ "$($KUBECTL get "$n" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = "True" ]; do
+      [ "$(date +%s)" -lt "$deadline" ] || die "$n did not become Ready within 120s"
+      sleep 0.5
+    done
+  done
+  log "zone $zone nodes are Ready"
+}
+
+status() {
+  ensure_bin_var
+  local c
+  echo "binaries: $BIN"
+  for c in etcd kube-apiserver kube-controller-manager kube-scheduler kwok; do
+    if pid_alive $c; then
+      printf '  %-24s running  pid %-8s rss %s KiB\n' "$c" "$(cat "$PIDS/$c.pid")" "$(ps -o rss= -p "$(cat "$PIDS/$c.pid")" | tr -d ' ')"
+    else
+      printf '  %-24s stopped\n' "$c"
+    fi
+  done
+  echo "versions: kubernetes $K8S_VERSION, etcd $ETCD_VERSION, kwok $KWOK_VERSION, $(go_version)"
+  if [ -f "$W/kubeconfig" ] && $KUBECTL get --raw=/readyz >/dev/null 2>&1; then
+    $KUBECTL get nodes -L topology.kubernetes.io/zone --sort-by='{.metadata.labels.topology\.kubernetes\.io/zone}'
+  else
+    echo "api server: not reachable"
+  fi
+}
+
+cmd=${1:-}
+shift || true
+case $cmd in
+  up) up ;;
+  env) ensure_bin_var; [ -f "$W/kubeconfig" ] || die "no cluster (run: e2e/cluster.sh up)"; print_env ;;
+  down) down ;;
+  build) build ;;
+  status) status ;;
+  zone-down) zone_down "$@" ;;
+  zone-up) zone_up "$@" ;;
+  *) echo "usage: $0 up|env|down|status|build|zone-down ZONE|zone-up ZONE" >&2; exit 2 ;;
+esac

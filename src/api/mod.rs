@@ -1,0 +1,345 @@
+//! The `ResilientApp` custom resource (`resilient.dev/v1alpha1`), as fixed by `docs/api.md`.
+//!
+//! Every rule the API server can check by itself is in the schema or in CEL, so bad input is
+//! rejected at `kubectl apply` with a message that names the field.
+
+mod conditions;
+
+pub use conditions::{ConditionType, Conditions, set_condition};
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ContainerPort, EnvVar, Probe, ResourceRequirements};
+use k8s_openapi::api::networking::v1::{NetworkPolicyEgressRule, NetworkPolicyPeer};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Labels every generated object carries.
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const MANAGER: &str = "resilient-operator";
+pub const LABEL_APP: &str = "resilient.dev/app";
+pub const LABEL_COMPONENT: &str = "resilient.dev/component";
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+/// Upper bounds keep the CEL cost estimate of the validation rules bounded.
+const MAX_COMPONENTS: u32 = 32;
+
+/// A whole application: its namespace, guardrails and zone-spread workloads.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "resilient.dev",
+    version = "v1alpha1",
+    kind = "ResilientApp",
+    plural = "resilientapps",
+    shortname = "rapp",
+    shortname = "rapps",
+    status = "ResilientAppStatus",
+    derive = "PartialEq",
+    doc = "An application that survives the loss of a zone: its namespace, guardrails and zone-spread components.",
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Tolerant", type_ = "string", json_path = ".status.conditions[?(@.type==\"ZoneFailureTolerant\")].status"),
+    printcolumn(name = "Zones", type_ = "string", json_path = ".status.zones"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(name = "Message", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].message", priority = 1),
+    validation = Rule::new("size(self.metadata.name) <= 63")
+        .message("metadata.name must be at most 63 characters (it is used as a label value)"),
+    validation = Rule::new("has(self.spec.__namespace__) || self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')")
+        .message("metadata.name names the app namespace, so it must be a DNS label (lowercase letters, digits, '-'), or set spec.namespace"),
+    validation = Rule::new("(has(self.spec.__namespace__) ? self.spec.__namespace__ : self.metadata.name) == (has(oldSelf.spec.__namespace__) ? oldSelf.spec.__namespace__ : oldSelf.metadata.name)")
+        .message("spec.namespace is immutable: create a new ResilientApp to move an app to another namespace")
+        .field_path(".spec.namespace"),
+)]
+#[x_kube(
+    validation = Rule::new("self.components.all(c, !has(c.allowFrom) || c.allowFrom.all(a, self.components.exists(d, d.name == a)))")
+        .message("spec.components[].allowFrom may only name components of this app")
+        .field_path(".components"),
+    validation = Rule::new("self.components.all(c, self.components.exists_one(d, d.name == c.name))")
+        .message("spec.components[].name must be unique within the app")
+        .field_path(".components"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ResilientAppSpec {
+    /// Namespace the app lives in. Defaults to metadata.name. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub namespace: Option<String>,
+
+    /// Pod Security Standard enforced on the namespace (enforce, warn and audit labels).
+    #[serde(default)]
+    pub pod_security: PodSecurityLevel,
+
+    /// How many zones may be lost at once, and how fast pods fail over.
+    #[serde(default)]
+    pub resilience: Resilience,
+
+    /// ResourceQuota hard limits. Fields left out are computed from the components.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<Quota>,
+
+    /// LimitRange container defaults. Defaults: request 100m/128Mi, limit 500m/512Mi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
+
+    /// Network isolation of the namespace.
+    #[serde(default)]
+    pub network: Network,
+
+    /// Groups bound to the built-in admin, edit and view ClusterRoles in the app namespace.
+    #[serde(default)]
+    pub access: Access,
+
+    /// The microservices of the app.
+    #[schemars(length(min = 1, max = MAX_COMPONENTS))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub components: Vec<Component>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PodSecurityLevel {
+    #[default]
+    Restricted,
+    Baseline,
+    Privileged,
+}
+
+impl PodSecurityLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Restricted => "restricted",
+            Self::Baseline => "baseline",
+            Self::Privileged => "privileged",
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Resilience {
+    /// Zones that may be lost at once while every component keeps minAvailable ready pods.
+    #[serde(default = "default_zone_failures")]
+    #[schemars(range(min = 0, max = 2))]
+    pub zone_failures_tolerated: u8,
+
+    /// Allow-list of zones. Empty: every zone with ready, schedulable nodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 63)))]
+    pub zones: Vec<String>,
+
+    /// Seconds pods stay bound to an unreachable or not-ready node before they are replaced
+    /// (the Kubernetes default is 300).
+    #[serde(default = "default_failover_seconds")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub failover_seconds: u32,
+
+    /// Restore an even spread after a lost zone comes back.
+    #[serde(default = "default_true")]
+    pub rebalance: bool,
+}
+
+impl Default for Resilience {
+    fn default() -> Self {
+        Self {
+            zone_failures_tolerated: default_zone_failures(),
+            zones: Vec::new(),
+            failover_seconds: default_failover_seconds(),
+            rebalance: true,
+        }
+    }
+}
+
+fn default_zone_failures() -> u8 {
+    1
+}
+fn default_failover_seconds() -> u32 {
+    30
+}
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Quota {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Quantity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Quantity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub pods: Option<i32>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Limits {
+    /// Requests given to containers that set none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_request: Option<CpuMemory>,
+    /// Limits given to containers that set none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<CpuMemory>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct CpuMemory {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Quantity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Quantity>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Network {
+    /// Strict: default-deny ingress and egress, DNS allowed, components talk only as allowFrom says.
+    #[serde(default)]
+    pub isolation: Isolation,
+    /// Extra peers allowed in to every component (for example the ingress controller's namespace).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ingress_from: Vec<NetworkPolicyPeer>,
+    /// Extra destinations (peers and ports) every pod of the app may reach.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress_to: Vec<NetworkPolicyEgressRule>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Isolation {
+    #[default]
+    Strict,
+    None,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct Access {
+    /// Groups bound to the `admin` ClusterRole in the app namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub admins: Vec<String>,
+    /// Groups bound to the `edit` ClusterRole in the app namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub editors: Vec<String>,
+    /// Groups bound to the `view` ClusterRole in the app namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub viewers: Vec<String>,
+}
+
+/// One microservice of the app.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(
+    validation = Rule::new("!has(self.replicas) || self.replicas >= self.minAvailable")
+        .message("spec.components[].replicas must be >= minAvailable")
+        .field_path(".replicas"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct Component {
+    /// DNS-1035 label, unique in the list: names the Deployment, PodDisruptionBudget and Service.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    #[schemars(length(min = 1))]
+    pub image: String,
+    /// Ready pods guaranteed even while zoneFailuresTolerated zones are down.
+    #[schemars(range(min = 1))]
+    pub min_available: i32,
+    /// Replica count. When absent it is computed from minAvailable and the usable zones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub replicas: Option<i32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<ContainerPort>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness_probe: Option<Probe>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness_probe: Option<Probe>,
+    /// When present, a Service exposes the component's ports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ComponentService>,
+    /// Components of this app allowed to connect to this one under Strict isolation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_COMPONENTS), inner(length(min = 1, max = 63)))]
+    pub allow_from: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct ComponentService {
+    #[serde(default, rename = "type")]
+    pub type_: ServiceType,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ServiceType {
+    #[default]
+    ClusterIP,
+    LoadBalancer,
+}
+
+impl ServiceType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClusterIP => "ClusterIP",
+            Self::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
+/// Observed state, written only when it changes.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResilientAppStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Usable zones for this app.
+    #[serde(default)]
+    pub zones: Vec<String>,
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub components: Vec<ComponentStatus>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ComponentStatus {
+    pub name: String,
+    pub replicas: i32,
+    pub ready_replicas: i32,
+    pub min_available: i32,
+    #[serde(default)]
+    pub ready_by_zone: BTreeMap<String, i32>,
+    pub ready_after_worst_zone_loss: i32,
+}
+
+impl ResilientApp {
+    /// The namespace this app owns: spec.namespace or metadata.name.
+    pub fn target_namespace(&self) -> String {
+        self.spec
+            .namespace
+            .clone()
+            .unwrap_or_else(|| self.metadata.name.clone().unwrap_or_default())
+    }
+
+    pub fn name(&self) -> String {
+        self.metadata.name.clone().unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,215 @@
+//! Command line: `run`, `crd`, `render`.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use kube::CustomResourceExt;
+use serde::Serialize;
+
+use crate::api::ResilientApp;
+use crate::controller::{self, Settings};
+use crate::metrics::Metrics;
+use crate::render::{self, Desired};
+use crate::resilience::Shortfall;
+
+/// A Kubernetes operator that turns one ResilientApp into a namespace with guardrails and
+/// workloads that survive the loss of a zone.
+#[derive(Parser, Debug)]
+#[command(name = "resilient-operator", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the controller against the cluster of KUBECONFIG (or the in-cluster config).
+    Run(RunArgs),
+    /// Print the ResilientApp CustomResourceDefinition as YAML.
+    Crd,
+    /// Print every object the operator would create for a ResilientApp, without a cluster.
+    Render(RenderArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Reconciles running at once.
+    #[arg(long, env = "RESILIENT_CONCURRENCY", default_value_t = 16)]
+    pub concurrency: u16,
+    /// Seconds between two checks of an app when nothing changes (drift of fields nobody watches).
+    #[arg(long, env = "RESILIENT_RESYNC_SECONDS", default_value_t = 300)]
+    pub resync_seconds: u64,
+    /// Log format.
+    #[arg(long, env = "RESILIENT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RenderArgs {
+    /// The ResilientApp manifest (YAML or JSON); `-` reads standard input.
+    #[arg(short = 'f', long = "filename")]
+    pub file: PathBuf,
+    /// Usable zones to render for, comma separated (the cluster would read them from its Nodes).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub zones: Vec<String>,
+}
+
+pub fn main(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Crd => print_crd(),
+        Command::Render(args) => render_cmd(&args),
+        Command::Run(args) => run_cmd(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
+    init_logging(args.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let client = kube::Client::try_default()
+            .await
+            .context("connecting to the Kubernetes API")?;
+        let metrics = Arc::new(Metrics::default());
+        let settings = Settings {
+            concurrency: args.concurrency,
+            resync: Duration::from_secs(args.resync_seconds),
+        };
+        let reporter = kube::runtime::events::Reporter {
+            controller: crate::api::MANAGER.to_string(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        controller::run(client, settings, metrics, reporter).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn to_yaml<T: Serialize>(value: &T) -> anyhow::Result<String> {
+    // Through serde_json first, so the output matches what the API server would get.
+    let json = serde_json::to_value(value)?;
+    Ok(serde_saphyr::to_string(&json)?)
+}
+
+fn print_crd() -> anyhow::Result<ExitCode> {
+    print!("{}", crd_yaml()?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The CRD as committed in `crds/resilientapps.resilient.dev.yaml`.
+pub fn crd_yaml() -> anyhow::Result<String> {
+    to_yaml(&ResilientApp::crd())
+}
+
+fn render_cmd(args: &RenderArgs) -> anyhow::Result<ExitCode> {
+    let text = if args.file.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s)?;
+        s
+    } else {
+        std::fs::read_to_string(&args.file)
+            .with_context(|| format!("reading {}", args.file.display()))?
+    };
+    let app: ResilientApp = serde_saphyr::from_str(&text)
+        .with_context(|| format!("{} is not a ResilientApp", args.file.display()))?;
+    let errors = render::validate(&app);
+    if !errors.is_empty() {
+        for e in &errors {
+            eprintln!("invalid: {e}");
+        }
+        return Ok(ExitCode::FAILURE);
+    }
+    print!("{}", render_yaml(&app, &args.zones)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Every generated object as a multi-document YAML stream, in the order the operator applies them,
+/// with the replica plan of each component as a comment.
+pub fn render_yaml(app: &ResilientApp, zones: &[String]) -> anyhow::Result<String> {
+    let f = app.spec.resilience.zone_failures_tolerated;
+    let mut out = format!(
+        "# ResilientApp {} over zones [{}], tolerating {f} zone failure(s)\n",
+        app.name(),
+        zones.join(", ")
+    );
+    for (name, plan) in render::replica_plans(app, zones) {
+        let note = match plan.shortfall {
+            None => "keeps minAvailable through the loss".to_string(),
+            Some(Shortfall::InsufficientZones { .. }) => {
+                "NOT zone-failure tolerant: too few zones (best effort)".to_string()
+            }
+            Some(Shortfall::TooFewReplicas { needed, .. }) => {
+                format!("NOT zone-failure tolerant: needs {needed} replicas")
+            }
+        };
+        out.push_str(&format!(
+            "# component {name}: {} replicas, {note}\n",
+            plan.replicas
+        ));
+    }
+    let Desired {
+        namespace,
+        resource_quota,
+        limit_range,
+        network_policies,
+        role_bindings,
+        deployments,
+        pod_disruption_budgets,
+        services,
+    } = render::render(app, zones);
+    let mut docs = vec![
+        to_yaml(&namespace)?,
+        to_yaml(&resource_quota)?,
+        to_yaml(&limit_range)?,
+    ];
+    for o in &network_policies {
+        docs.push(to_yaml(o)?);
+    }
+    for o in &role_bindings {
+        docs.push(to_yaml(o)?);
+    }
+    for o in &services {
+        docs.push(to_yaml(o)?);
+    }
+    for o in &pod_disruption_budgets {
+        docs.push(to_yaml(o)?);
+    }
+    for o in &deployments {
+        docs.push(to_yaml(o)?);
+    }
+    for d in docs {
+        out.push_str("---\n");
+        out.push_str(&d);
+    }
+    Ok(out)
+}

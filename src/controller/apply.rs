@@ -1,0 +1,108 @@
+//! Server-side apply of what changed, and deletion of children that no longer belong.
+
+use std::collections::BTreeSet;
+use std::fmt::Debug;
+
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::{debug, info};
+
+use super::Context;
+use super::diff;
+use super::error::{Error, Result};
+use crate::api::{LABEL_APP, MANAGER};
+
+/// Applies children of one app and counts the writes it made.
+pub(super) struct Applier<'a> {
+    pub ctx: &'a Context,
+    pub app: String,
+    pub writes: usize,
+}
+
+impl Applier<'_> {
+    /// Apply `desired` unless the cached live object already contains all of it.
+    pub async fn apply<K>(&mut self, api: &Api<K>, store: &Store<K>, desired: &K) -> Result<()>
+    where
+        K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned,
+    {
+        let kind = K::kind(&()).to_string();
+        let name = desired.name_any();
+        let mut key = ObjectRef::<K>::new(&name);
+        if let Some(ns) = desired.namespace() {
+            key = key.within(&ns);
+        }
+        let want = serde_json::to_value(desired).map_err(|source| Error::Serialize {
+            kind: kind.clone(),
+            source,
+        })?;
+        if let Some(live) = store.get(&key) {
+            let have = serde_json::to_value(live.as_ref()).map_err(|source| Error::Serialize {
+                kind: kind.clone(),
+                source,
+            })?;
+            if diff::contains(&have, &want) {
+                return Ok(());
+            }
+            info!(app = %self.app, %kind, name, "putting back drifted object");
+        } else {
+            debug!(app = %self.app, %kind, name, "creating object");
+        }
+        api.patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(desired),
+        )
+        .await
+        .map_err(|source| Error::Apply {
+            kind: kind.clone(),
+            name: name.clone(),
+            source,
+        })?;
+        self.writes += 1;
+        self.ctx.metrics.api_write("apply", &kind);
+        Ok(())
+    }
+
+    /// Delete cached children of this app in `namespace` that are not in `keep`.
+    pub async fn prune<K>(
+        &mut self,
+        api: &Api<K>,
+        store: &Store<K>,
+        namespace: &str,
+        keep: &[K],
+    ) -> Result<()>
+    where
+        K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned,
+    {
+        let keep: BTreeSet<String> = keep.iter().map(ResourceExt::name_any).collect();
+        let stale: Vec<String> = store
+            .state()
+            .iter()
+            .filter(|o| o.namespace().as_deref() == Some(namespace))
+            .filter(|o| o.labels().get(LABEL_APP) == Some(&self.app))
+            .filter(|o| o.meta().deletion_timestamp.is_none())
+            .map(|o| o.name_any())
+            .filter(|n| !keep.contains(n))
+            .collect();
+        for name in stale {
+            info!(app = %self.app, kind = %K::kind(&()), name, "deleting object that no longer belongs");
+            match api.delete(&name, &DeleteParams::background()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(status)) if status.is_not_found() => {}
+                Err(source) => {
+                    return Err(Error::Delete {
+                        kind: K::kind(&()).to_string(),
+                        name,
+                        source,
+                    });
+                }
+            }
+            self.writes += 1;
+            self.ctx.metrics.api_write("delete", &K::kind(&()));
+        }
+        Ok(())
+    }
+}

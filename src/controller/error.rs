@@ -1,0 +1,65 @@
+use std::time::Duration;
+
+/// Everything a reconcile can fail with. Spec problems are not errors: they go to status and
+/// wait for a change. These are the transient failures that back off and retry.
+#[derive(thiserror::Error, Debug)]
+pub enum Error {
+    #[error("applying {kind} {name}")]
+    Apply {
+        kind: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("deleting {kind} {name}")]
+    Delete {
+        kind: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("reading namespace {name}")]
+    ReadNamespace {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("writing status")]
+    Status(#[source] kube::Error),
+    #[error("caches did not sync within {0:?}")]
+    CachesNotReady(Duration),
+    #[error("serializing {kind}")]
+    Serialize {
+        kind: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl Error {
+    /// A small fixed set of categories, for metrics labels.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Self::Apply { .. } => "apply",
+            Self::Delete { .. } => "delete",
+            Self::ReadNamespace { .. } => "read",
+            Self::Status(_) => "status",
+            Self::CachesNotReady(_) => "cache",
+            Self::Serialize { .. } => "internal",
+        }
+    }
+}
+
+/// The error and all its causes, one after the other.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,396 @@
+//! One reconcile of one ResilientApp: validate -> observe -> render -> apply + prune -> status.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{field, info, instrument, warn};
+
+use super::Context;
+use super::apply::Applier;
+use super::error::{Error, Result, error_chain};
+use super::status::{Blocker, Observed, PassOutcome, component_statuses, conditions};
+use crate::api::{LABEL_APP, LABEL_COMPONENT, MANAGER, ResilientApp, ResilientAppStatus};
+use crate::render::{self, Desired, QuotaFit};
+use crate::resilience::{node_zone, usable_zones};
+
+/// How long to wait for the caches before giving up on a pass (and retrying with backoff).
+const CACHE_SYNC_TIMEOUT: Duration = Duration::from_secs(60);
+/// A namespace being deleted is checked again after this long.
+const NAMESPACE_TERMINATING_RETRY: Duration = Duration::from_secs(5);
+
+#[instrument(skip_all, fields(app = %app.name_any(), generation = app.metadata.generation, writes = field::Empty))]
+pub(super) async fn reconcile(app: Arc<ResilientApp>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    ctx.stores.wait_until_ready(CACHE_SYNC_TIMEOUT).await?;
+    if app.meta().deletion_timestamp.is_some() {
+        // Garbage collection removes every child through the owner references.
+        return Ok(Action::await_change());
+    }
+    let result = reconcile_app(&app, &ctx).await;
+    ctx.metrics.reconciled(started.elapsed());
+    if result.is_ok() {
+        ctx.failures
+            .lock()
+            .expect("failures lock")
+            .remove(&app.name_any());
+    } else if let Err(e) = &result {
+        publish(
+            &ctx,
+            &app,
+            EventType::Warning,
+            "ReconcileError",
+            e.category(),
+            &error_chain(e),
+        )
+        .await;
+    }
+    result
+}
+
+async fn reconcile_app(app: &ResilientApp, ctx: &Context) -> Result<Action> {
+    let name = app.name_any();
+    let namespace = app.target_namespace();
+    let zones = usable_zones(
+        ctx.stores.nodes.state().iter().map(|n| n.as_ref()),
+        &app.spec.resilience.zones,
+    );
+    let plans = render::replica_plans(app, &zones);
+    let mut outcome = PassOutcome::default();
+
+    // Validate: what CEL cannot check. A bad spec waits for a change.
+    let errors = render::validate(app);
+    if !errors.is_empty() {
+        outcome.blocker = Some(Blocker::InvalidSpec(errors));
+    } else if let Some(conflict) = namespace_conflict(app, ctx, &namespace).await? {
+        outcome.blocker = Some(Blocker::NamespaceConflict(conflict));
+    } else {
+        match render::quota_fit(app, &plans) {
+            QuotaFit::TooSmall(m) => outcome.blocker = Some(Blocker::QuotaTooSmall(m)),
+            QuotaFit::NoRoomForSurge(m) => outcome.warning = Some(m),
+            QuotaFit::Fits => {}
+        }
+    }
+
+    let mut requeue = ctx.resync;
+    if outcome.blocker.is_none() {
+        let terminating = ctx
+            .stores
+            .namespaces
+            .get(&ObjectRef::new(&namespace))
+            .is_some_and(|ns| ns.meta().deletion_timestamp.is_some());
+        if terminating {
+            // Someone deleted the namespace: put it back once it is gone.
+            info!(app = %name, namespace, "namespace is terminating; will recreate it");
+            requeue = NAMESPACE_TERMINATING_RETRY;
+        } else {
+            let desired = render::render(app, &zones);
+            let mut applier = Applier {
+                ctx,
+                app: name.clone(),
+                writes: 0,
+            };
+            apply_all(&mut applier, &namespace, desired).await?;
+            outcome.writes = applier.writes;
+            tracing::Span::current().record("writes", applier.writes);
+        }
+    }
+
+    // Observe placement and write status when it changed.
+    let observed = observe(app, ctx, &namespace, &zones, &plans);
+    let components = component_statuses(app, &observed);
+    let wanted = conditions(app, &observed, &components, &outcome);
+    let previous = app.status.clone().unwrap_or_default();
+    let now = Time(jiff::Timestamp::now());
+    let status = ResilientAppStatus {
+        observed_generation: app.metadata.generation,
+        zones: zones.clone(),
+        conditions: wanted.into_status(&previous.conditions, app.metadata.generation, &now),
+        components,
+    };
+    if status != previous {
+        write_status(ctx, app, &status).await?;
+        publish_transitions(
+            ctx,
+            app,
+            &previous.conditions,
+            &status.conditions,
+            outcome.warning.as_deref(),
+        )
+        .await;
+    }
+    ctx.metrics.observe_app(&name, &status);
+
+    Ok(match outcome.blocker {
+        Some(Blocker::InvalidSpec(_)) => Action::await_change(),
+        // A conflicting namespace or a too-small quota can be fixed outside the spec: look again later.
+        Some(_) => Action::requeue(Duration::from_secs(60)),
+        None => Action::requeue(requeue),
+    })
+}
+
+/// Apply every desired child, then delete the ones that no longer belong.
+async fn apply_all(applier: &mut Applier<'_>, namespace: &str, desired: Desired) -> Result<()> {
+    // Destructured without `..`: a kind added to Desired but not applied here does not compile.
+    let Desired {
+        namespace: ns,
+        resource_quota,
+        limit_range,
+        network_policies,
+        role_bindings,
+        deployments,
+        pod_disruption_budgets,
+        services,
+    } = desired;
+    let ctx = applier.ctx;
+    let client = &ctx.client;
+    let s = &ctx.stores;
+    applier
+        .apply(&Api::all(client.clone()), &s.namespaces, &ns)
+        .await?;
+    // Quota and container defaults first, so the first pods already get them.
+    let quotas = Api::namespaced(client.clone(), namespace);
+    applier
+        .apply(&quotas, &s.resource_quotas, &resource_quota)
+        .await?;
+    let limit_ranges = Api::namespaced(client.clone(), namespace);
+    applier
+        .apply(&limit_ranges, &s.limit_ranges, &limit_range)
+        .await?;
+    let policies = Api::namespaced(client.clone(), namespace);
+    for p in &network_policies {
+        applier.apply(&policies, &s.network_policies, p).await?;
+    }
+    let bindings = Api::namespaced(client.clone(), namespace);
+    for b in &role_bindings {
+        applier.apply(&bindings, &s.role_bindings, b).await?;
+    }
+    let svcs = Api::namespaced(client.clone(), namespace);
+    for svc in &services {
+        applier.apply(&svcs, &s.services, svc).await?;
+    }
+    let pdbs = Api::namespaced(client.clone(), namespace);
+    for pdb in &pod_disruption_budgets {
+        applier.apply(&pdbs, &s.pod_disruption_budgets, pdb).await?;
+    }
+    let deps = Api::namespaced(client.clone(), namespace);
+    for dep in &deployments {
+        applier.apply(&deps, &s.deployments, dep).await?;
+    }
+
+    applier
+        .prune(&deps, &s.deployments, namespace, &deployments)
+        .await?;
+    applier
+        .prune(
+            &pdbs,
+            &s.pod_disruption_budgets,
+            namespace,
+            &pod_disruption_budgets,
+        )
+        .await?;
+    applier
+        .prune(&svcs, &s.services, namespace, &services)
+        .await?;
+    applier
+        .prune(&bindings, &s.role_bindings, namespace, &role_bindings)
+        .await?;
+    applier
+        .prune(&policies, &s.network_policies, namespace, &network_policies)
+        .await?;
+    Ok(())
+}
+
+/// Why the app may not use its namespace, if it may not: it exists and another owner has it.
+async fn namespace_conflict(
+    app: &ResilientApp,
+    ctx: &Context,
+    namespace: &str,
+) -> Result<Option<String>> {
+    let uid = app.uid().unwrap_or_default();
+    let cached = ctx.stores.namespaces.get(&ObjectRef::new(namespace));
+    let live: Option<Arc<Namespace>> = match cached {
+        Some(ns) => Some(ns),
+        // Not one of ours (or the cache lags): ask the API server.
+        None => match Api::<Namespace>::all(ctx.client.clone())
+            .get_opt(namespace)
+            .await
+        {
+            Ok(ns) => ns.map(Arc::new),
+            Err(source) => {
+                return Err(Error::ReadNamespace {
+                    name: namespace.to_string(),
+                    source,
+                });
+            }
+        },
+    };
+    let Some(ns) = live else { return Ok(None) };
+    let controller = ns
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true));
+    Ok(match controller {
+        Some(o) if o.uid == uid => None,
+        Some(o) => Some(format!(
+            "namespace {namespace} already exists and is controlled by {} {}; it is left untouched",
+            o.kind, o.name
+        )),
+        None => Some(format!(
+            "namespace {namespace} already exists and is not owned by this ResilientApp; it is left untouched (delete it, or set spec.namespace to another name)"
+        )),
+    })
+}
+
+fn observe<'a>(
+    app: &ResilientApp,
+    ctx: &Context,
+    namespace: &str,
+    zones: &'a [String],
+    plans: &'a std::collections::BTreeMap<String, crate::resilience::ReplicaPlan>,
+) -> Observed<'a> {
+    let name = app.name_any();
+    let ours =
+        |labels: &std::collections::BTreeMap<String, String>| labels.get(LABEL_APP) == Some(&name);
+    let deployments = ctx
+        .stores
+        .deployments
+        .state()
+        .into_iter()
+        .filter(|d| d.namespace().as_deref() == Some(namespace) && ours(d.labels()))
+        .filter_map(|d| d.labels().get(LABEL_COMPONENT).cloned().map(|c| (c, d)))
+        .collect();
+    let pods = ctx
+        .stores
+        .pods
+        .state()
+        .into_iter()
+        .filter(|p| p.namespace().as_deref() == Some(namespace) && ours(p.labels()))
+        .collect();
+    let node_zones: HashMap<String, String> = ctx
+        .stores
+        .nodes
+        .state()
+        .iter()
+        .filter_map(|n| node_zone(n).map(|z| (n.name_any(), z.to_string())))
+        .collect();
+    Observed {
+        zones,
+        plans,
+        deployments,
+        pods,
+        node_zones,
+    }
+}
+
+async fn write_status(
+    ctx: &Context,
+    app: &ResilientApp,
+    status: &ResilientAppStatus,
+) -> Result<()> {
+    let api: Api<ResilientApp> = Api::all(ctx.client.clone());
+    let patch = json!({
+        "apiVersion": ResilientApp::api_version(&()),
+        "kind": ResilientApp::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &app.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(Error::Status)?;
+    ctx.metrics.api_write("apply", "ResilientApp/status");
+    Ok(())
+}
+
+fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// Events for what changed in the conditions: warnings for new problems, normal events for recoveries.
+async fn publish_transitions(
+    ctx: &Context,
+    app: &ResilientApp,
+    old: &[Condition],
+    new: &[Condition],
+    warning: Option<&str>,
+) {
+    let changed = |t: &str| {
+        let (o, n) = (find(old, t), find(new, t));
+        (o.map(|c| (&c.status, &c.reason)) != n.map(|c| (&c.status, &c.reason)))
+            .then_some(n)
+            .flatten()
+    };
+    if let Some(c) = changed("Stalled") {
+        publish(
+            ctx,
+            app,
+            EventType::Warning,
+            &c.reason,
+            "Reconcile",
+            &c.message,
+        )
+        .await;
+    }
+    if let Some(c) = changed("ZoneFailureTolerant") {
+        let kind = if c.status == "True" {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        };
+        publish(ctx, app, kind, &c.reason, "CheckZoneFailure", &c.message).await;
+    }
+    if let Some(c) = changed("Ready") {
+        let kind = if c.status == "True" {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        };
+        publish(ctx, app, kind, &c.reason, "CheckAvailability", &c.message).await;
+    }
+    if let Some(w) = warning {
+        let already = find(old, "Ready").is_some_and(|c| c.message.contains(w));
+        if !already {
+            publish(
+                ctx,
+                app,
+                EventType::Warning,
+                "QuotaNoSurgeRoom",
+                "CheckQuota",
+                w,
+            )
+            .await;
+        }
+    }
+}
+
+async fn publish(
+    ctx: &Context,
+    app: &ResilientApp,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: &str,
+) {
+    let event = Event {
+        type_,
+        reason: reason.to_string(),
+        note: Some(note.chars().take(1000).collect()),
+        action: action.to_string(),
+        secondary: None,
+    };
+    match ctx.recorder.publish(&event, &app.object_ref(&())).await {
+        Ok(()) => ctx.metrics.api_write("create", "Event"),
+        Err(e) => warn!(app = %app.name_any(), error = %e, "failed to publish event"),
+    }
+}

@@ -1,0 +1,182 @@
+//! Watch streams and caches: children by label, nodes and pods trimmed to what placement needs.
+
+use std::collections::HashMap;
+use std::collections::hash_map::DefaultHasher;
+use std::fmt::Debug;
+use std::hash::{Hash, Hasher};
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{Node, NodeSpec, NodeStatus, Pod, PodSpec, PodStatus};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt as _};
+use serde::de::DeserializeOwned;
+
+use crate::api::{LABEL_APP, ResilientApp};
+use crate::resilience::{node_usable, node_zone};
+
+/// A cached, label-selected watch of one child kind, and the stream of touched objects that
+/// maps them to their owning ResilientApp.
+pub fn owned<K>(
+    client: &Client,
+    config: watcher::Config,
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(Api::<K>::all(client.clone()), config)
+        .default_backoff()
+        .modify(|obj: &mut K| obj.managed_fields_mut().clear())
+        .reflect(writer)
+        .touched_objects();
+    (reader, stream)
+}
+
+/// Nodes, keeping labels, taints, schedulability, readiness and allocatable resources only.
+/// Only changes of usability or zone reach the controller.
+pub fn nodes(
+    client: &Client,
+) -> (
+    Store<Node>,
+    impl Stream<Item = Result<Node, watcher::Error>> + Send + 'static,
+) {
+    let (reader, writer) = reflector::store();
+    let stream = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .modify(trim_node)
+        .reflect(writer);
+    let stream = changed_only(stream, |n: &Node| {
+        fingerprint(&(node_zone(n), node_usable(n)))
+    });
+    (reader, stream)
+}
+
+/// Pods of ResilientApps, keeping labels, node, readiness and deletion only.
+/// Only changes of placement or readiness reach the controller.
+pub fn pods(
+    client: &Client,
+) -> (
+    Store<Pod>,
+    impl Stream<Item = Result<Pod, watcher::Error>> + Send + 'static,
+) {
+    let (reader, writer) = reflector::store();
+    let config =
+        watcher::Config::default().labels(&format!("{},{LABEL_APP}", super::managed_selector()));
+    let stream = watcher(Api::<Pod>::all(client.clone()), config)
+        .default_backoff()
+        .modify(trim_pod)
+        .reflect(writer);
+    let stream = changed_only(stream, |p: &Pod| {
+        fingerprint(&(
+            p.spec.as_ref().and_then(|s| s.node_name.clone()),
+            super::status::pod_ready(p),
+            p.metadata.deletion_timestamp.is_some(),
+        ))
+    });
+    (reader, stream)
+}
+
+fn trim_node(node: &mut Node) {
+    node.metadata.managed_fields = None;
+    node.metadata.annotations = None;
+    let spec = node.spec.take().unwrap_or_default();
+    node.spec = Some(NodeSpec {
+        taints: spec.taints,
+        unschedulable: spec.unschedulable,
+        ..Default::default()
+    });
+    let status = node.status.take().unwrap_or_default();
+    node.status = Some(NodeStatus {
+        allocatable: status.allocatable,
+        conditions: status
+            .conditions
+            .map(|cs| cs.into_iter().filter(|c| c.type_ == "Ready").collect()),
+        ..Default::default()
+    });
+}
+
+fn trim_pod(pod: &mut Pod) {
+    pod.metadata.managed_fields = None;
+    pod.metadata.annotations = None;
+    pod.metadata.owner_references = None;
+    let spec = pod.spec.take().unwrap_or_default();
+    pod.spec = Some(PodSpec {
+        node_name: spec.node_name,
+        containers: Vec::new(),
+        ..Default::default()
+    });
+    let status = pod.status.take().unwrap_or_default();
+    pod.status = Some(PodStatus {
+        phase: status.phase,
+        conditions: status
+            .conditions
+            .map(|cs| cs.into_iter().filter(|c| c.type_ == "Ready").collect()),
+        ..Default::default()
+    });
+}
+
+fn fingerprint<T: Hash>(value: &T) -> u64 {
+    let mut h = DefaultHasher::new();
+    value.hash(&mut h);
+    h.finish()
+}
+
+/// Objects whose fingerprint changed since last seen, and every deleted object.
+fn changed_only<K, S, F>(
+    stream: S,
+    fingerprint_of: F,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource + Send + 'static,
+    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    F: Fn(&K) -> u64 + Send + 'static,
+{
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    stream.flat_map(move |event| {
+        let out = match event {
+            Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => {
+                let key = key_of(&obj);
+                let h = fingerprint_of(&obj);
+                if seen.insert(key, h) == Some(h) {
+                    None
+                } else {
+                    Some(Ok(obj))
+                }
+            }
+            Ok(watcher::Event::Delete(obj)) => {
+                seen.remove(&key_of(&obj));
+                Some(Ok(obj))
+            }
+            Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+            Err(e) => Some(Err(e)),
+        };
+        futures::stream::iter(out)
+    })
+}
+
+fn key_of<K: Resource>(obj: &K) -> String {
+    format!(
+        "{}/{}",
+        obj.meta().namespace.as_deref().unwrap_or(""),
+        obj.meta().name.as_deref().unwrap_or("")
+    )
+}
+
+/// The apps whose usable zones a node change can affect: those allowing the node's zone.
+pub fn apps_in_zone_of(apps: &Store<ResilientApp>, node: &Node) -> Vec<ObjectRef<ResilientApp>> {
+    let Some(zone) = node_zone(node) else {
+        return Vec::new();
+    };
+    apps.state()
+        .iter()
+        .filter(|app| {
+            app.spec.resilience.zones.is_empty()
+                || app.spec.resilience.zones.iter().any(|z| z == zone)
+        })
+        .map(|app| ObjectRef::from_obj(app.as_ref()))
+        .collect()
+}

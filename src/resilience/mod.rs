@@ -1,0 +1,138 @@
+//! Zone-resilience arithmetic: how many replicas keep `minAvailable` through the loss of `f`
+//! zones, which zones are usable, and what a placement survives. Pure functions, no client.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::Node;
+
+use crate::api::ZONE_LABEL;
+
+/// Pods one zone holds at most under an even spread with max skew 1.
+fn per_zone_ceiling(replicas: i32, zones: usize) -> i32 {
+    let z = zones as i32;
+    (replicas + z - 1) / z
+}
+
+/// Ready pods left after losing the `tolerated` fullest zones of an even spread (max skew 1)
+/// of `replicas` over `zones` zones. Zero when there are no more zones than failures.
+pub fn guaranteed_after_zone_loss(replicas: i32, zones: usize, tolerated: u8) -> i32 {
+    if zones <= tolerated as usize || replicas <= 0 {
+        return 0;
+    }
+    (replicas - i32::from(tolerated) * per_zone_ceiling(replicas, zones)).max(0)
+}
+
+/// The smallest replica count `r` with `r - f * ceil(r / Z) >= m`, or `None` when `Z <= f`
+/// (no count can survive losing every zone).
+pub fn replicas_for(min_available: i32, zones: usize, tolerated: u8) -> Option<i32> {
+    if zones <= tolerated as usize {
+        return None;
+    }
+    let m = min_available.max(1);
+    // r - f*ceil(r/Z) >= r - f*(r/Z + 1) = r(Z-f)/Z - f, so r = ceil((m + f) * Z / (Z - f)) always
+    // works; the search from m stops at or before it.
+    let (z, f) = (zones as i64, i64::from(tolerated));
+    let upper = ((i64::from(m) + f) * z + (z - f - 1)) / (z - f);
+    (m..=upper as i32).find(|&r| guaranteed_after_zone_loss(r, zones, tolerated) >= m)
+}
+
+/// Why a component cannot be guaranteed `minAvailable` through a zone loss.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Shortfall {
+    /// Fewer usable zones than `zoneFailuresTolerated + 1`.
+    InsufficientZones { zones: usize, tolerated: u8 },
+    /// An explicit `replicas` is too low for the usable zones.
+    TooFewReplicas { replicas: i32, needed: i32 },
+}
+
+/// The replica count to run and whether it carries the guarantee.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaPlan {
+    pub replicas: i32,
+    pub shortfall: Option<Shortfall>,
+}
+
+/// Replicas for a component: the explicit count (reported when it breaks the guarantee, never
+/// changed), else the computed one, else the best effort `m + f` when there are too few zones.
+pub fn plan_replicas(
+    explicit: Option<i32>,
+    min_available: i32,
+    zones: usize,
+    tolerated: u8,
+) -> ReplicaPlan {
+    match (replicas_for(min_available, zones, tolerated), explicit) {
+        (None, explicit) => ReplicaPlan {
+            replicas: explicit.unwrap_or(min_available + i32::from(tolerated)),
+            shortfall: Some(Shortfall::InsufficientZones { zones, tolerated }),
+        },
+        (Some(needed), Some(r)) if r < needed => ReplicaPlan {
+            replicas: r,
+            shortfall: Some(Shortfall::TooFewReplicas {
+                replicas: r,
+                needed,
+            }),
+        },
+        (Some(_), Some(r)) => ReplicaPlan {
+            replicas: r,
+            shortfall: None,
+        },
+        (Some(needed), None) => ReplicaPlan {
+            replicas: needed,
+            shortfall: None,
+        },
+    }
+}
+
+/// Ready pods left when the `tolerated` zones holding the most ready pods are lost.
+pub fn ready_after_worst_zone_loss(ready_by_zone: &BTreeMap<String, i32>, tolerated: u8) -> i32 {
+    let mut counts: Vec<i32> = ready_by_zone.values().copied().collect();
+    counts.sort_unstable_by(|a, b| b.cmp(a));
+    let total: i32 = counts.iter().sum();
+    let lost: i32 = counts.iter().take(tolerated as usize).sum();
+    total - lost
+}
+
+/// The zone of a node, from `topology.kubernetes.io/zone`.
+pub fn node_zone(node: &Node) -> Option<&str> {
+    node.metadata
+        .labels
+        .as_ref()?
+        .get(ZONE_LABEL)
+        .map(String::as_str)
+}
+
+/// A node that can run new pods now: Ready, schedulable, and without a NoSchedule/NoExecute taint
+/// (the node lifecycle controller taints unreachable and not-ready nodes).
+pub fn node_usable(node: &Node) -> bool {
+    let ready = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+        .is_some_and(|c| c.status == "True");
+    let spec = node.spec.as_ref();
+    let unschedulable = spec.and_then(|s| s.unschedulable).unwrap_or(false);
+    let blocking_taint = spec.and_then(|s| s.taints.as_ref()).is_some_and(|ts| {
+        ts.iter()
+            .any(|t| t.effect == "NoExecute" || t.effect == "NoSchedule")
+    });
+    ready && !unschedulable && !blocking_taint
+}
+
+/// Usable zones: zones of usable nodes, restricted to `allow` when it is not empty. Sorted.
+pub fn usable_zones<'a>(
+    nodes: impl IntoIterator<Item = &'a Node>,
+    allow: &[String],
+) -> Vec<String> {
+    let zones: BTreeSet<String> = nodes
+        .into_iter()
+        .filter(|n| node_usable(n))
+        .filter_map(node_zone)
+        .filter(|z| allow.is_empty() || allow.iter().any(|a| a == z))
+        .map(str::to_string)
+        .collect();
+    zones.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,155 @@
+use super::*;
+use k8s_openapi::api::core::v1::{NodeCondition, NodeSpec, NodeStatus, Taint};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use proptest::prelude::*;
+
+#[test]
+fn api_md_examples() {
+    // minAvailable 4, one zone lost out of three: 6 replicas, 2 per zone.
+    assert_eq!(replicas_for(4, 3, 1), Some(6));
+    // Two zones, one lost: everything must fit in one zone.
+    assert_eq!(replicas_for(4, 2, 1), Some(8));
+    // Three zones, two lost: one zone must hold all of minAvailable.
+    assert_eq!(replicas_for(4, 3, 2), Some(12));
+    // No failure tolerated: minAvailable is enough.
+    assert_eq!(replicas_for(4, 3, 0), Some(4));
+    assert_eq!(replicas_for(1, 3, 1), Some(2));
+    assert_eq!(replicas_for(5, 3, 1), Some(8));
+    assert_eq!(replicas_for(3, 4, 1), Some(4));
+    // Not enough zones: no answer.
+    assert_eq!(replicas_for(4, 1, 1), None);
+    assert_eq!(replicas_for(4, 2, 2), None);
+    assert_eq!(replicas_for(4, 0, 0), None);
+}
+
+#[test]
+fn plan_reports_explicit_shortfall_without_changing_it() {
+    assert_eq!(
+        plan_replicas(Some(5), 4, 3, 1),
+        ReplicaPlan {
+            replicas: 5,
+            shortfall: Some(Shortfall::TooFewReplicas {
+                replicas: 5,
+                needed: 6
+            })
+        }
+    );
+    assert_eq!(
+        plan_replicas(Some(9), 4, 3, 1),
+        ReplicaPlan {
+            replicas: 9,
+            shortfall: None
+        }
+    );
+    assert_eq!(
+        plan_replicas(None, 4, 3, 1),
+        ReplicaPlan {
+            replicas: 6,
+            shortfall: None
+        }
+    );
+    assert_eq!(
+        plan_replicas(None, 4, 1, 1),
+        ReplicaPlan {
+            replicas: 5,
+            shortfall: Some(Shortfall::InsufficientZones {
+                zones: 1,
+                tolerated: 1
+            })
+        }
+    );
+}
+
+#[test]
+fn worst_zone_loss_takes_the_fullest_zones() {
+    let by_zone: BTreeMap<String, i32> = [("a", 3), ("b", 1), ("c", 2)]
+        .map(|(z, n)| (z.to_string(), n))
+        .into();
+    assert_eq!(ready_after_worst_zone_loss(&by_zone, 0), 6);
+    assert_eq!(ready_after_worst_zone_loss(&by_zone, 1), 3);
+    assert_eq!(ready_after_worst_zone_loss(&by_zone, 2), 1);
+    assert_eq!(ready_after_worst_zone_loss(&by_zone, 3), 0);
+    assert_eq!(ready_after_worst_zone_loss(&BTreeMap::new(), 1), 0);
+}
+
+fn node(zone: Option<&str>, ready: bool, unschedulable: bool, taint: Option<&str>) -> Node {
+    Node {
+        metadata: ObjectMeta {
+            labels: zone.map(|z| [(ZONE_LABEL.to_string(), z.to_string())].into()),
+            ..Default::default()
+        },
+        spec: Some(NodeSpec {
+            unschedulable: Some(unschedulable),
+            taints: taint.map(|effect| {
+                vec![Taint {
+                    key: "node.kubernetes.io/unreachable".into(),
+                    effect: effect.into(),
+                    ..Default::default()
+                }]
+            }),
+            ..Default::default()
+        }),
+        status: Some(NodeStatus {
+            conditions: Some(vec![NodeCondition {
+                type_: "Ready".into(),
+                status: if ready { "True" } else { "Unknown" }.into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+    }
+}
+
+#[test]
+fn usable_zones_need_a_ready_schedulable_untainted_node() {
+    let nodes = vec![
+        node(Some("zone-a"), true, false, None),
+        node(Some("zone-a"), false, false, None),
+        node(Some("zone-b"), false, false, None),
+        node(Some("zone-c"), true, true, None),
+        node(Some("zone-d"), true, false, Some("NoExecute")),
+        node(Some("zone-e"), true, false, Some("PreferNoSchedule")),
+        node(None, true, false, None),
+    ];
+    assert_eq!(usable_zones(&nodes, &[]), vec!["zone-a", "zone-e"]);
+    assert_eq!(
+        usable_zones(&nodes, &["zone-e".to_string(), "zone-b".to_string()]),
+        vec!["zone-e"]
+    );
+}
+
+/// Place `replicas` as evenly as possible (max skew 1) over `zones` zones.
+fn even_spread(replicas: i32, zones: usize) -> BTreeMap<String, i32> {
+    (0..zones)
+        .map(|i| {
+            let base = replicas / zones as i32;
+            let extra = i32::from((i as i32) < replicas % zones as i32);
+            (format!("zone-{i}"), base + extra)
+        })
+        .collect()
+}
+
+proptest! {
+    #[test]
+    fn computed_replicas_keep_the_guarantee_and_are_minimal(m in 1i32..200, zones in 0usize..8, f in 0u8..=2) {
+        match replicas_for(m, zones, f) {
+            None => prop_assert!(zones <= f as usize),
+            Some(r) => {
+                prop_assert!(zones > f as usize);
+                // The guarantee holds for the worst even spread...
+                prop_assert!(ready_after_worst_zone_loss(&even_spread(r, zones), f) >= m);
+                prop_assert!(guaranteed_after_zone_loss(r, zones, f) >= m);
+                // ...and one replica less breaks it.
+                prop_assert!(guaranteed_after_zone_loss(r - 1, zones, f) < m);
+                prop_assert!(ready_after_worst_zone_loss(&even_spread(r - 1, zones), f) < m);
+            }
+        }
+    }
+
+    #[test]
+    fn explicit_replicas_are_never_changed(r in 1i32..300, m in 1i32..100, zones in 0usize..6, f in 0u8..=2) {
+        let plan = plan_replicas(Some(r), m, zones, f);
+        prop_assert_eq!(plan.replicas, r);
+        prop_assert_eq!(plan.shortfall.is_none(), guaranteed_after_zone_loss(r, zones, f) >= m && zones > f as usize);
+    }
+}
