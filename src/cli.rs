@@ -44,6 +44,13 @@ pub struct RunArgs {
     /// Seconds between two checks of an app when nothing changes (drift of fields nobody watches).
     #[arg(long, env = "RESILIENT_RESYNC_SECONDS", default_value_t = 300)]
     pub resync_seconds: u64,
+    /// Address of the /metrics, /healthz and /readyz endpoints.
+    #[arg(
+        long,
+        env = "RESILIENT_METRICS_ADDRESS",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub metrics_address: std::net::SocketAddr,
     /// Log format.
     #[arg(long, env = "RESILIENT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -102,6 +109,10 @@ fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
             .await
             .context("connecting to the Kubernetes API")?;
         let metrics = Arc::new(Metrics::default());
+        let health = Arc::new(crate::telemetry::Health::default());
+        crate::telemetry::serve(args.metrics_address, metrics.clone(), health.clone())
+            .await
+            .with_context(|| format!("listening on {}", args.metrics_address))?;
         let settings = Settings {
             concurrency: args.concurrency,
             resync: Duration::from_secs(args.resync_seconds),
@@ -110,9 +121,25 @@ fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
             controller: crate::api::MANAGER.to_string(),
             instance: std::env::var("POD_NAME").ok(),
         };
-        controller::run(client, settings, metrics, reporter).await
+        controller::run(client, settings, metrics, health, reporter).await
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The user agent of every request the operator sends, so the API server's audit log and metrics
+/// can tell its requests apart.
+pub const USER_AGENT: &str = concat!("resilient-operator/", env!("CARGO_PKG_VERSION"));
+
+/// A client from KUBECONFIG or the in-cluster config, identified by [`USER_AGENT`].
+pub async fn operator_client() -> anyhow::Result<kube::Client> {
+    let mut config = kube::Config::infer()
+        .await
+        .context("loading the Kubernetes client configuration")?;
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static(USER_AGENT),
+    ));
+    kube::Client::try_from(config).context("creating the Kubernetes client")
 }
 
 fn to_yaml<T: Serialize>(value: &T) -> anyhow::Result<String> {

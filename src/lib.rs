@@ -12,3 +12,4 @@ pub mod controller;
 pub mod metrics;
 pub mod render;
 pub mod resilience;
+pub mod telemetry;

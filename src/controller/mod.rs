@@ -29,6 +29,7 @@ use tracing::{info, warn};
 
 use crate::api::{LABEL_APP, LABEL_MANAGED_BY, MANAGER, ResilientApp};
 use crate::metrics::Metrics;
+use crate::telemetry::Health;
 
 /// Read-only caches of everything the operator owns or observes, kept by watches.
 #[derive(Clone)]
@@ -77,6 +78,9 @@ pub struct Context {
     pub resync: Duration,
     /// Consecutive failures per app, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// The status last written per app uid. The watch cache can lag behind our own writes; this
+    /// keeps a lagging cache from causing a second identical write or a duplicate Event.
+    last_status: Mutex<HashMap<String, crate::api::ResilientAppStatus>>,
 }
 
 /// Options of `resilient-operator run` that reach the controller.
@@ -98,6 +102,7 @@ pub async fn run(
     client: Client,
     settings: Settings,
     metrics: Arc<Metrics>,
+    health: Arc<Health>,
     reporter: Reporter,
 ) -> anyhow::Result<()> {
     let managed = watcher::Config::default().labels(&managed_selector());
@@ -129,6 +134,21 @@ pub async fn run(
         nodes,
         pods,
     };
+    {
+        let stores = stores.clone();
+        tokio::spawn(async move {
+            if stores
+                .wait_until_ready(Duration::from_secs(3600))
+                .await
+                .is_ok()
+            {
+                info!("caches synced");
+                health
+                    .ready
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+    }
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client,
@@ -136,20 +156,21 @@ pub async fn run(
         metrics,
         resync: settings.resync,
         failures: Mutex::new(HashMap::new()),
+        last_status: Mutex::new(HashMap::new()),
     });
 
     let controller = Controller::new(apps, watcher::Config::default());
     let app_store = controller.store();
     controller
         .with_config(controller::Config::default().concurrency(settings.concurrency))
-        .owns_stream(ns_stream)
-        .owns_stream(rq_stream)
-        .owns_stream(lr_stream)
-        .owns_stream(np_stream)
-        .owns_stream(rb_stream)
-        .owns_stream(dep_stream)
-        .owns_stream(pdb_stream)
-        .owns_stream(svc_stream)
+        .watches_stream(ns_stream, watch::owner)
+        .watches_stream(rq_stream, watch::owner)
+        .watches_stream(lr_stream, watch::owner)
+        .watches_stream(np_stream, watch::owner)
+        .watches_stream(rb_stream, watch::owner)
+        .watches_stream(dep_stream, watch::owner)
+        .watches_stream(pdb_stream, watch::owner)
+        .watches_stream(svc_stream, watch::owner)
         .watches_stream(pod_stream, |pod| {
             pod.labels()
                 .get(LABEL_APP)

@@ -32,11 +32,21 @@ pub(super) async fn reconcile(app: Arc<ResilientApp>, ctx: Arc<Context>) -> Resu
     let started = Instant::now();
     ctx.stores.wait_until_ready(CACHE_SYNC_TIMEOUT).await?;
     if app.meta().deletion_timestamp.is_some() {
+        ctx.metrics.forget_app(&app.name_any());
+        ctx.last_status
+            .lock()
+            .expect("status lock")
+            .remove(&app.uid().unwrap_or_default());
         // Garbage collection removes every child through the owner references.
         return Ok(Action::await_change());
     }
     let result = reconcile_app(&app, &ctx).await;
     ctx.metrics.reconciled(started.elapsed());
+    tracing::debug!(
+        took_ms = started.elapsed().as_millis() as u64,
+        ok = result.is_ok(),
+        "reconciled"
+    );
     if result.is_ok() {
         ctx.failures
             .lock()
@@ -70,9 +80,14 @@ async fn reconcile_app(app: &ResilientApp, ctx: &Context) -> Result<Action> {
     let errors = render::validate(app);
     if !errors.is_empty() {
         outcome.blocker = Some(Blocker::InvalidSpec(errors));
-    } else if let Some(conflict) = namespace_conflict(app, ctx, &namespace).await? {
-        outcome.blocker = Some(Blocker::NamespaceConflict(conflict));
     } else {
+        match namespace_state(app, ctx, &namespace).await? {
+            NamespaceState::Usable => {}
+            NamespaceState::Conflict(m) => outcome.blocker = Some(Blocker::NamespaceConflict(m)),
+            NamespaceState::Wait(m) => outcome.waiting = Some(m),
+        }
+    }
+    if outcome.blocker.is_none() && outcome.waiting.is_none() {
         match render::quota_fit(app, &plans) {
             QuotaFit::TooSmall(m) => outcome.blocker = Some(Blocker::QuotaTooSmall(m)),
             QuotaFit::NoRoomForSurge(m) => outcome.warning = Some(m),
@@ -108,7 +123,14 @@ async fn reconcile_app(app: &ResilientApp, ctx: &Context) -> Result<Action> {
     let observed = observe(app, ctx, &namespace, &zones, &plans);
     let components = component_statuses(app, &observed);
     let wanted = conditions(app, &observed, &components, &outcome);
-    let previous = app.status.clone().unwrap_or_default();
+    let uid = app.uid().unwrap_or_default();
+    let cached = ctx
+        .last_status
+        .lock()
+        .expect("status lock")
+        .get(&uid)
+        .cloned();
+    let previous = cached.unwrap_or_else(|| app.status.clone().unwrap_or_default());
     let now = Time(jiff::Timestamp::now());
     let status = ResilientAppStatus {
         observed_generation: app.metadata.generation,
@@ -118,6 +140,10 @@ async fn reconcile_app(app: &ResilientApp, ctx: &Context) -> Result<Action> {
     };
     if status != previous {
         write_status(ctx, app, &status).await?;
+        ctx.last_status
+            .lock()
+            .expect("status lock")
+            .insert(uid, status.clone());
         publish_transitions(
             ctx,
             app,
@@ -209,12 +235,20 @@ async fn apply_all(applier: &mut Applier<'_>, namespace: &str, desired: Desired)
     Ok(())
 }
 
-/// Why the app may not use its namespace, if it may not: it exists and another owner has it.
-async fn namespace_conflict(
+enum NamespaceState {
+    /// Absent (it will be created) or controlled by this app.
+    Usable,
+    /// Someone else's: never adopted or touched.
+    Conflict(String),
+    /// Being deleted, or left over from a deleted app of the same name: look again shortly.
+    Wait(String),
+}
+
+async fn namespace_state(
     app: &ResilientApp,
     ctx: &Context,
     namespace: &str,
-) -> Result<Option<String>> {
+) -> Result<NamespaceState> {
     let uid = app.uid().unwrap_or_default();
     let cached = ctx.stores.namespaces.get(&ObjectRef::new(namespace));
     let live: Option<Arc<Namespace>> = match cached {
@@ -233,18 +267,34 @@ async fn namespace_conflict(
             }
         },
     };
-    let Some(ns) = live else { return Ok(None) };
+    let Some(ns) = live else {
+        return Ok(NamespaceState::Usable);
+    };
     let controller = ns
         .owner_references()
         .iter()
         .find(|o| o.controller == Some(true));
+    let ours = controller.is_some_and(|o| o.uid == uid);
+    if ns.meta().deletion_timestamp.is_some()
+        && (ours || controller.is_some_and(|o| o.kind == "ResilientApp"))
+    {
+        return Ok(NamespaceState::Wait(format!(
+            "namespace {namespace} is being deleted; it is recreated once it is gone"
+        )));
+    }
     Ok(match controller {
-        Some(o) if o.uid == uid => None,
-        Some(o) => Some(format!(
+        _ if ours => NamespaceState::Usable,
+        Some(o) if o.kind == "ResilientApp" && o.name == app.name_any() => {
+            NamespaceState::Wait(format!(
+                "namespace {namespace} still belongs to a deleted ResilientApp {} (uid {}); waiting for garbage collection",
+                o.name, o.uid
+            ))
+        }
+        Some(o) => NamespaceState::Conflict(format!(
             "namespace {namespace} already exists and is controlled by {} {}; it is left untouched",
             o.kind, o.name
         )),
-        None => Some(format!(
+        None => NamespaceState::Conflict(format!(
             "namespace {namespace} already exists and is not owned by this ResilientApp; it is left untouched (delete it, or set spec.namespace to another name)"
         )),
     })

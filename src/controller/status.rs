@@ -59,6 +59,8 @@ pub struct PassOutcome {
     pub writes: usize,
     /// A warning that belongs in the Ready message (for example quota without surge room).
     pub warning: Option<String>,
+    /// Children were not applied this pass because something must finish first.
+    pub waiting: Option<String>,
 }
 
 pub fn pod_ready(pod: &Pod) -> bool {
@@ -228,6 +230,12 @@ pub fn conditions(
             .iter()
             .filter(|s| s.ready_after_worst_zone_loss < s.min_available)
             .map(|s| {
+                if s.ready_replicas < s.min_available {
+                    return format!(
+                        "{}: {} ready, below minAvailable {} even before a zone is lost",
+                        s.name, s.ready_replicas, s.min_available
+                    );
+                }
                 format!(
                     "{}: losing {} would leave {} ready {}, minAvailable is {}",
                     s.name,
@@ -285,7 +293,9 @@ pub fn conditions(
             })
         })
         .collect();
-    if outcome.writes > 0 {
+    if let Some(waiting) = &outcome.waiting {
+        c.set(ConditionType::Reconciling, true, "Waiting", waiting.clone());
+    } else if outcome.writes > 0 {
         c.set(
             ConditionType::Reconciling,
             true,

@@ -166,6 +166,22 @@ fn key_of<K: Resource>(obj: &K) -> String {
     )
 }
 
+/// The ResilientApp controlling a child. Cluster-scoped, so the reference carries no namespace
+/// (kube's `owns` would put the child's namespace in it and split one app into two queue entries).
+pub fn owner<K: Resource>(child: K) -> Option<ObjectRef<ResilientApp>> {
+    child
+        .meta()
+        .owner_references
+        .as_ref()?
+        .iter()
+        .find(|o| {
+            o.controller == Some(true)
+                && o.kind == "ResilientApp"
+                && o.api_version == "resilient.dev/v1alpha1"
+        })
+        .map(|o| ObjectRef::new(&o.name))
+}
+
 /// The apps whose usable zones a node change can affect: those allowing the node's zone.
 pub fn apps_in_zone_of(apps: &Store<ResilientApp>, node: &Node) -> Vec<ObjectRef<ResilientApp>> {
     let Some(zone) = node_zone(node) else {

@@ -55,10 +55,7 @@ fn observed<'a>(
     }
 }
 
-fn cond<'a>(
-    c: &'a Conditions,
-    t: ConditionType,
-) -> Option<&'a (ConditionType, bool, String, String)> {
+fn cond(c: &Conditions, t: ConditionType) -> Option<&(ConditionType, bool, String, String)> {
     c.wanted.iter().find(|(ty, ..)| *ty == t)
 }
 

@@ -1,0 +1,40 @@
+# resilient-operator: the two commands a newcomer needs are `make demo` and `make test`.
+SHELL := /bin/bash
+CARGO ?= cargo
+export CARGO_TARGET_DIR ?= $(CURDIR)/target
+
+.PHONY: help demo test test-unit lint fmt crd cluster cluster-down cluster-status build
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
+
+demo: ## local 3-zone cluster + operator + example app + a zone outage, and what survived
+	e2e/demo.sh
+
+test: ## every test: unit, integration and end-to-end against the local cluster (started and stopped here)
+	e2e/test.sh
+
+test-unit: ## unit and property tests only (no cluster)
+	$(CARGO) test --locked --lib
+
+lint: ## rustfmt and clippy, as CI runs them
+	$(CARGO) fmt --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+fmt: ## format the code
+	$(CARGO) fmt
+
+crd: ## regenerate crds/ from the Rust types
+	$(CARGO) run --locked -q -- crd > crds/resilientapps.resilient.dev.yaml
+
+build: ## build the operator (debug)
+	$(CARGO) build --locked
+
+cluster: ## start the local 3-zone control plane (builds it on first use)
+	e2e/cluster.sh up
+
+cluster-down: ## stop the local control plane
+	e2e/cluster.sh down
+
+cluster-status: ## what runs, versions, nodes by zone
+	e2e/cluster.sh status

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# `make test`: build, start the local control plane if it is not running, run every test
+# (unit, property, integration, end-to-end), and stop the control plane it started.
+# A missing cluster is a failure, never a skip.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+step() { printf '\n== %s\n' "$*"; }
+
+step "building the operator and the tests"
+cargo test --locked --no-run --all-targets
+
+started_here=0
+if e2e/cluster.sh env >/dev/null 2>&1 && "$(e2e/cluster.sh env | sed -n 's/^export PATH=\(.*\):\$PATH$/\1/p')/kubectl" \
+    --kubeconfig=.cluster/kubeconfig get --raw=/readyz >/dev/null 2>&1; then
+  step "using the running local cluster"
+else
+  step "starting the local cluster (e2e/cluster.sh up)"
+  e2e/cluster.sh up >/dev/null
+  started_here=1
+fi
+cleanup() {
+  if [ "$started_here" = 1 ] && [ "${KEEP_CLUSTER:-0}" != 1 ]; then
+    step "stopping the local cluster"
+    e2e/cluster.sh down
+  fi
+}
+trap cleanup EXIT
+
+step "running every test"
+# Integration tests mostly wait on the cluster, so more threads than cores is fine.
+cargo test --locked --all-targets -- --test-threads="${TEST_THREADS:-6}"

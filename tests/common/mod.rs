@@ -1,0 +1,364 @@
+//! Shared harness of the integration and end-to-end tests: the local control plane of
+//! `e2e/cluster.sh`, the CRD, one operator process per test binary, and polling helpers.
+//!
+//! There is no skipping: without a running cluster every test fails and says how to start one.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client, CustomResourceExt};
+use resilient_operator::api::{ResilientApp, ResilientAppStatus};
+use serde_json::Value;
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// KUBECONFIG and the directory of the matching kubectl, from `e2e/cluster.sh env`.
+pub struct ClusterEnv {
+    pub kubeconfig: PathBuf,
+    pub bin_dir: PathBuf,
+}
+
+pub fn cluster_env() -> &'static ClusterEnv {
+    static ENV: OnceLock<ClusterEnv> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let out = Command::new(root().join("e2e/cluster.sh"))
+            .arg("env")
+            .output()
+            .expect("running e2e/cluster.sh env");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let value = |prefix: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(prefix))
+                .map(|v| v.trim().trim_end_matches(":$PATH").to_string())
+        };
+        match (
+            out.status.success(),
+            value("export KUBECONFIG="),
+            value("export PATH="),
+        ) {
+            (true, Some(kubeconfig), Some(bin)) => ClusterEnv {
+                kubeconfig: kubeconfig.into(),
+                bin_dir: bin.into(),
+            },
+            _ => panic!(
+                "no local cluster: start it with `e2e/cluster.sh up` (`make test` does it).\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+    })
+}
+
+/// A client of the local cluster (the test's own identity, not the operator's).
+pub async fn client() -> Client {
+    let env = cluster_env();
+    let kubeconfig =
+        kube::config::Kubeconfig::read_from(&env.kubeconfig).expect("reading the kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("kubeconfig of the local cluster");
+    let client = Client::try_from(config).expect("client");
+    client.apiserver_version().await.unwrap_or_else(|e| {
+        panic!("the local cluster does not answer ({e}); start it with `e2e/cluster.sh up`")
+    });
+    client
+}
+
+/// Run the kubectl built with the cluster, against it.
+pub fn kubectl(args: &[&str], stdin: Option<&str>) -> Output {
+    let env = cluster_env();
+    let mut cmd = Command::new(env.bin_dir.join("kubectl"));
+    cmd.args(args).env("KUBECONFIG", &env.kubeconfig);
+    if let Some(input) = stdin {
+        use std::io::Write;
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("kubectl");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().expect("kubectl output")
+    } else {
+        cmd.output().expect("kubectl")
+    }
+}
+
+/// Run `e2e/cluster.sh` with arguments and fail loudly if it fails.
+pub fn cluster_sh(args: &[&str]) {
+    let out = Command::new(root().join("e2e/cluster.sh"))
+        .args(args)
+        .output()
+        .expect("e2e/cluster.sh");
+    assert!(
+        out.status.success(),
+        "e2e/cluster.sh {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Install (or update) the committed CRD and wait until it is served.
+pub async fn ensure_crd(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = ResilientApp::crd();
+    crds.patch(
+        "resilientapps.resilient.dev",
+        &PatchParams::apply("resilient-tests").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .expect("applying the CRD");
+    wait_for(
+        "the CRD to be established",
+        Duration::from_secs(30),
+        || async {
+            let crd = crds.get("resilientapps.resilient.dev").await.ok()?;
+            let established = crd
+                .status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            established.then_some(())
+        },
+    )
+    .await;
+}
+
+static METRICS_PORT: OnceLock<u16> = OnceLock::new();
+
+/// Start the operator binary once for this test process. It dies with the process
+/// (PR_SET_PDEATHSIG on a thread that lives as long as the operator).
+pub fn start_operator() {
+    METRICS_PORT.get_or_init(|| {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let env = cluster_env();
+        let logs = root().join(".cluster/logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        let test_name = std::env::args().next().and_then(|a| {
+            Path::new(&a).file_name().map(|f| {
+                f.to_string_lossy()
+                    .split('-')
+                    .next()
+                    .unwrap_or("tests")
+                    .to_string()
+            })
+        });
+        let log_path = logs.join(format!("operator-{}.log", test_name.unwrap_or_default()));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let kubeconfig = env.kubeconfig.clone();
+        std::thread::spawn(move || {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_resilient-operator"));
+            let address = format!("127.0.0.1:{port}");
+            cmd.args([
+                "run",
+                "--resync-seconds",
+                "3600",
+                "--metrics-address",
+                &address,
+            ])
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info,resilient_operator=debug")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+            // SAFETY: prctl is async-signal-safe; it only sets a flag on the child.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+            let mut child = cmd.spawn().expect("starting the operator");
+            let status = child.wait();
+            eprintln!("operator exited: {status:?}");
+        });
+        port
+    });
+}
+
+/// The operator's /metrics text.
+pub fn operator_metrics() -> String {
+    use std::io::{Read, Write};
+    let port = *METRICS_PORT.get().expect("operator started");
+    let mut stream =
+        std::net::TcpStream::connect(("127.0.0.1", port)).expect("operator metrics endpoint");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).unwrap();
+    body
+}
+
+/// Sum of a metric's samples whose line starts with `prefix` (name plus optional labels).
+pub fn metric_sum(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Wait until the operator's /metrics answers and its caches are synced.
+pub async fn wait_operator_ready() {
+    wait_for(
+        "the operator to serve /metrics",
+        Duration::from_secs(60),
+        || async {
+            std::panic::catch_unwind(operator_metrics)
+                .ok()
+                .filter(|t| t.contains("resilient_operator"))
+        },
+    )
+    .await;
+}
+
+/// Everything a test needs: the cluster, the CRD and a running operator.
+pub async fn setup() -> Client {
+    let client = client().await;
+    ensure_crd(&client).await;
+    start_operator();
+    wait_operator_ready().await;
+    client
+}
+
+/// Poll `f` every 250 ms until it returns Some, or panic after `timeout` saying what was awaited.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{prefix}-{:x}",
+        (std::process::id() * 1000 + n) ^ (nanos & 0xfff)
+    )
+}
+
+/// An example from `examples/` with another name (so tests can run side by side).
+pub fn example(file: &str, name: &str) -> Value {
+    let text = std::fs::read_to_string(root().join("examples").join(file)).unwrap();
+    let mut app: Value = serde_saphyr::from_str(&text).unwrap();
+    app["metadata"]["name"] = Value::String(name.to_string());
+    app
+}
+
+pub async fn apply_app(client: &Client, app: &Value) -> ResilientApp {
+    let api: Api<ResilientApp> = Api::all(client.clone());
+    let name = app["metadata"]["name"].as_str().unwrap();
+    api.patch(
+        name,
+        &PatchParams::apply("resilient-tests").force(),
+        &Patch::Apply(app),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("applying ResilientApp {name}: {e}"))
+}
+
+pub fn condition<'a>(
+    status: &'a ResilientAppStatus,
+    type_: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    status.conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// Wait until the app's status is for its current generation and `check` accepts it.
+pub async fn wait_status<F>(
+    client: &Client,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    check: F,
+) -> ResilientApp
+where
+    F: Fn(&ResilientAppStatus) -> bool,
+{
+    let api: Api<ResilientApp> = Api::all(client.clone());
+    wait_for(&format!("{name}: {what}"), timeout, || async {
+        let app = api.get(name).await.ok()?;
+        let status = app.status.as_ref()?;
+        (status.observed_generation == app.metadata.generation && check(status)).then_some(app)
+    })
+    .await
+}
+
+pub fn is_true(status: &ResilientAppStatus, type_: &str) -> bool {
+    condition(status, type_).is_some_and(|c| c.status == "True")
+}
+
+/// Requests of a user agent in the API server's audit log, from `since` on, that `filter` keeps:
+/// counts by verb.
+pub fn audited_requests(
+    user_agent: &str,
+    since: &str,
+    filter: impl Fn(&Value) -> bool,
+) -> BTreeMap<String, u64> {
+    let path = root().join(".cluster/logs/audit.log");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let mut counts = BTreeMap::new();
+    for line in text.lines() {
+        let Ok(event) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        let ua = event["userAgent"].as_str().unwrap_or_default();
+        let at = event["requestReceivedTimestamp"]
+            .as_str()
+            .unwrap_or_default();
+        if ua.starts_with(user_agent)
+            && at >= since
+            && event["stage"] == "ResponseComplete"
+            && filter(&event)
+        {
+            *counts
+                .entry(event["verb"].as_str().unwrap_or_default().to_string())
+                .or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+/// Now, in the format of audit timestamps (RFC 3339 with microseconds, UTC).
+pub fn audit_now() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string()
+}
+
+pub const WRITE_VERBS: [&str; 5] = ["create", "update", "patch", "delete", "deletecollection"];
