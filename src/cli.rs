@@ -105,9 +105,7 @@ fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let client = kube::Client::try_default()
-            .await
-            .context("connecting to the Kubernetes API")?;
+        let client = operator_client().await?;
         let metrics = Arc::new(Metrics::default());
         let health = Arc::new(crate::telemetry::Health::default());
         crate::telemetry::serve(args.metrics_address, metrics.clone(), health.clone())

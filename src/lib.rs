@@ -12,4 +12,5 @@ pub mod controller;
 pub mod metrics;
 pub mod render;
 pub mod resilience;
+pub mod simulate;
 pub mod telemetry;

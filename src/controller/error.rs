@@ -18,6 +18,12 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("evicting pod {name}")]
+    Evict {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("reading namespace {name}")]
     ReadNamespace {
         name: String,
@@ -42,6 +48,7 @@ impl Error {
         match self {
             Self::Apply { .. } => "apply",
             Self::Delete { .. } => "delete",
+            Self::Evict { .. } => "evict",
             Self::ReadNamespace { .. } => "read",
             Self::Status(_) => "status",
             Self::CachesNotReady(_) => "cache",

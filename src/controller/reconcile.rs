@@ -4,9 +4,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{Patch, PatchParams};
+use kube::api::{EvictParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
@@ -17,13 +17,17 @@ use tracing::{field, info, instrument, warn};
 use super::Context;
 use super::apply::Applier;
 use super::error::{Error, Result, error_chain};
-use super::status::{Blocker, Observed, PassOutcome, component_statuses, conditions};
+use super::status::{Blocker, Observed, PassOutcome, component_statuses, conditions, pod_ready};
 use crate::api::{LABEL_APP, LABEL_COMPONENT, MANAGER, ResilientApp, ResilientAppStatus};
 use crate::render::{self, Desired, QuotaFit};
-use crate::resilience::{node_zone, usable_zones};
+use crate::resilience::{
+    PodPlacement, RebalanceInput, allowed_zones_healthy, choose_move, node_zone, usable_zones,
+};
 
 /// How long to wait for the caches before giving up on a pass (and retrying with backoff).
 const CACHE_SYNC_TIMEOUT: Duration = Duration::from_secs(60);
+/// After an eviction, look again this soon (pod events usually come first).
+const REBALANCE_RETRY: Duration = Duration::from_secs(5);
 /// A namespace being deleted is checked again after this long.
 const NAMESPACE_TERMINATING_RETRY: Duration = Duration::from_secs(5);
 
@@ -121,6 +125,23 @@ async fn reconcile_app(app: &ResilientApp, ctx: &Context) -> Result<Action> {
 
     // Observe placement and write status when it changed.
     let observed = observe(app, ctx, &namespace, &zones, &plans);
+    // Rebalance only in a pass that changed nothing else, so each move starts from a settled state.
+    let may_rebalance = outcome.blocker.is_none()
+        && outcome.waiting.is_none()
+        && outcome.writes == 0
+        && app.spec.resilience.rebalance;
+    if may_rebalance && let Some(moved) = rebalance(app, ctx, &namespace, &observed).await? {
+        publish(
+            ctx,
+            app,
+            EventType::Normal,
+            "Rebalanced",
+            "Rebalance",
+            &moved,
+        )
+        .await;
+        requeue = REBALANCE_RETRY;
+    }
     let components = component_statuses(app, &observed);
     let wanted = conditions(app, &observed, &components, &outcome);
     let uid = app.uid().unwrap_or_default();
@@ -341,6 +362,82 @@ fn observe<'a>(
     }
 }
 
+/// Evict at most one pod of the app to restore an even spread, once every allowed zone is back.
+/// Returns what was moved, for the Event.
+async fn rebalance(
+    app: &ResilientApp,
+    ctx: &Context,
+    namespace: &str,
+    observed: &Observed<'_>,
+) -> Result<Option<String>> {
+    let nodes = ctx.stores.nodes.state();
+    let healthy = allowed_zones_healthy(
+        nodes.iter().map(|n| n.as_ref()),
+        &app.spec.resilience.zones,
+        observed.zones,
+    );
+    for component in &app.spec.components {
+        let Some(plan) = observed.plans.get(&component.name) else {
+            continue;
+        };
+        let pods: Vec<PodPlacement> = observed
+            .pods
+            .iter()
+            .filter(|p| p.labels().get(LABEL_COMPONENT) == Some(&component.name))
+            .map(|p| PodPlacement {
+                name: p.name_any(),
+                zone: p
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.as_ref())
+                    .and_then(|n| observed.node_zones.get(n))
+                    .cloned(),
+                ready: pod_ready(p),
+                terminating: p.metadata.deletion_timestamp.is_some(),
+            })
+            .collect();
+        let input = RebalanceInput {
+            pods: &pods,
+            usable_zones: observed.zones,
+            all_zones_healthy: healthy,
+            replicas: plan.replicas,
+            min_available: component.min_available,
+        };
+        let Ok(chosen) = choose_move(&input) else {
+            continue;
+        };
+        let api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+        match api.evict(&chosen.pod, &EvictParams::default()).await {
+            Ok(_) => {}
+            // The PodDisruptionBudget says not now: try again on the next pass.
+            Err(kube::Error::Api(s)) if s.code == 429 || s.is_not_found() => return Ok(None),
+            Err(source) => {
+                return Err(Error::Evict {
+                    name: chosen.pod,
+                    source,
+                });
+            }
+        }
+        ctx.metrics.api_write("create", "Pod/eviction");
+        let counts: Vec<String> = chosen
+            .counts
+            .iter()
+            .map(|(z, n)| format!("{z}={n}"))
+            .collect();
+        let moved = format!(
+            "{}: evicted pod {} from {} so that it is rescheduled into {} (ready pods by zone: {})",
+            component.name,
+            chosen.pod,
+            chosen.from_zone,
+            chosen.to_zone,
+            counts.join(", ")
+        );
+        info!(app = %app.name_any(), "{moved}");
+        return Ok(Some(moved));
+    }
+    Ok(None)
+}
+
 async fn write_status(
     ctx: &Context,
     app: &ResilientApp,
@@ -375,9 +472,12 @@ async fn publish_transitions(
     new: &[Condition],
     warning: Option<&str>,
 ) {
+    // A condition that flips or changes reason. The first status of a new app is not a
+    // transition (its pods are simply not up yet), except for Stalled.
     let changed = |t: &str| {
         let (o, n) = (find(old, t), find(new, t));
-        (o.map(|c| (&c.status, &c.reason)) != n.map(|c| (&c.status, &c.reason)))
+        let flipped = o.map(|c| (&c.status, &c.reason)) != n.map(|c| (&c.status, &c.reason));
+        (flipped && (o.is_some() || t == "Stalled"))
             .then_some(n)
             .flatten()
     };

@@ -3,7 +3,7 @@
 
 mod namespace;
 mod network;
-mod quota;
+pub(crate) mod quota;
 mod validate;
 mod workload;
 

@@ -1,6 +1,10 @@
 //! Zone-resilience arithmetic: how many replicas keep `minAvailable` through the loss of `f`
 //! zones, which zones are usable, and what a placement survives. Pure functions, no client.
 
+mod rebalance;
+
+pub use rebalance::{Hold, Move, PodPlacement, RebalanceInput, choose_move};
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::Node;
@@ -132,6 +136,19 @@ pub fn usable_zones<'a>(
         .map(str::to_string)
         .collect();
     zones.into_iter().collect()
+}
+
+/// Every allowed zone that has nodes is usable: none is lost, tainted or drained entirely.
+pub fn allowed_zones_healthy<'a>(
+    nodes: impl IntoIterator<Item = &'a Node>,
+    allow: &[String],
+    usable: &[String],
+) -> bool {
+    nodes
+        .into_iter()
+        .filter_map(node_zone)
+        .filter(|z| allow.is_empty() || allow.iter().any(|a| a == z))
+        .all(|z| usable.iter().any(|u| u == z))
 }
 
 #[cfg(test)]

@@ -1,0 +1,399 @@
+//! `resilient-operator simulate`: what losing zones would do to every ResilientApp right now.
+//! Pure: the caller lists the cluster state, this module computes the report.
+
+use std::collections::{BTreeMap, HashMap};
+
+use k8s_openapi::api::core::v1::{Node, Pod, ResourceQuota};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::ResourceExt;
+use serde::Serialize;
+
+use crate::api::{LABEL_APP, LABEL_COMPONENT, ResilientApp};
+use crate::render::quota::{effective_defaults, pod_resources, quantity_value};
+use crate::resilience::{node_usable, node_zone, plan_replicas, usable_zones};
+
+/// The cluster as listed, and the zones to lose.
+pub struct SimulationInput<'a> {
+    pub apps: &'a [ResilientApp],
+    pub nodes: &'a [Node],
+    pub pods: &'a [Pod],
+    pub quotas: &'a [ResourceQuota],
+    pub lost_zones: &'a [String],
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ComponentOutcome {
+    pub app: String,
+    pub namespace: String,
+    pub component: String,
+    pub min_available: i32,
+    pub ready_now: i32,
+    /// Ready pods outside the lost zones: what is left the moment they go dark.
+    pub ready_after_loss: i32,
+    /// `readyAfterLoss >= minAvailable`.
+    pub guarantee_holds: bool,
+    /// Replicas the operator runs once the zones are gone (it recomputes for the zones left).
+    pub replicas_after: i32,
+    /// Pods to start in the surviving zones to reach `replicasAfter` with an even spread.
+    pub replacements: i32,
+    /// Whether the replacements fit: node capacity by zone, quota headroom, the spread.
+    pub replacements_fit: bool,
+    /// Why something does not hold or fit, or what changes.
+    pub notes: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SimulationReport {
+    pub lost_zones: Vec<String>,
+    pub surviving_zones: Vec<String>,
+    pub components: Vec<ComponentOutcome>,
+}
+
+impl SimulationReport {
+    /// True when every component keeps its guarantee.
+    pub fn all_hold(&self) -> bool {
+        self.components.iter().all(|c| c.guarantee_holds)
+    }
+}
+
+fn pod_ready(pod: &Pod) -> bool {
+    crate::controller::status::pod_ready(pod)
+}
+
+fn live(pod: &Pod) -> bool {
+    let phase = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("");
+    pod.metadata.deletion_timestamp.is_none() && phase != "Succeeded" && phase != "Failed"
+}
+
+/// Free CPU (cores), memory (bytes) and pod slots of every usable node, by node name.
+fn free_capacity(nodes: &[Node], pods: &[Pod]) -> BTreeMap<String, [f64; 3]> {
+    let mut free: BTreeMap<String, [f64; 3]> = nodes
+        .iter()
+        .filter(|n| node_usable(n))
+        .map(|n| {
+            let alloc = n
+                .status
+                .as_ref()
+                .and_then(|s| s.allocatable.clone())
+                .unwrap_or_default();
+            let get = |k: &str| alloc.get(k).map_or(0.0, quantity_value);
+            (n.name_any(), [get("cpu"), get("memory"), get("pods")])
+        })
+        .collect();
+    for pod in pods.iter().filter(|p| live(p)) {
+        let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_ref()) else {
+            continue;
+        };
+        let Some(slot) = free.get_mut(node) else {
+            continue;
+        };
+        let (mut cpu, mut mem) = (0.0, 0.0);
+        for c in pod
+            .spec
+            .as_ref()
+            .map(|s| s.containers.as_slice())
+            .unwrap_or_default()
+        {
+            let req = c.resources.as_ref().and_then(|r| r.requests.as_ref());
+            cpu += req.and_then(|r| r.get("cpu")).map_or(0.0, quantity_value);
+            mem += req
+                .and_then(|r| r.get("memory"))
+                .map_or(0.0, quantity_value);
+        }
+        slot[0] -= cpu;
+        slot[1] -= mem;
+        slot[2] -= 1.0;
+    }
+    free
+}
+
+fn quota_headroom(quotas: &[ResourceQuota], namespace: &str) -> Option<BTreeMap<String, f64>> {
+    let quota = quotas
+        .iter()
+        .find(|q| q.namespace().as_deref() == Some(namespace))?;
+    let status = quota.status.as_ref()?;
+    let hard = status.hard.clone().unwrap_or_default();
+    let used = status.used.clone().unwrap_or_default();
+    let zero = Quantity("0".into());
+    Some(
+        hard.iter()
+            .map(|(k, h)| {
+                (
+                    k.clone(),
+                    quantity_value(h) - quantity_value(used.get(k).unwrap_or(&zero)),
+                )
+            })
+            .collect(),
+    )
+}
+
+/// Simulate the loss of `lost_zones` for every component of every app.
+pub fn simulate(input: &SimulationInput) -> SimulationReport {
+    let node_zone_of: HashMap<String, String> = input
+        .nodes
+        .iter()
+        .filter_map(|n| node_zone(n).map(|z| (n.name_any(), z.to_string())))
+        .collect();
+    let mut free = free_capacity(input.nodes, input.pods);
+    // Lost zones take no new pods.
+    free.retain(|node, _| {
+        node_zone_of
+            .get(node)
+            .is_none_or(|z| !input.lost_zones.contains(z))
+    });
+    let mut quota_left: HashMap<String, Option<BTreeMap<String, f64>>> = HashMap::new();
+    let mut components = Vec::new();
+    let all_surviving: Vec<String> = usable_zones(input.nodes, &[])
+        .into_iter()
+        .filter(|z| !input.lost_zones.contains(z))
+        .collect();
+
+    let mut apps: Vec<&ResilientApp> = input.apps.iter().collect();
+    apps.sort_by_key(|a| a.name_any());
+    for app in apps {
+        let name = app.name_any();
+        let namespace = app.target_namespace();
+        let allow = &app.spec.resilience.zones;
+        let tolerated = app.spec.resilience.zone_failures_tolerated;
+        let surviving: Vec<String> = usable_zones(input.nodes, allow)
+            .into_iter()
+            .filter(|z| !input.lost_zones.contains(z))
+            .collect();
+        let defaults = effective_defaults(app);
+        let headroom = quota_left
+            .entry(namespace.clone())
+            .or_insert_with(|| quota_headroom(input.quotas, &namespace));
+        for component in &app.spec.components {
+            let ours: Vec<&Pod> = input
+                .pods
+                .iter()
+                .filter(|p| p.namespace().as_deref() == Some(namespace.as_str()))
+                .filter(|p| p.labels().get(LABEL_APP) == Some(&name))
+                .filter(|p| p.labels().get(LABEL_COMPONENT) == Some(&component.name))
+                .filter(|p| live(p))
+                .collect();
+            let zone_of = |p: &Pod| {
+                p.spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.as_ref())
+                    .and_then(|n| node_zone_of.get(n))
+                    .cloned()
+            };
+            let ready_now = ours.iter().filter(|p| pod_ready(p)).count() as i32;
+            let ready_after_loss = ours
+                .iter()
+                .filter(|p| {
+                    pod_ready(p) && zone_of(p).is_some_and(|z| !input.lost_zones.contains(&z))
+                })
+                .count() as i32;
+            let plan = plan_replicas(
+                component.replicas,
+                component.min_available,
+                surviving.len(),
+                tolerated,
+            );
+            let mut notes = Vec::new();
+            if plan.shortfall.is_some() {
+                notes.push(format!(
+                    "with {} zone(s) left the app no longer tolerates {tolerated} more zone failure(s)",
+                    surviving.len()
+                ));
+            }
+
+            // Even spread of the new replica count over the surviving zones, starting from the pods
+            // that survive there (the extra pod of an uneven split goes where pods already are).
+            let mut current: Vec<(String, i32)> = surviving
+                .iter()
+                .map(|z| {
+                    (
+                        z.clone(),
+                        ours.iter()
+                            .filter(|p| zone_of(p).as_ref() == Some(z))
+                            .count() as i32,
+                    )
+                })
+                .collect();
+            current.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            let mut needed_by_zone: Vec<(String, i32)> = Vec::new();
+            if !current.is_empty() {
+                let z = current.len() as i32;
+                for (i, (zone, have)) in current.iter().enumerate() {
+                    let target = plan.replicas / z + i32::from((i as i32) < plan.replicas % z);
+                    if target > *have {
+                        needed_by_zone.push((zone.clone(), target - have));
+                    }
+                }
+            }
+            let replacements: i32 = needed_by_zone.iter().map(|(_, n)| n).sum();
+            let per_pod = pod_resources(component, &defaults);
+            let (cpu, mem) = (per_pod[0].1, per_pod[1].1);
+            let mut fits = true;
+            if surviving.is_empty() {
+                fits = false;
+                notes.push("no surviving zone can take pods".to_string());
+            }
+            // Node capacity: place each new pod on the node of its zone with the most free CPU.
+            for (zone, n) in &needed_by_zone {
+                for _ in 0..*n {
+                    let best = free
+                        .iter_mut()
+                        .filter(|(node, _)| node_zone_of.get(*node) == Some(zone))
+                        .filter(|(_, f)| f[0] + 1e-9 >= cpu && f[1] + 1e-9 >= mem && f[2] >= 1.0)
+                        .max_by(|a, b| a.1[0].total_cmp(&b.1[0]));
+                    match best {
+                        Some((_, f)) => {
+                            f[0] -= cpu;
+                            f[1] -= mem;
+                            f[2] -= 1.0;
+                        }
+                        None => {
+                            fits = false;
+                            notes.push(format!(
+                                "{zone} has no node with room for another pod ({}m CPU, {}Mi)",
+                                (cpu * 1000.0).round(),
+                                (mem / 1048576.0).round()
+                            ));
+                            break;
+                        }
+                    }
+                }
+            }
+            // Quota: terminating pods of the lost zones still count until they are gone.
+            if let Some(left) = headroom.as_mut() {
+                for (key, need) in [
+                    ("pods", f64::from(replacements)),
+                    ("requests.cpu", cpu * f64::from(replacements)),
+                    ("requests.memory", mem * f64::from(replacements)),
+                ] {
+                    if let Some(room) = left.get_mut(key) {
+                        if *room + 1e-9 < need {
+                            fits = false;
+                            notes.push(format!("quota {key} in {namespace} has room for {room:.3} more, the replacements need {need:.3}"));
+                        }
+                        *room -= need;
+                    }
+                }
+            }
+            components.push(ComponentOutcome {
+                app: name.clone(),
+                namespace: namespace.clone(),
+                component: component.name.clone(),
+                min_available: component.min_available,
+                ready_now,
+                ready_after_loss,
+                guarantee_holds: ready_after_loss >= component.min_available,
+                replicas_after: plan.replicas,
+                replacements,
+                replacements_fit: fits,
+                notes,
+            });
+        }
+    }
+    SimulationReport {
+        lost_zones: input.lost_zones.to_vec(),
+        surviving_zones: all_surviving,
+        components,
+    }
+}
+
+/// The report as a table for people.
+pub fn table(report: &SimulationReport) -> String {
+    let mut out = format!(
+        "Losing {} (surviving: {})\n\n",
+        report.lost_zones.join(" and "),
+        if report.surviving_zones.is_empty() {
+            "none".to_string()
+        } else {
+            report.surviving_zones.join(", ")
+        }
+    );
+    let header = [
+        "APP",
+        "COMPONENT",
+        "MIN",
+        "READY NOW",
+        "READY AFTER",
+        "GUARANTEE",
+        "REPLICAS AFTER",
+        "REPLACEMENTS",
+        "FIT",
+    ];
+    let rows: Vec<[String; 9]> = report
+        .components
+        .iter()
+        .map(|c| {
+            [
+                c.app.clone(),
+                c.component.clone(),
+                c.min_available.to_string(),
+                c.ready_now.to_string(),
+                c.ready_after_loss.to_string(),
+                if c.guarantee_holds { "holds" } else { "BROKEN" }.to_string(),
+                c.replicas_after.to_string(),
+                c.replacements.to_string(),
+                if c.replacements_fit { "yes" } else { "NO" }.to_string(),
+            ]
+        })
+        .collect();
+    let widths: Vec<usize> = (0..9)
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].len())
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: Vec<&str>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    out.push_str(&line(header.to_vec()));
+    out.push('\n');
+    for r in &rows {
+        out.push_str(&line(r.iter().map(String::as_str).collect()));
+        out.push('\n');
+    }
+    let notes: Vec<String> = report
+        .components
+        .iter()
+        .flat_map(|c| {
+            c.notes
+                .iter()
+                .map(move |n| format!("{}/{}: {n}", c.app, c.component))
+        })
+        .collect();
+    if !notes.is_empty() {
+        out.push('\n');
+        for n in notes {
+            out.push_str(&n);
+            out.push('\n');
+        }
+    }
+    let broken = report
+        .components
+        .iter()
+        .filter(|c| !c.guarantee_holds)
+        .count();
+    out.push_str(&format!(
+        "\n{} of {} components keep minAvailable\n",
+        report.components.len() - broken,
+        report.components.len()
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests;

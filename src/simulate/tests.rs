@@ -1,0 +1,198 @@
+use super::*;
+use crate::api::ResilientAppSpec;
+use k8s_openapi::api::core::v1::{
+    NodeCondition, NodeSpec, NodeStatus, PodCondition, PodSpec, PodStatus, ResourceQuotaStatus,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+fn node(name: &str, zone: &str, cpu: &str) -> Node {
+    Node {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some([("topology.kubernetes.io/zone".to_string(), zone.to_string())].into()),
+            ..Default::default()
+        },
+        spec: Some(NodeSpec::default()),
+        status: Some(NodeStatus {
+            allocatable: Some(
+                [("cpu", cpu), ("memory", "32Gi"), ("pods", "110")]
+                    .map(|(k, v)| (k.to_string(), Quantity(v.to_string())))
+                    .into(),
+            ),
+            conditions: Some(vec![NodeCondition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+    }
+}
+
+fn pod(name: &str, node: &str) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("shop".into()),
+            labels: Some(
+                [
+                    ("resilient.dev/app", "shop"),
+                    ("resilient.dev/component", "web"),
+                ]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .into(),
+            ),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            node_name: Some(node.into()),
+            ..Default::default()
+        }),
+        status: Some(PodStatus {
+            phase: Some("Running".into()),
+            conditions: Some(vec![PodCondition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+    }
+}
+
+fn app() -> ResilientApp {
+    let spec: ResilientAppSpec = serde_json::from_value(serde_json::json!({
+        "components": [{"name": "web", "image": "x", "minAvailable": 4,
+                        "resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "1"}}}]
+    }))
+    .unwrap();
+    ResilientApp::new("shop", spec)
+}
+
+fn cluster(cpu_b: &str) -> (Vec<Node>, Vec<Pod>) {
+    let nodes = vec![
+        node("na", "zone-a", "8"),
+        node("nb", "zone-b", cpu_b),
+        node("nc", "zone-c", "8"),
+    ];
+    let pods = ["na", "na", "nb", "nb", "nc", "nc"]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| pod(&format!("web-{i}"), n))
+        .collect();
+    (nodes, pods)
+}
+
+#[test]
+fn losing_one_zone_of_an_even_spread_keeps_the_guarantee() {
+    let (nodes, pods) = cluster("8");
+    let apps = [app()];
+    let lost = ["zone-a".to_string()];
+    let report = simulate(&SimulationInput {
+        apps: &apps,
+        nodes: &nodes,
+        pods: &pods,
+        quotas: &[],
+        lost_zones: &lost,
+    });
+    let c = &report.components[0];
+    assert_eq!(
+        (c.ready_now, c.ready_after_loss, c.guarantee_holds),
+        (6, 4, true)
+    );
+    // Two zones left: the operator runs 8 replicas, 4 per zone, so 4 new pods.
+    assert_eq!(
+        (c.replicas_after, c.replacements, c.replacements_fit),
+        (8, 4, true)
+    );
+    assert!(report.all_hold());
+    assert_eq!(report.surviving_zones, ["zone-b", "zone-c"]);
+    assert!(table(&report).contains("1 of 1 components keep minAvailable"));
+}
+
+#[test]
+fn losing_two_zones_breaks_it_and_says_why() {
+    let (nodes, pods) = cluster("8");
+    let apps = [app()];
+    let lost = ["zone-a".to_string(), "zone-b".to_string()];
+    let report = simulate(&SimulationInput {
+        apps: &apps,
+        nodes: &nodes,
+        pods: &pods,
+        quotas: &[],
+        lost_zones: &lost,
+    });
+    let c = &report.components[0];
+    assert_eq!((c.ready_after_loss, c.guarantee_holds), (2, false));
+    assert!(!report.all_hold());
+    assert!(c.notes.iter().any(|n| n.contains("no longer tolerates")));
+}
+
+#[test]
+fn no_room_in_a_surviving_zone_is_reported() {
+    // zone-b's node has 2.5 CPUs: its two pods use 2, so two more of 1 CPU do not fit.
+    let (nodes, mut pods) = cluster("2500m");
+    for p in &mut pods {
+        p.spec.as_mut().unwrap().containers = vec![k8s_openapi::api::core::v1::Container {
+            name: "web".into(),
+            resources: Some(k8s_openapi::api::core::v1::ResourceRequirements {
+                requests: Some([("cpu".to_string(), Quantity("1".into()))].into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }];
+    }
+    let apps = [app()];
+    let lost = ["zone-a".to_string()];
+    let report = simulate(&SimulationInput {
+        apps: &apps,
+        nodes: &nodes,
+        pods: &pods,
+        quotas: &[],
+        lost_zones: &lost,
+    });
+    let c = &report.components[0];
+    assert!(c.guarantee_holds, "what is left still holds");
+    assert!(!c.replacements_fit);
+    assert!(
+        c.notes
+            .iter()
+            .any(|n| n.starts_with("zone-b has no node with room")),
+        "{:?}",
+        c.notes
+    );
+}
+
+#[test]
+fn quota_headroom_is_checked() {
+    let (nodes, pods) = cluster("8");
+    let quota = ResourceQuota {
+        metadata: ObjectMeta {
+            name: Some("q".into()),
+            namespace: Some("shop".into()),
+            ..Default::default()
+        },
+        status: Some(ResourceQuotaStatus {
+            hard: Some([("pods".to_string(), Quantity("8".into()))].into()),
+            used: Some([("pods".to_string(), Quantity("6".into()))].into()),
+        }),
+        ..Default::default()
+    };
+    let apps = [app()];
+    let lost = ["zone-a".to_string()];
+    let quotas = [quota];
+    let report = simulate(&SimulationInput {
+        apps: &apps,
+        nodes: &nodes,
+        pods: &pods,
+        quotas: &quotas,
+        lost_zones: &lost,
+    });
+    let c = &report.components[0];
+    assert!(!c.replacements_fit);
+    assert!(
+        c.notes.iter().any(|n| n.contains("quota pods")),
+        "{:?}",
+        c.notes
+    );
+}
