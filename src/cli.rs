@@ -34,6 +34,27 @@ pub enum Command {
     Crd,
     /// Print every object the operator would create for a ResilientApp, without a cluster.
     Render(RenderArgs),
+    /// What losing zones would do to every ResilientApp right now: ready pods left, whether
+    /// minAvailable holds, whether the replacements fit. Exits 1 when a guarantee would break.
+    Simulate(SimulateArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SimulateArgs {
+    /// A zone to lose; repeat for several zones lost at once.
+    #[arg(long = "zone", required = true)]
+    pub zones: Vec<String>,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum OutputFormat {
+    /// A table for people.
+    Table,
+    /// JSON for scripts.
+    Json,
 }
 
 #[derive(clap::Args, Debug)]
@@ -79,6 +100,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Crd => print_crd(),
         Command::Render(args) => render_cmd(&args),
         Command::Run(args) => run_cmd(args),
+        Command::Simulate(args) => simulate_cmd(&args),
     };
     match result {
         Ok(code) => code,
@@ -138,6 +160,51 @@ pub async fn operator_client() -> anyhow::Result<kube::Client> {
         http::HeaderValue::from_static(USER_AGENT),
     ));
     kube::Client::try_from(config).context("creating the Kubernetes client")
+}
+
+fn simulate_cmd(args: &SimulateArgs) -> anyhow::Result<ExitCode> {
+    use k8s_openapi::api::core::v1::{Node, Pod, ResourceQuota};
+    use kube::api::{Api, ListParams};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(async {
+        let client = operator_client().await?;
+        let apps = Api::<ResilientApp>::all(client.clone())
+            .list(&ListParams::default())
+            .await
+            .context("listing ResilientApps")?;
+        let nodes = Api::<Node>::all(client.clone())
+            .list(&ListParams::default())
+            .await
+            .context("listing nodes")?;
+        let pods = Api::<Pod>::all(client.clone())
+            .list(&ListParams::default())
+            .await
+            .context("listing pods")?;
+        let managed = ListParams::default().labels(&controller::managed_selector());
+        let quotas = Api::<ResourceQuota>::all(client)
+            .list(&managed)
+            .await
+            .context("listing resource quotas")?;
+        let input = crate::simulate::SimulationInput {
+            apps: &apps.items,
+            nodes: &nodes.items,
+            pods: &pods.items,
+            quotas: &quotas.items,
+            lost_zones: &args.zones,
+        };
+        anyhow::Ok(crate::simulate::simulate(&input))
+    })?;
+    match args.output {
+        OutputFormat::Table => print!("{}", crate::simulate::table(&report)),
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+    }
+    Ok(if report.all_hold() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn to_yaml<T: Serialize>(value: &T) -> anyhow::Result<String> {

@@ -25,7 +25,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::api::{LABEL_APP, LABEL_MANAGED_BY, MANAGER, ResilientApp};
 use crate::metrics::Metrics;
@@ -47,24 +47,44 @@ pub struct Stores {
 }
 
 impl Stores {
-    async fn wait_until_ready(&self, timeout: Duration) -> Result<()> {
-        let all = async {
-            let _ = futures::join!(
-                self.namespaces.wait_until_ready(),
-                self.resource_quotas.wait_until_ready(),
-                self.limit_ranges.wait_until_ready(),
-                self.network_policies.wait_until_ready(),
-                self.role_bindings.wait_until_ready(),
-                self.deployments.wait_until_ready(),
-                self.pod_disruption_budgets.wait_until_ready(),
-                self.services.wait_until_ready(),
-                self.nodes.wait_until_ready(),
-                self.pods.wait_until_ready(),
-            );
-        };
-        tokio::time::timeout(timeout, all)
-            .await
-            .map_err(|_| Error::CachesNotReady(timeout))
+    /// Wait until every cache has finished its first list, logging each one.
+    ///
+    /// kube's `Store::wait_until_ready` wakes only the last task that polled it, so exactly one
+    /// task calls this; everyone else waits on the [`Synced`] signal it sets.
+    async fn wait_until_ready(&self) {
+        macro_rules! each {
+            ($($field:ident),*) => {$(
+                if self.$field.wait_until_ready().await.is_ok() {
+                    debug!(cache = stringify!($field), "cache synced");
+                }
+            )*};
+        }
+        each!(
+            namespaces,
+            resource_quotas,
+            limit_ranges,
+            network_policies,
+            role_bindings,
+            deployments,
+            pod_disruption_budgets,
+            services,
+            nodes,
+            pods
+        );
+    }
+}
+
+/// Set once every cache has synced; any number of tasks can wait for it.
+#[derive(Clone)]
+pub struct Synced(tokio::sync::watch::Receiver<bool>);
+
+impl Synced {
+    async fn wait(&self, timeout: Duration) -> Result<()> {
+        let mut rx = self.0.clone();
+        match tokio::time::timeout(timeout, rx.wait_for(|synced| *synced)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(Error::CachesNotReady(timeout)),
+        }
     }
 }
 
@@ -73,6 +93,8 @@ pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     pub stores: Stores,
+    /// Every cache has synced.
+    pub synced: Synced,
     pub metrics: Arc<Metrics>,
     /// Re-check every app this often even without events.
     pub resync: Duration,
@@ -134,25 +156,23 @@ pub async fn run(
         nodes,
         pods,
     };
+    let (synced_tx, synced_rx) = tokio::sync::watch::channel(false);
     {
         let stores = stores.clone();
         tokio::spawn(async move {
-            if stores
-                .wait_until_ready(Duration::from_secs(3600))
-                .await
-                .is_ok()
-            {
-                info!("caches synced");
-                health
-                    .ready
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
-            }
+            stores.wait_until_ready().await;
+            info!("caches synced");
+            let _ = synced_tx.send(true);
+            health
+                .ready
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         });
     }
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client,
         stores,
+        synced: Synced(synced_rx),
         metrics,
         resync: settings.resync,
         failures: Mutex::new(HashMap::new()),

@@ -34,7 +34,7 @@ const NAMESPACE_TERMINATING_RETRY: Duration = Duration::from_secs(5);
 #[instrument(skip_all, fields(app = %app.name_any(), generation = app.metadata.generation, writes = field::Empty))]
 pub(super) async fn reconcile(app: Arc<ResilientApp>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
-    ctx.stores.wait_until_ready(CACHE_SYNC_TIMEOUT).await?;
+    ctx.synced.wait(CACHE_SYNC_TIMEOUT).await?;
     if app.meta().deletion_timestamp.is_some() {
         ctx.metrics.forget_app(&app.name_any());
         ctx.last_status
