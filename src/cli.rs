@@ -155,6 +155,9 @@ pub async fn operator_client() -> anyhow::Result<kube::Client> {
     let mut config = kube::Config::infer()
         .await
         .context("loading the Kubernetes client configuration")?;
+    // No blanket retry of 429: for evictions it means "the PodDisruptionBudget says no" and the
+    // answer must come back at once; reconciles and watches have their own backoff.
+    config.default_retry = false;
     config.headers.push((
         http::header::USER_AGENT,
         http::HeaderValue::from_static(USER_AGENT),

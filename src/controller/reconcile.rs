@@ -73,12 +73,25 @@ pub(super) async fn reconcile(app: Arc<ResilientApp>, ctx: Arc<Context>) -> Resu
 async fn reconcile_app(app: &ResilientApp, ctx: &Context) -> Result<Action> {
     let name = app.name_any();
     let namespace = app.target_namespace();
-    let zones = usable_zones(
+    let mut zones = usable_zones(
         ctx.stores.nodes.state().iter().map(|n| n.as_ref()),
         &app.spec.resilience.zones,
     );
-    let plans = render::replica_plans(app, &zones);
     let mut outcome = PassOutcome::default();
+    // No usable zone at all (every node cordoned, or node monitoring down) says more about the
+    // cluster than about zones: like the node lifecycle controller in full disruption, change
+    // nothing and keep planning for the last zones seen until one is back.
+    if zones.is_empty()
+        && let Some(last) = app
+            .status
+            .as_ref()
+            .map(|s| s.zones.clone())
+            .filter(|z| !z.is_empty())
+    {
+        outcome.no_usable_zones = true;
+        zones = last;
+    }
+    let plans = render::replica_plans(app, &zones);
 
     // Validate: what CEL cannot check. A bad spec waits for a change.
     let errors = render::validate(app);
@@ -127,6 +140,7 @@ async fn reconcile_app(app: &ResilientApp, ctx: &Context) -> Result<Action> {
     let observed = observe(app, ctx, &namespace, &zones, &plans);
     // Rebalance only in a pass that changed nothing else, so each move starts from a settled state.
     let may_rebalance = outcome.blocker.is_none()
+        && !outcome.no_usable_zones
         && outcome.waiting.is_none()
         && outcome.writes == 0
         && app.spec.resilience.rebalance;

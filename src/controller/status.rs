@@ -61,6 +61,8 @@ pub struct PassOutcome {
     pub warning: Option<String>,
     /// Children were not applied this pass because something must finish first.
     pub waiting: Option<String>,
+    /// No zone is usable now; the plan uses the last zones seen.
+    pub no_usable_zones: bool,
 }
 
 pub fn pod_ready(pod: &Pod) -> bool {
@@ -203,7 +205,17 @@ pub fn conditions(
             _ => None,
         })
         .collect();
-    if insufficient {
+    if outcome.no_usable_zones {
+        c.set(
+            ConditionType::ZoneFailureTolerant,
+            false,
+            "NoUsableZones",
+            format!(
+                "no zone has a ready, schedulable node; replicas stay planned for the last zones seen ({}) until one is back",
+                zones.join(", ")
+            ),
+        );
+    } else if insufficient {
         c.set(
             ConditionType::ZoneFailureTolerant,
             false,

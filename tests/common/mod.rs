@@ -67,6 +67,9 @@ pub async fn client() -> Client {
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
         .await
         .expect("kubeconfig of the local cluster");
+    let mut config = config;
+    // A 429 from the Eviction API is an answer (the PDB said no), not something to retry.
+    config.default_retry = false;
     let client = Client::try_from(config).expect("client");
     client.apiserver_version().await.unwrap_or_else(|e| {
         panic!("the local cluster does not answer ({e}); start it with `e2e/cluster.sh up`")
@@ -195,16 +198,19 @@ pub fn start_operator() {
 
 /// The operator's /metrics text.
 pub fn operator_metrics() -> String {
+    try_operator_metrics().expect("operator metrics endpoint")
+}
+
+fn try_operator_metrics() -> Option<String> {
     use std::io::{Read, Write};
     let port = *METRICS_PORT.get().expect("operator started");
-    let mut stream =
-        std::net::TcpStream::connect(("127.0.0.1", port)).expect("operator metrics endpoint");
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream
         .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .unwrap();
+        .ok()?;
     let mut body = String::new();
-    stream.read_to_string(&mut body).unwrap();
-    body
+    stream.read_to_string(&mut body).ok()?;
+    Some(body)
 }
 
 /// Sum of a metric's samples whose line starts with `prefix` (name plus optional labels).
@@ -220,11 +226,7 @@ pub async fn wait_operator_ready() {
     wait_for(
         "the operator to serve /metrics",
         Duration::from_secs(60),
-        || async {
-            std::panic::catch_unwind(operator_metrics)
-                .ok()
-                .filter(|t| t.contains("resilient_operator"))
-        },
+        || async { try_operator_metrics().filter(|t| t.contains("resilient_operator")) },
     )
     .await;
 }
