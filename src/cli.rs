@@ -66,11 +66,7 @@ pub struct RunArgs {
     #[arg(long, env = "RESILIENT_RESYNC_SECONDS", default_value_t = 300)]
     pub resync_seconds: u64,
     /// Address of the /metrics, /healthz and /readyz endpoints.
-    #[arg(
-        long,
-        env = "RESILIENT_METRICS_ADDRESS",
-        default_value = "127.0.0.1:8080"
-    )]
+    #[arg(long, env = "RESILIENT_METRICS_ADDRESS", default_value = "127.0.0.1:8080")]
     pub metrics_address: std::net::SocketAddr,
     /// Log format.
     #[arg(long, env = "RESILIENT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -123,9 +119,7 @@ fn init_logging(format: LogFormat) {
 
 fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
     init_logging(args.log_format);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let client = operator_client().await?;
         let metrics = Arc::new(Metrics::default());
@@ -133,10 +127,7 @@ fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
         crate::telemetry::serve(args.metrics_address, metrics.clone(), health.clone())
             .await
             .with_context(|| format!("listening on {}", args.metrics_address))?;
-        let settings = Settings {
-            concurrency: args.concurrency,
-            resync: Duration::from_secs(args.resync_seconds),
-        };
+        let settings = Settings { concurrency: args.concurrency, resync: Duration::from_secs(args.resync_seconds) };
         let reporter = kube::runtime::events::Reporter {
             controller: crate::api::MANAGER.to_string(),
             instance: std::env::var("POD_NAME").ok(),
@@ -152,44 +143,28 @@ pub const USER_AGENT: &str = concat!("resilient-operator/", env!("CARGO_PKG_VERS
 
 /// A client from KUBECONFIG or the in-cluster config, identified by [`USER_AGENT`].
 pub async fn operator_client() -> anyhow::Result<kube::Client> {
-    let mut config = kube::Config::infer()
-        .await
-        .context("loading the Kubernetes client configuration")?;
+    let mut config = kube::Config::infer().await.context("loading the Kubernetes client configuration")?;
     // No blanket retry of 429: for evictions it means "the PodDisruptionBudget says no" and the
     // answer must come back at once; reconciles and watches have their own backoff.
     config.default_retry = false;
-    config.headers.push((
-        http::header::USER_AGENT,
-        http::HeaderValue::from_static(USER_AGENT),
-    ));
+    config.headers.push((http::header::USER_AGENT, http::HeaderValue::from_static(USER_AGENT)));
     kube::Client::try_from(config).context("creating the Kubernetes client")
 }
 
 fn simulate_cmd(args: &SimulateArgs) -> anyhow::Result<ExitCode> {
     use k8s_openapi::api::core::v1::{Node, Pod, ResourceQuota};
     use kube::api::{Api, ListParams};
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let report = runtime.block_on(async {
         let client = operator_client().await?;
         let apps = Api::<ResilientApp>::all(client.clone())
             .list(&ListParams::default())
             .await
             .context("listing ResilientApps")?;
-        let nodes = Api::<Node>::all(client.clone())
-            .list(&ListParams::default())
-            .await
-            .context("listing nodes")?;
-        let pods = Api::<Pod>::all(client.clone())
-            .list(&ListParams::default())
-            .await
-            .context("listing pods")?;
+        let nodes = Api::<Node>::all(client.clone()).list(&ListParams::default()).await.context("listing nodes")?;
+        let pods = Api::<Pod>::all(client.clone()).list(&ListParams::default()).await.context("listing pods")?;
         let managed = ListParams::default().labels(&controller::managed_selector());
-        let quotas = Api::<ResourceQuota>::all(client)
-            .list(&managed)
-            .await
-            .context("listing resource quotas")?;
+        let quotas = Api::<ResourceQuota>::all(client).list(&managed).await.context("listing resource quotas")?;
         let input = crate::simulate::SimulationInput {
             apps: &apps.items,
             nodes: &nodes.items,
@@ -203,11 +178,7 @@ fn simulate_cmd(args: &SimulateArgs) -> anyhow::Result<ExitCode> {
         OutputFormat::Table => print!("{}", crate::simulate::table(&report)),
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
     }
-    Ok(if report.all_hold() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(if report.all_hold() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 fn to_yaml<T: Serialize>(value: &T) -> anyhow::Result<String> {
@@ -232,11 +203,10 @@ fn render_cmd(args: &RenderArgs) -> anyhow::Result<ExitCode> {
         std::io::stdin().read_to_string(&mut s)?;
         s
     } else {
-        std::fs::read_to_string(&args.file)
-            .with_context(|| format!("reading {}", args.file.display()))?
+        std::fs::read_to_string(&args.file).with_context(|| format!("reading {}", args.file.display()))?
     };
-    let app: ResilientApp = serde_saphyr::from_str(&text)
-        .with_context(|| format!("{} is not a ResilientApp", args.file.display()))?;
+    let app: ResilientApp =
+        serde_saphyr::from_str(&text).with_context(|| format!("{} is not a ResilientApp", args.file.display()))?;
     let errors = render::validate(&app);
     if !errors.is_empty() {
         for e in &errors {
@@ -252,11 +222,8 @@ fn render_cmd(args: &RenderArgs) -> anyhow::Result<ExitCode> {
 /// with the replica plan of each component as a comment.
 pub fn render_yaml(app: &ResilientApp, zones: &[String]) -> anyhow::Result<String> {
     let f = app.spec.resilience.zone_failures_tolerated;
-    let mut out = format!(
-        "# ResilientApp {} over zones [{}], tolerating {f} zone failure(s)\n",
-        app.name(),
-        zones.join(", ")
-    );
+    let mut out =
+        format!("# ResilientApp {} over zones [{}], tolerating {f} zone failure(s)\n", app.name(), zones.join(", "));
     for (name, plan) in render::replica_plans(app, zones) {
         let note = match plan.shortfall {
             None => "keeps minAvailable through the loss".to_string(),
@@ -267,10 +234,7 @@ pub fn render_yaml(app: &ResilientApp, zones: &[String]) -> anyhow::Result<Strin
                 format!("NOT zone-failure tolerant: needs {needed} replicas")
             }
         };
-        out.push_str(&format!(
-            "# component {name}: {} replicas, {note}\n",
-            plan.replicas
-        ));
+        out.push_str(&format!("# component {name}: {} replicas, {note}\n", plan.replicas));
     }
     let Desired {
         namespace,
@@ -282,11 +246,7 @@ pub fn render_yaml(app: &ResilientApp, zones: &[String]) -> anyhow::Result<Strin
         pod_disruption_budgets,
         services,
     } = render::render(app, zones);
-    let mut docs = vec![
-        to_yaml(&namespace)?,
-        to_yaml(&resource_quota)?,
-        to_yaml(&limit_range)?,
-    ];
+    let mut docs = vec![to_yaml(&namespace)?, to_yaml(&resource_quota)?, to_yaml(&limit_range)?];
     for o in &network_policies {
         docs.push(to_yaml(o)?);
     }

@@ -47,44 +47,18 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("resilient_operator");
         let reconciles = Counter::default();
         let failures = Family::<CategoryLabels, Counter>::default();
-        let duration = Histogram::new([
-            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-        ]);
+        let duration = Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
         let writes = Family::<WriteLabels, Counter>::default();
         let apps = Family::<TolerantLabels, Gauge>::default();
         let usable_zones = Gauge::default();
         let leader = Gauge::default();
         registry.register("reconciles", "Reconciles finished", reconciles.clone());
-        registry.register(
-            "reconcile_errors",
-            "Failed reconciles by category",
-            failures.clone(),
-        );
-        registry.register(
-            "reconcile_duration_seconds",
-            "Time of one reconcile",
-            duration.clone(),
-        );
-        registry.register(
-            "api_writes",
-            "Writes sent to the API server, by verb and kind",
-            writes.clone(),
-        );
-        registry.register(
-            "apps",
-            "ResilientApps by their ZoneFailureTolerant status",
-            apps.clone(),
-        );
-        registry.register(
-            "usable_zones",
-            "Usable zones seen in the last reconcile",
-            usable_zones.clone(),
-        );
-        registry.register(
-            "leader",
-            "1 when this instance holds the leader lease",
-            leader.clone(),
-        );
+        registry.register("reconcile_errors", "Failed reconciles by category", failures.clone());
+        registry.register("reconcile_duration_seconds", "Time of one reconcile", duration.clone());
+        registry.register("api_writes", "Writes sent to the API server, by verb and kind", writes.clone());
+        registry.register("apps", "ResilientApps by their ZoneFailureTolerant status", apps.clone());
+        registry.register("usable_zones", "Usable zones seen in the last reconcile", usable_zones.clone());
+        registry.register("leader", "1 when this instance holds the leader lease", leader.clone());
         Self {
             registry,
             reconciles,
@@ -106,20 +80,11 @@ impl Metrics {
     }
 
     pub fn reconcile_failed(&self, category: &str) {
-        self.failures
-            .get_or_create(&CategoryLabels {
-                category: category.to_string(),
-            })
-            .inc();
+        self.failures.get_or_create(&CategoryLabels { category: category.to_string() }).inc();
     }
 
     pub fn api_write(&self, verb: &str, kind: &str) {
-        self.writes
-            .get_or_create(&WriteLabels {
-                verb: verb.to_string(),
-                kind: kind.to_string(),
-            })
-            .inc();
+        self.writes.get_or_create(&WriteLabels { verb: verb.to_string(), kind: kind.to_string() }).inc();
     }
 
     pub fn set_leader(&self, leader: bool) {
@@ -137,32 +102,22 @@ impl Metrics {
         self.usable_zones.set(status.zones.len() as i64);
         let mut by_app = self.tolerant_by_app.lock().expect("metrics lock");
         if let Some(old) = by_app.insert(name.to_string(), tolerant.clone()) {
-            self.apps
-                .get_or_create(&TolerantLabels { tolerant: old })
-                .dec();
+            self.apps.get_or_create(&TolerantLabels { tolerant: old }).dec();
         }
         self.apps.get_or_create(&TolerantLabels { tolerant }).inc();
     }
 
     /// Forget a deleted app.
     pub fn forget_app(&self, name: &str) {
-        if let Some(old) = self
-            .tolerant_by_app
-            .lock()
-            .expect("metrics lock")
-            .remove(name)
-        {
-            self.apps
-                .get_or_create(&TolerantLabels { tolerant: old })
-                .dec();
+        if let Some(old) = self.tolerant_by_app.lock().expect("metrics lock").remove(name) {
+            self.apps.get_or_create(&TolerantLabels { tolerant: old }).dec();
         }
     }
 
     /// The text exposition format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("encoding metrics to a String");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("encoding metrics to a String");
         out
     }
 }

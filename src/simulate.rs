@@ -63,11 +63,7 @@ fn pod_ready(pod: &Pod) -> bool {
 }
 
 fn live(pod: &Pod) -> bool {
-    let phase = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.phase.as_deref())
-        .unwrap_or("");
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("");
     pod.metadata.deletion_timestamp.is_none() && phase != "Succeeded" && phase != "Failed"
 }
 
@@ -77,11 +73,7 @@ fn free_capacity(nodes: &[Node], pods: &[Pod]) -> BTreeMap<String, [f64; 3]> {
         .iter()
         .filter(|n| node_usable(n))
         .map(|n| {
-            let alloc = n
-                .status
-                .as_ref()
-                .and_then(|s| s.allocatable.clone())
-                .unwrap_or_default();
+            let alloc = n.status.as_ref().and_then(|s| s.allocatable.clone()).unwrap_or_default();
             let get = |k: &str| alloc.get(k).map_or(0.0, quantity_value);
             (n.name_any(), [get("cpu"), get("memory"), get("pods")])
         })
@@ -94,17 +86,10 @@ fn free_capacity(nodes: &[Node], pods: &[Pod]) -> BTreeMap<String, [f64; 3]> {
             continue;
         };
         let (mut cpu, mut mem) = (0.0, 0.0);
-        for c in pod
-            .spec
-            .as_ref()
-            .map(|s| s.containers.as_slice())
-            .unwrap_or_default()
-        {
+        for c in pod.spec.as_ref().map(|s| s.containers.as_slice()).unwrap_or_default() {
             let req = c.resources.as_ref().and_then(|r| r.requests.as_ref());
             cpu += req.and_then(|r| r.get("cpu")).map_or(0.0, quantity_value);
-            mem += req
-                .and_then(|r| r.get("memory"))
-                .map_or(0.0, quantity_value);
+            mem += req.and_then(|r| r.get("memory")).map_or(0.0, quantity_value);
         }
         slot[0] -= cpu;
         slot[1] -= mem;
@@ -114,45 +99,29 @@ fn free_capacity(nodes: &[Node], pods: &[Pod]) -> BTreeMap<String, [f64; 3]> {
 }
 
 fn quota_headroom(quotas: &[ResourceQuota], namespace: &str) -> Option<BTreeMap<String, f64>> {
-    let quota = quotas
-        .iter()
-        .find(|q| q.namespace().as_deref() == Some(namespace))?;
+    let quota = quotas.iter().find(|q| q.namespace().as_deref() == Some(namespace))?;
     let status = quota.status.as_ref()?;
     let hard = status.hard.clone().unwrap_or_default();
     let used = status.used.clone().unwrap_or_default();
     let zero = Quantity("0".into());
     Some(
         hard.iter()
-            .map(|(k, h)| {
-                (
-                    k.clone(),
-                    quantity_value(h) - quantity_value(used.get(k).unwrap_or(&zero)),
-                )
-            })
+            .map(|(k, h)| (k.clone(), quantity_value(h) - quantity_value(used.get(k).unwrap_or(&zero))))
             .collect(),
     )
 }
 
 /// Simulate the loss of `lost_zones` for every component of every app.
 pub fn simulate(input: &SimulationInput) -> SimulationReport {
-    let node_zone_of: HashMap<String, String> = input
-        .nodes
-        .iter()
-        .filter_map(|n| node_zone(n).map(|z| (n.name_any(), z.to_string())))
-        .collect();
+    let node_zone_of: HashMap<String, String> =
+        input.nodes.iter().filter_map(|n| node_zone(n).map(|z| (n.name_any(), z.to_string()))).collect();
     let mut free = free_capacity(input.nodes, input.pods);
     // Lost zones take no new pods.
-    free.retain(|node, _| {
-        node_zone_of
-            .get(node)
-            .is_none_or(|z| !input.lost_zones.contains(z))
-    });
+    free.retain(|node, _| node_zone_of.get(node).is_none_or(|z| !input.lost_zones.contains(z)));
     let mut quota_left: HashMap<String, Option<BTreeMap<String, f64>>> = HashMap::new();
     let mut components = Vec::new();
-    let all_surviving: Vec<String> = usable_zones(input.nodes, &[])
-        .into_iter()
-        .filter(|z| !input.lost_zones.contains(z))
-        .collect();
+    let all_surviving: Vec<String> =
+        usable_zones(input.nodes, &[]).into_iter().filter(|z| !input.lost_zones.contains(z)).collect();
 
     let mut apps: Vec<&ResilientApp> = input.apps.iter().collect();
     apps.sort_by_key(|a| a.name_any());
@@ -161,14 +130,10 @@ pub fn simulate(input: &SimulationInput) -> SimulationReport {
         let namespace = app.target_namespace();
         let allow = &app.spec.resilience.zones;
         let tolerated = app.spec.resilience.zone_failures_tolerated;
-        let surviving: Vec<String> = usable_zones(input.nodes, allow)
-            .into_iter()
-            .filter(|z| !input.lost_zones.contains(z))
-            .collect();
+        let surviving: Vec<String> =
+            usable_zones(input.nodes, allow).into_iter().filter(|z| !input.lost_zones.contains(z)).collect();
         let defaults = effective_defaults(app);
-        let headroom = quota_left
-            .entry(namespace.clone())
-            .or_insert_with(|| quota_headroom(input.quotas, &namespace));
+        let headroom = quota_left.entry(namespace.clone()).or_insert_with(|| quota_headroom(input.quotas, &namespace));
         for component in &app.spec.components {
             let ours: Vec<&Pod> = input
                 .pods
@@ -178,26 +143,14 @@ pub fn simulate(input: &SimulationInput) -> SimulationReport {
                 .filter(|p| p.labels().get(LABEL_COMPONENT) == Some(&component.name))
                 .filter(|p| live(p))
                 .collect();
-            let zone_of = |p: &Pod| {
-                p.spec
-                    .as_ref()
-                    .and_then(|s| s.node_name.as_ref())
-                    .and_then(|n| node_zone_of.get(n))
-                    .cloned()
-            };
+            let zone_of =
+                |p: &Pod| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).and_then(|n| node_zone_of.get(n)).cloned();
             let ready_now = ours.iter().filter(|p| pod_ready(p)).count() as i32;
             let ready_after_loss = ours
                 .iter()
-                .filter(|p| {
-                    pod_ready(p) && zone_of(p).is_some_and(|z| !input.lost_zones.contains(&z))
-                })
+                .filter(|p| pod_ready(p) && zone_of(p).is_some_and(|z| !input.lost_zones.contains(&z)))
                 .count() as i32;
-            let plan = plan_replicas(
-                component.replicas,
-                component.min_available,
-                surviving.len(),
-                tolerated,
-            );
+            let plan = plan_replicas(component.replicas, component.min_available, surviving.len(), tolerated);
             let mut notes = Vec::new();
             if plan.shortfall.is_some() {
                 notes.push(format!(
@@ -210,14 +163,7 @@ pub fn simulate(input: &SimulationInput) -> SimulationReport {
             // that survive there (the extra pod of an uneven split goes where pods already are).
             let mut current: Vec<(String, i32)> = surviving
                 .iter()
-                .map(|z| {
-                    (
-                        z.clone(),
-                        ours.iter()
-                            .filter(|p| zone_of(p).as_ref() == Some(z))
-                            .count() as i32,
-                    )
-                })
+                .map(|z| (z.clone(), ours.iter().filter(|p| zone_of(p).as_ref() == Some(z)).count() as i32))
                 .collect();
             current.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
             let mut needed_by_zone: Vec<(String, i32)> = Vec::new();
@@ -295,11 +241,7 @@ pub fn simulate(input: &SimulationInput) -> SimulationReport {
             });
         }
     }
-    SimulationReport {
-        lost_zones: input.lost_zones.to_vec(),
-        surviving_zones: all_surviving,
-        components,
-    }
+    SimulationReport { lost_zones: input.lost_zones.to_vec(), surviving_zones: all_surviving, components }
 }
 
 /// The report as a table for people.
@@ -307,23 +249,10 @@ pub fn table(report: &SimulationReport) -> String {
     let mut out = format!(
         "Losing {} (surviving: {})\n\n",
         report.lost_zones.join(" and "),
-        if report.surviving_zones.is_empty() {
-            "none".to_string()
-        } else {
-            report.surviving_zones.join(", ")
-        }
+        if report.surviving_zones.is_empty() { "none".to_string() } else { report.surviving_zones.join(", ") }
     );
-    let header = [
-        "APP",
-        "COMPONENT",
-        "MIN",
-        "READY NOW",
-        "READY AFTER",
-        "GUARANTEE",
-        "REPLICAS AFTER",
-        "REPLACEMENTS",
-        "FIT",
-    ];
+    let header =
+        ["APP", "COMPONENT", "MIN", "READY NOW", "READY AFTER", "GUARANTEE", "REPLICAS AFTER", "REPLACEMENTS", "FIT"];
     let rows: Vec<[String; 9]> = report
         .components
         .iter()
@@ -341,24 +270,10 @@ pub fn table(report: &SimulationReport) -> String {
             ]
         })
         .collect();
-    let widths: Vec<usize> = (0..9)
-        .map(|i| {
-            rows.iter()
-                .map(|r| r[i].len())
-                .chain([header[i].len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
+    let widths: Vec<usize> =
+        (0..9).map(|i| rows.iter().map(|r| r[i].len()).chain([header[i].len()]).max().unwrap_or(0)).collect();
     let line = |cells: Vec<&str>| {
-        cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_string()
+        cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("  ").trim_end().to_string()
     };
     out.push_str(&line(header.to_vec()));
     out.push('\n');
@@ -369,11 +284,7 @@ pub fn table(report: &SimulationReport) -> String {
     let notes: Vec<String> = report
         .components
         .iter()
-        .flat_map(|c| {
-            c.notes
-                .iter()
-                .map(move |n| format!("{}/{}: {n}", c.app, c.component))
-        })
+        .flat_map(|c| c.notes.iter().map(move |n| format!("{}/{}: {n}", c.app, c.component)))
         .collect();
     if !notes.is_empty() {
         out.push('\n');
@@ -382,11 +293,7 @@ pub fn table(report: &SimulationReport) -> String {
             out.push('\n');
         }
     }
-    let broken = report
-        .components
-        .iter()
-        .filter(|c| !c.guarantee_holds)
-        .count();
+    let broken = report.components.iter().filter(|c| !c.guarantee_holds).count();
     out.push_str(&format!(
         "\n{} of {} components keep minAvailable\n",
         report.components.len() - broken,

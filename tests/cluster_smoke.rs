@@ -29,12 +29,7 @@ async fn node_zones(client: &Client) -> HashMap<String, String> {
         .unwrap()
         .items
         .into_iter()
-        .map(|n| {
-            (
-                n.name_any(),
-                n.labels()["topology.kubernetes.io/zone"].clone(),
-            )
-        })
+        .map(|n| (n.name_any(), n.labels()["topology.kubernetes.io/zone"].clone()))
         .collect()
 }
 
@@ -48,21 +43,11 @@ async fn placement(client: &Client, ns: &str) -> (BTreeMap<String, usize>, usize
         if pod.metadata.deletion_timestamp.is_some() {
             continue;
         }
-        let phase = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.phase.clone())
-            .unwrap_or_default();
+        let phase = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
         match phase.as_str() {
             "Running" => {
-                let node = pod
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.node_name.clone())
-                    .unwrap_or_default();
-                *by_zone
-                    .entry(zones.get(&node).cloned().unwrap_or_default())
-                    .or_insert(0) += 1;
+                let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+                *by_zone.entry(zones.get(&node).cloned().unwrap_or_default()).or_insert(0) += 1;
             }
             "Pending" => pending += 1,
             _ => {}
@@ -77,19 +62,12 @@ async fn scheduler_spreads_and_a_lost_zone_is_replaced() {
     let ns = unique("smoke");
     let namespaces: Api<Namespace> = Api::all(client.clone());
     namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap(),
-        )
+        .create(&PostParams::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap())
         .await
         .unwrap();
     let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
-    wait_for(
-        "the default ServiceAccount",
-        Duration::from_secs(60),
-        || async { sas.get_opt("default").await.ok()? },
-    )
-    .await;
+    wait_for("the default ServiceAccount", Duration::from_secs(60), || async { sas.get_opt("default").await.ok()? })
+        .await;
 
     let deployment: Deployment = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "spread"},
@@ -115,71 +93,33 @@ async fn scheduler_spreads_and_a_lost_zone_is_replaced() {
     }))
     .unwrap();
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-    deployments
-        .create(&PostParams::default(), &deployment)
-        .await
-        .unwrap();
+    deployments.create(&PostParams::default(), &deployment).await.unwrap();
 
-    let spread = wait_for(
-        "6 pods Running, 2 per zone",
-        Duration::from_secs(90),
-        || async {
-            let (by_zone, _) = placement(&client, &ns).await;
-            (by_zone.values().sum::<usize>() == 6).then_some(by_zone)
-        },
-    )
+    let spread = wait_for("6 pods Running, 2 per zone", Duration::from_secs(90), || async {
+        let (by_zone, _) = placement(&client, &ns).await;
+        (by_zone.values().sum::<usize>() == 6).then_some(by_zone)
+    })
     .await;
-    assert_eq!(
-        spread,
-        BTreeMap::from([
-            ("zone-a".into(), 2),
-            ("zone-b".into(), 2),
-            ("zone-c".into(), 2)
-        ])
-    );
+    assert_eq!(spread, BTreeMap::from([("zone-a".into(), 2), ("zone-b".into(), 2), ("zone-c".into(), 2)]));
 
     cluster_sh(&["zone-down", "zone-a"]);
     let guard = ZoneGuard("zone-a");
-    let (by_zone, pending) = wait_for(
-        "replacements Running in zone-b and zone-c",
-        Duration::from_secs(150),
-        || async {
+    let (by_zone, pending) =
+        wait_for("replacements Running in zone-b and zone-c", Duration::from_secs(150), || async {
             let (by_zone, pending) = placement(&client, &ns).await;
-            let outside_a: usize = by_zone
-                .iter()
-                .filter(|(z, _)| z.as_str() != "zone-a")
-                .map(|(_, n)| n)
-                .sum();
+            let outside_a: usize = by_zone.iter().filter(|(z, _)| z.as_str() != "zone-a").map(|(_, n)| n).sum();
             (outside_a == 6).then_some((by_zone, pending))
-        },
-    )
-    .await;
-    assert_eq!(
-        by_zone,
-        BTreeMap::from([("zone-b".into(), 3), ("zone-c".into(), 3)])
-    );
+        })
+        .await;
+    assert_eq!(by_zone, BTreeMap::from([("zone-b".into(), 3), ("zone-c".into(), 3)]));
     assert_eq!(pending, 0, "no replacement may stay Pending");
 
     drop(guard); // zone-up waits until the zone's nodes are Ready again
     let nodes: Api<Node> = Api::all(client.clone());
-    for node in nodes
-        .list(&ListParams::default().labels("topology.kubernetes.io/zone=zone-a"))
-        .await
-        .unwrap()
-    {
+    for node in nodes.list(&ListParams::default().labels("topology.kubernetes.io/zone=zone-a")).await.unwrap() {
         let name = node.name_any();
-        let ready = node
-            .status
-            .unwrap()
-            .conditions
-            .unwrap()
-            .into_iter()
-            .find(|c| c.type_ == "Ready")
-            .unwrap();
+        let ready = node.status.unwrap().conditions.unwrap().into_iter().find(|c| c.type_ == "Ready").unwrap();
         assert_eq!(ready.status, "True", "{name} is not Ready after zone-up");
     }
-    namespaces
-        .delete(&ns, &DeleteParams::default())
-        .await
-        .unwrap();
+    namespaces.delete(&ns, &DeleteParams::default()).await.unwrap();
 }

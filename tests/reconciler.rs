@@ -40,43 +40,18 @@ async fn example_app_gets_every_child_with_the_right_fields() {
     let app = ready(&client, &name).await;
     let status = app.status.clone().unwrap();
     assert_eq!(status.zones, ["zone-a", "zone-b", "zone-c"]);
-    assert!(
-        is_true(&status, "ZoneFailureTolerant"),
-        "{:?}",
-        status.conditions
-    );
+    assert!(is_true(&status, "ZoneFailureTolerant"), "{:?}", status.conditions);
     for c in &status.conditions {
-        assert_eq!(
-            c.observed_generation, app.metadata.generation,
-            "{}",
-            c.type_
-        );
+        assert_eq!(c.observed_generation, app.metadata.generation, "{}", c.type_);
         assert!(!c.reason.is_empty() && !c.message.is_empty(), "{c:?}");
     }
     let web = status.components.iter().find(|c| c.name == "web").unwrap();
-    assert_eq!(
-        (
-            web.replicas,
-            web.ready_replicas,
-            web.ready_after_worst_zone_loss
-        ),
-        (6, 6, 4)
-    );
-    assert_eq!(
-        web.ready_by_zone,
-        BTreeMap::from([
-            ("zone-a".into(), 2),
-            ("zone-b".into(), 2),
-            ("zone-c".into(), 2)
-        ])
-    );
+    assert_eq!((web.replicas, web.ready_replicas, web.ready_after_worst_zone_loss), (6, 6, 4));
+    assert_eq!(web.ready_by_zone, BTreeMap::from([("zone-a".into(), 2), ("zone-b".into(), 2), ("zone-c".into(), 2)]));
 
     let ns: Namespace = Api::all(client.clone()).get(&name).await.unwrap();
     let ns_labels = labels_of(&ns);
-    assert_eq!(
-        ns_labels["pod-security.kubernetes.io/enforce"],
-        "restricted"
-    );
+    assert_eq!(ns_labels["pod-security.kubernetes.io/enforce"], "restricted");
     assert_eq!(ns_labels["pod-security.kubernetes.io/warn"], "restricted");
     assert_eq!(ns_labels["pod-security.kubernetes.io/audit"], "restricted");
     assert_eq!(ns.owner_references()[0].uid, uid);
@@ -87,31 +62,18 @@ async fn example_app_gets_every_child_with_the_right_fields() {
         assert_eq!(labels["app.kubernetes.io/managed-by"], "resilient-operator");
         assert_eq!(labels["resilient.dev/app"], name);
         let owner = &meta.owner_references.as_ref().unwrap()[0];
-        assert_eq!(
-            (owner.uid.as_str(), owner.controller),
-            (uid.as_str(), Some(true))
-        );
+        assert_eq!((owner.uid.as_str(), owner.controller), (uid.as_str(), Some(true)));
     };
-    let quotas: Vec<ResourceQuota> = Api::namespaced(client.clone(), &name)
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items;
+    let quotas: Vec<ResourceQuota> =
+        Api::namespaced(client.clone(), &name).list(&ListParams::default()).await.unwrap().items;
     assert_eq!(quotas.len(), 1);
     let hard = quotas[0].spec.clone().unwrap().hard.unwrap();
     assert_eq!(hard["pods"].0, "19");
     quotas.iter().for_each(|o| check(&o.metadata));
-    let lrs: Vec<LimitRange> = Api::namespaced(client.clone(), &name)
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items;
+    let lrs: Vec<LimitRange> = Api::namespaced(client.clone(), &name).list(&ListParams::default()).await.unwrap().items;
     assert_eq!(lrs.len(), 1);
-    let policies: Vec<NetworkPolicy> = Api::namespaced(client.clone(), &name)
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items;
+    let policies: Vec<NetworkPolicy> =
+        Api::namespaced(client.clone(), &name).list(&ListParams::default()).await.unwrap().items;
     let mut policy_names: Vec<String> = policies.iter().map(|p| p.name_any()).collect();
     policy_names.sort();
     assert_eq!(
@@ -125,43 +87,25 @@ async fn example_app_gets_every_child_with_the_right_fields() {
         ]
     );
     policies.iter().for_each(|o| check(&o.metadata));
-    let bindings: Vec<RoleBinding> = Api::namespaced(client.clone(), &name)
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items;
-    let roles: BTreeMap<String, String> = bindings
-        .iter()
-        .map(|b| (b.name_any(), b.role_ref.name.clone()))
-        .collect();
+    let bindings: Vec<RoleBinding> =
+        Api::namespaced(client.clone(), &name).list(&ListParams::default()).await.unwrap().items;
+    let roles: BTreeMap<String, String> = bindings.iter().map(|b| (b.name_any(), b.role_ref.name.clone())).collect();
     assert_eq!(
         roles,
-        BTreeMap::from([
-            ("resilient-admins".into(), "admin".into()),
-            ("resilient-viewers".into(), "view".into())
-        ])
+        BTreeMap::from([("resilient-admins".into(), "admin".into()), ("resilient-viewers".into(), "view".into())])
     );
-    let deployments: Vec<Deployment> = Api::namespaced(client.clone(), &name)
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items;
-    let replicas: BTreeMap<String, i32> = deployments
-        .iter()
-        .map(|d| (d.name_any(), d.spec.as_ref().unwrap().replicas.unwrap()))
-        .collect();
-    assert_eq!(
-        replicas,
-        BTreeMap::from([("api".into(), 3), ("web".into(), 6), ("worker".into(), 2)])
-    );
+    let deployments: Vec<Deployment> =
+        Api::namespaced(client.clone(), &name).list(&ListParams::default()).await.unwrap().items;
+    let replicas: BTreeMap<String, i32> =
+        deployments.iter().map(|d| (d.name_any(), d.spec.as_ref().unwrap().replicas.unwrap())).collect();
+    assert_eq!(replicas, BTreeMap::from([("api".into(), 3), ("web".into(), 6), ("worker".into(), 2)]));
     for d in &deployments {
         check(&d.metadata);
         let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
         let tsc = pod.topology_spread_constraints.as_ref().unwrap();
         assert!(
             tsc.iter()
-                .any(|t| t.topology_key == "topology.kubernetes.io/zone"
-                    && t.when_unsatisfiable == "DoNotSchedule")
+                .any(|t| t.topology_key == "topology.kubernetes.io/zone" && t.when_unsatisfiable == "DoNotSchedule")
         );
         let tol = pod.tolerations.as_ref().unwrap();
         assert!(tol.iter().any(
@@ -169,17 +113,11 @@ async fn example_app_gets_every_child_with_the_right_fields() {
                 && t.toleration_seconds == Some(30)
         ));
     }
-    let pdbs: Vec<PodDisruptionBudget> = Api::namespaced(client.clone(), &name)
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items;
+    let pdbs: Vec<PodDisruptionBudget> =
+        Api::namespaced(client.clone(), &name).list(&ListParams::default()).await.unwrap().items;
     assert_eq!(pdbs.len(), 3);
-    let services: Vec<Service> = Api::namespaced(client.clone(), &name)
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items;
+    let services: Vec<Service> =
+        Api::namespaced(client.clone(), &name).list(&ListParams::default()).await.unwrap().items;
     let mut svc_names: Vec<String> = services.iter().map(|s| s.name_any()).collect();
     svc_names.sort();
     assert_eq!(svc_names, ["api", "web"]);
@@ -191,18 +129,11 @@ async fn example_app_gets_every_child_with_the_right_fields() {
     assert_eq!(header, ["NAME", "READY", "TOLERANT", "ZONES", "AGE"]);
     let row: Vec<&str> = text.lines().nth(1).unwrap().split_whitespace().collect();
     assert_eq!(&row[..3], [name.as_str(), "True", "True"]);
-    let wide =
-        String::from_utf8_lossy(&kubectl(&["get", "rapp", &name, "-o", "wide"], None).stdout)
-            .to_string();
+    let wide = String::from_utf8_lossy(&kubectl(&["get", "rapp", &name, "-o", "wide"], None).stdout).to_string();
+    assert!(wide.contains("MESSAGE") && wide.contains("3 components are at or above minAvailable"), "{wide}");
+    let describe = String::from_utf8_lossy(&kubectl(&["describe", "rapp", &name], None).stdout).to_string();
     assert!(
-        wide.contains("MESSAGE") && wide.contains("3 components are at or above minAvailable"),
-        "{wide}"
-    );
-    let describe =
-        String::from_utf8_lossy(&kubectl(&["describe", "rapp", &name], None).stdout).to_string();
-    assert!(
-        describe.contains("ZoneFailureTolerant")
-            && describe.contains("every component keeps minAvailable"),
+        describe.contains("ZoneFailureTolerant") && describe.contains("every component keeps minAvailable"),
         "{describe}"
     );
 
@@ -218,10 +149,7 @@ async fn delete_app(client: &Client, name: &str) {
 fn rejected(app: &Value, expected: &[&str]) {
     let out = kubectl(&["apply", "-f", "-"], Some(&app.to_string()));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "accepted, but should be rejected: {app}"
-    );
+    assert!(!out.status.success(), "accepted, but should be rejected: {app}");
     for e in expected {
         assert!(stderr.contains(e), "error does not name `{e}`:\n{stderr}");
     }
@@ -244,24 +172,15 @@ async fn bad_input_is_rejected_at_admission_naming_the_field() {
         f(&mut app);
         app
     };
-    rejected(
-        &with(&|a| a["spec"]["components"] = json!([])),
-        &["spec.components", "at least 1 item"],
-    );
+    rejected(&with(&|a| a["spec"]["components"] = json!([])), &["spec.components", "at least 1 item"]);
     rejected(
         &with(
             &|a| a["spec"]["components"] = json!([{"name": "web", "image": "x", "minAvailable": 1}, {"name": "web", "image": "y", "minAvailable": 1}]),
         ),
         &["spec.components", "Duplicate value"],
     );
-    rejected(
-        &with(&|a| a["spec"]["components"][0]["name"] = json!("Web_1")),
-        &["spec.components[0].name"],
-    );
-    rejected(
-        &with(&|a| a["spec"]["components"][0]["minAvailable"] = json!(0)),
-        &["spec.components[0].minAvailable"],
-    );
+    rejected(&with(&|a| a["spec"]["components"][0]["name"] = json!("Web_1")), &["spec.components[0].name"]);
+    rejected(&with(&|a| a["spec"]["components"][0]["minAvailable"] = json!(0)), &["spec.components[0].minAvailable"]);
     rejected(
         &with(&|a| a["spec"]["resilience"] = json!({"zoneFailuresTolerated": 3})),
         &["spec.resilience.zoneFailuresTolerated"],
@@ -270,37 +189,21 @@ async fn bad_input_is_rejected_at_admission_naming_the_field() {
         &with(&|a| a["spec"]["components"][0]["replicas"] = json!(1)),
         &["spec.components[0].replicas", "must be >= minAvailable"],
     );
-    rejected(
-        &with(&|a| a["spec"]["podSecurity"] = json!("open")),
-        &["spec.podSecurity", "Unsupported value"],
-    );
+    rejected(&with(&|a| a["spec"]["podSecurity"] = json!("open")), &["spec.podSecurity", "Unsupported value"]);
     rejected(
         &with(&|a| a["spec"]["network"] = json!({"isolation": "Loose"})),
         &["spec.network.isolation", "Unsupported value"],
     );
     rejected(
         &with(&|a| a["spec"]["components"][0]["allowFrom"] = json!(["nope"])),
-        &[
-            "spec.components",
-            "allowFrom may only name components of this app",
-        ],
+        &["spec.components", "allowFrom may only name components of this app"],
     );
-    rejected(
-        &with(&|a| a["metadata"]["name"] = json!("not.a.label")),
-        &["metadata.name"],
-    );
+    rejected(&with(&|a| a["metadata"]["name"] = json!("not.a.label")), &["metadata.name"]);
 
     // spec.namespace may not change once set (or defaulted).
     let ok = kubectl(&["apply", "-f", "-"], Some(&minimal(&name).to_string()));
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
-    rejected(
-        &with(&|a| a["spec"]["namespace"] = json!("elsewhere")),
-        &["spec.namespace", "immutable"],
-    );
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    rejected(&with(&|a| a["spec"]["namespace"] = json!("elsewhere")), &["spec.namespace", "immutable"]);
     // The operator keeps serving other apps and this one.
     ready(&client, &name).await;
     delete_app(&client, &name).await;
@@ -317,117 +220,51 @@ async fn deleted_and_edited_children_are_put_back() {
     let original = deployments.get("hello").await.unwrap();
 
     // Deleted Deployment: recreated.
-    deployments
-        .delete("hello", &DeleteParams::default())
-        .await
-        .unwrap();
-    wait_for(
-        "the Deployment to come back",
-        Duration::from_secs(30),
-        || async {
-            let d = deployments.get_opt("hello").await.ok()??;
-            (d.uid() != original.uid()).then_some(())
-        },
-    )
+    deployments.delete("hello", &DeleteParams::default()).await.unwrap();
+    wait_for("the Deployment to come back", Duration::from_secs(30), || async {
+        let d = deployments.get_opt("hello").await.ok()??;
+        (d.uid() != original.uid()).then_some(())
+    })
     .await;
 
     // Scaled down by hand: scaled back.
-    let scaled = kubectl(
-        &["scale", "deployment/hello", "-n", &name, "--replicas=1"],
-        None,
-    );
-    assert!(
-        scaled.status.success(),
-        "{}",
-        String::from_utf8_lossy(&scaled.stderr)
-    );
-    wait_for(
-        "replicas to be put back to 3",
-        Duration::from_secs(30),
-        || async {
-            let d = deployments.get("hello").await.ok()?;
-            (d.spec?.replicas == Some(3)).then_some(())
-        },
-    )
+    let scaled = kubectl(&["scale", "deployment/hello", "-n", &name, "--replicas=1"], None);
+    assert!(scaled.status.success(), "{}", String::from_utf8_lossy(&scaled.stderr));
+    wait_for("replicas to be put back to 3", Duration::from_secs(30), || async {
+        let d = deployments.get("hello").await.ok()?;
+        (d.spec?.replicas == Some(3)).then_some(())
+    })
     .await;
 
     // Spread removed: put back.
     let patch = json!([{"op": "remove", "path": "/spec/template/spec/topologySpreadConstraints"}]);
-    let out = kubectl(
-        &[
-            "patch",
-            "deployment/hello",
-            "-n",
-            &name,
-            "--type=json",
-            "-p",
-            &patch.to_string(),
-        ],
-        None,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    wait_for(
-        "the zone spread to be put back",
-        Duration::from_secs(30),
-        || async {
-            let d = deployments.get("hello").await.ok()?;
-            let tsc = d.spec?.template.spec?.topology_spread_constraints?;
-            tsc.iter()
-                .any(|t| t.topology_key == "topology.kubernetes.io/zone")
-                .then_some(())
-        },
-    )
+    let out = kubectl(&["patch", "deployment/hello", "-n", &name, "--type=json", "-p", &patch.to_string()], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_for("the zone spread to be put back", Duration::from_secs(30), || async {
+        let d = deployments.get("hello").await.ok()?;
+        let tsc = d.spec?.template.spec?.topology_spread_constraints?;
+        tsc.iter().any(|t| t.topology_key == "topology.kubernetes.io/zone").then_some(())
+    })
     .await;
 
     // NetworkPolicy loosened: put back.
     let loosen = json!({"spec": {"policyTypes": ["Ingress"]}});
     let out = kubectl(
-        &[
-            "patch",
-            "networkpolicy/resilient-default-deny",
-            "-n",
-            &name,
-            "--type=merge",
-            "-p",
-            &loosen.to_string(),
-        ],
+        &["patch", "networkpolicy/resilient-default-deny", "-n", &name, "--type=merge", "-p", &loosen.to_string()],
         None,
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    wait_for(
-        "default-deny egress to be put back",
-        Duration::from_secs(30),
-        || async {
-            let p = policies.get("resilient-default-deny").await.ok()?;
-            (p.spec?.policy_types? == ["Ingress", "Egress"]).then_some(())
-        },
-    )
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_for("default-deny egress to be put back", Duration::from_secs(30), || async {
+        let p = policies.get("resilient-default-deny").await.ok()?;
+        (p.spec?.policy_types? == ["Ingress", "Egress"]).then_some(())
+    })
     .await;
 
     // NetworkPolicy deleted: recreated.
-    policies
-        .delete("resilient-allow-dns", &DeleteParams::default())
-        .await
-        .unwrap();
-    wait_for(
-        "the DNS policy to come back",
-        Duration::from_secs(30),
-        || async {
-            policies
-                .get_opt("resilient-allow-dns")
-                .await
-                .ok()?
-                .map(|_| ())
-        },
-    )
+    policies.delete("resilient-allow-dns", &DeleteParams::default()).await.unwrap();
+    wait_for("the DNS policy to come back", Duration::from_secs(30), || async {
+        policies.get_opt("resilient-allow-dns").await.ok()?.map(|_| ())
+    })
     .await;
     ready(&client, &name).await;
     delete_app(&client, &name).await;
@@ -449,35 +286,18 @@ async fn removing_a_component_deletes_its_children() {
     let services: Api<Service> = Api::namespaced(client.clone(), &name);
     let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &name);
     assert!(deployments.get_opt("worker").await.unwrap().is_some());
-    assert!(
-        policies
-            .get_opt("resilient-worker-ingress")
-            .await
-            .unwrap()
-            .is_some()
-    );
+    assert!(policies.get_opt("resilient-worker-ingress").await.unwrap().is_some());
 
     apply_app(&client, &example("hello.yaml", &name)).await;
-    wait_for(
-        "the worker's children to be deleted",
-        Duration::from_secs(30),
-        || async {
-            let gone = deployments.get_opt("worker").await.ok()?.is_none()
-                && pdbs.get_opt("worker").await.ok()?.is_none()
-                && services.get_opt("worker").await.ok()?.is_none()
-                && policies
-                    .get_opt("resilient-worker-ingress")
-                    .await
-                    .ok()?
-                    .is_none();
-            gone.then_some(())
-        },
-    )
+    wait_for("the worker's children to be deleted", Duration::from_secs(30), || async {
+        let gone = deployments.get_opt("worker").await.ok()?.is_none()
+            && pdbs.get_opt("worker").await.ok()?.is_none()
+            && services.get_opt("worker").await.ok()?.is_none()
+            && policies.get_opt("resilient-worker-ingress").await.ok()?.is_none();
+        gone.then_some(())
+    })
     .await;
-    assert!(
-        deployments.get_opt("hello").await.unwrap().is_some(),
-        "the remaining component must stay"
-    );
+    assert!(deployments.get_opt("hello").await.unwrap().is_some(), "the remaining component must stay");
     delete_app(&client, &name).await;
 }
 
@@ -486,89 +306,41 @@ async fn a_foreign_namespace_is_never_adopted() {
     let client = setup().await;
     let name = unique("taken");
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let foreign: Namespace = serde_json::from_value(
-        json!({"metadata": {"name": name, "labels": {"team": "someone-else"}}}),
-    )
-    .unwrap();
-    namespaces
-        .create(&PostParams::default(), &foreign)
-        .await
-        .unwrap();
+    let foreign: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": name, "labels": {"team": "someone-else"}}})).unwrap();
+    namespaces.create(&PostParams::default(), &foreign).await.unwrap();
     let before = namespaces.get(&name).await.unwrap();
 
     apply_app(&client, &example("hello.yaml", &name)).await;
-    let app = wait_status(
-        &client,
-        &name,
-        "Stalled=NamespaceConflict",
-        READY_TIMEOUT,
-        |s| condition(s, "Stalled").is_some_and(|c| c.reason == "NamespaceConflict"),
-    )
+    let app = wait_status(&client, &name, "Stalled=NamespaceConflict", READY_TIMEOUT, |s| {
+        condition(s, "Stalled").is_some_and(|c| c.reason == "NamespaceConflict")
+    })
     .await;
     let status = app.status.unwrap();
-    assert!(
-        condition(&status, "Reconciling").is_none(),
-        "Reconciling and Stalled together"
-    );
+    assert!(condition(&status, "Reconciling").is_none(), "Reconciling and Stalled together");
     let ready = condition(&status, "Ready").unwrap();
-    assert_eq!(
-        (ready.status.as_str(), ready.reason.as_str()),
-        ("False", "NamespaceConflict")
-    );
-    assert!(
-        ready
-            .message
-            .contains(&format!("namespace {name} already exists")),
-        "{}",
-        ready.message
-    );
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "NamespaceConflict"));
+    assert!(ready.message.contains(&format!("namespace {name} already exists")), "{}", ready.message);
 
     let events: Api<Event> = Api::all(client.clone());
-    wait_for(
-        "a NamespaceConflict warning Event",
-        Duration::from_secs(30),
-        || async {
-            let list = events
-                .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
-                .await
-                .ok()?;
-            list.items
-                .iter()
-                .any(|e| {
-                    e.reason.as_deref() == Some("NamespaceConflict")
-                        && e.type_.as_deref() == Some("Warning")
-                })
-                .then_some(())
-        },
-    )
+    wait_for("a NamespaceConflict warning Event", Duration::from_secs(30), || async {
+        let list = events.list(&ListParams::default().fields(&format!("involvedObject.name={name}"))).await.ok()?;
+        list.items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("NamespaceConflict") && e.type_.as_deref() == Some("Warning"))
+            .then_some(())
+    })
     .await;
 
     let after = namespaces.get(&name).await.unwrap();
-    assert_eq!(
-        after.metadata.labels, before.metadata.labels,
-        "labels of a foreign namespace changed"
-    );
+    assert_eq!(after.metadata.labels, before.metadata.labels, "labels of a foreign namespace changed");
     assert_eq!(after.metadata.owner_references, None);
-    assert_eq!(
-        after.resource_version(),
-        before.resource_version(),
-        "the foreign namespace was written to"
-    );
+    assert_eq!(after.resource_version(), before.resource_version(), "the foreign namespace was written to");
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &name);
-    assert!(
-        deployments
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .is_empty()
-    );
+    assert!(deployments.list(&ListParams::default()).await.unwrap().items.is_empty());
 
     delete_app(&client, &name).await;
-    namespaces
-        .delete(&name, &DeleteParams::default())
-        .await
-        .unwrap();
+    namespaces.delete(&name, &DeleteParams::default()).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -579,18 +351,9 @@ async fn deleting_the_app_collects_the_namespace_and_everything_in_it() {
     ready(&client, &name).await;
     delete_app(&client, &name).await;
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    wait_for(
-        "the namespace to be garbage collected",
-        Duration::from_secs(120),
-        || async {
-            namespaces
-                .get_opt(&name)
-                .await
-                .ok()?
-                .is_none()
-                .then_some(())
-        },
-    )
+    wait_for("the namespace to be garbage collected", Duration::from_secs(120), || async {
+        namespaces.get_opt(&name).await.ok()?.is_none().then_some(())
+    })
     .await;
 }
 
@@ -606,19 +369,11 @@ async fn an_app_in_sync_costs_no_writes() {
     for i in 0..5 {
         // Each annotation change is an event on the app: a full reconcile that must find nothing to do.
         let before = metric_sum(&operator_metrics(), "resilient_operator_reconciles_total");
-        let patch =
-            json!({"metadata": {"annotations": {"test.resilient.dev/resync": i.to_string()}}});
-        apps.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .unwrap();
-        wait_for(
-            "the operator to reconcile",
-            Duration::from_secs(30),
-            || async {
-                (metric_sum(&operator_metrics(), "resilient_operator_reconciles_total") > before)
-                    .then_some(())
-            },
-        )
+        let patch = json!({"metadata": {"annotations": {"test.resilient.dev/resync": i.to_string()}}});
+        apps.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+        wait_for("the operator to reconcile", Duration::from_secs(30), || async {
+            (metric_sum(&operator_metrics(), "resilient_operator_reconciles_total") > before).then_some(())
+        })
         .await;
     }
     // The audit backend is blocking: a request is in the log before its response is sent.
@@ -627,31 +382,15 @@ async fn an_app_in_sync_costs_no_writes() {
         let r = &e["objectRef"];
         let about_app = r["namespace"] == ns.as_str()
             || r["name"] == ns.as_str()
-            || r["name"]
-                .as_str()
-                .is_some_and(|n| n.starts_with(&format!("{ns}.")));
+            || r["name"].as_str().is_some_and(|n| n.starts_with(&format!("{ns}.")));
         about_app && WRITE_VERBS.contains(&e["verb"].as_str().unwrap_or_default())
     };
     // The same count over the app's whole life is not zero: the filter does see the operator.
     let all = audited_requests(resilient_operator::cli::USER_AGENT, "", writes_about_app);
-    assert!(
-        all.get("patch").copied().unwrap_or(0) >= 20,
-        "the audit log shows no operator writes at all: {all:?}"
-    );
-    let writes = audited_requests(
-        resilient_operator::cli::USER_AGENT,
-        &since,
-        writes_about_app,
-    );
-    assert!(
-        writes.is_empty(),
-        "writes by the operator while in sync: {writes:?}"
-    );
-    assert_eq!(
-        children_versions(&client, &name).await,
-        snapshot,
-        "a child changed while in sync"
-    );
+    assert!(all.get("patch").copied().unwrap_or(0) >= 20, "the audit log shows no operator writes at all: {all:?}");
+    let writes = audited_requests(resilient_operator::cli::USER_AGENT, &since, writes_about_app);
+    assert!(writes.is_empty(), "writes by the operator while in sync: {writes:?}");
+    assert_eq!(children_versions(&client, &name).await, snapshot, "a child changed while in sync");
     delete_app(&client, &name).await;
 }
 
@@ -664,15 +403,10 @@ async fn children_versions(client: &Client, ns: &str) -> BTreeMap<String, String
             + std::fmt::Debug,
     {
         let api: Api<K> = Api::namespaced(client.clone(), ns);
-        for o in api
-            .list(&ListParams::default().labels("app.kubernetes.io/managed-by=resilient-operator"))
-            .await
-            .unwrap()
+        for o in
+            api.list(&ListParams::default().labels("app.kubernetes.io/managed-by=resilient-operator")).await.unwrap()
         {
-            out.insert(
-                format!("{}/{}", K::kind(&()), o.name_any()),
-                o.resource_version().unwrap_or_default(),
-            );
+            out.insert(format!("{}/{}", K::kind(&()), o.name_any()), o.resource_version().unwrap_or_default());
         }
     }
     let mut out = BTreeMap::new();
@@ -684,9 +418,6 @@ async fn children_versions(client: &Client, ns: &str) -> BTreeMap<String, String
     versions::<PodDisruptionBudget>(client, ns, &mut out).await;
     versions::<Deployment>(client, ns, &mut out).await;
     let namespace: Namespace = Api::all(client.clone()).get(ns).await.unwrap();
-    out.insert(
-        "Namespace".into(),
-        namespace.resource_version().unwrap_or_default(),
-    );
+    out.insert("Namespace".into(), namespace.resource_version().unwrap_or_default());
     out
 }

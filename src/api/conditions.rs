@@ -30,25 +30,13 @@ pub struct Conditions {
 }
 
 impl Conditions {
-    pub fn set(
-        &mut self,
-        type_: ConditionType,
-        status: bool,
-        reason: &str,
-        message: impl Into<String>,
-    ) {
+    pub fn set(&mut self, type_: ConditionType, status: bool, reason: &str, message: impl Into<String>) {
         self.wanted.retain(|(t, ..)| *t != type_);
-        self.wanted
-            .push((type_, status, reason.to_string(), message.into()));
+        self.wanted.push((type_, status, reason.to_string(), message.into()));
     }
 
     /// Merge into `previous`, keeping `lastTransitionTime` of conditions whose status did not flip.
-    pub fn into_status(
-        self,
-        previous: &[Condition],
-        generation: Option<i64>,
-        now: &Time,
-    ) -> Vec<Condition> {
+    pub fn into_status(self, previous: &[Condition], generation: Option<i64>, now: &Time) -> Vec<Condition> {
         let mut out: Vec<Condition> = Vec::new();
         for (type_, status, reason, message) in self.wanted {
             let status_str = if status { "True" } else { "False" };

@@ -64,10 +64,7 @@ const MAX_COMPONENTS: u32 = 32;
 pub struct ResilientAppSpec {
     /// Namespace the app lives in. Defaults to metadata.name. Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(
-        length(min = 1, max = 63),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-    )]
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
     pub namespace: Option<String>,
 
     /// Pod Security Standard enforced on the namespace (enforce, warn and audit labels).
@@ -239,10 +236,7 @@ pub struct Access {
 #[serde(rename_all = "camelCase")]
 pub struct Component {
     /// DNS-1035 label, unique in the list: names the Deployment, PodDisruptionBudget and Service.
-    #[schemars(
-        length(min = 1, max = 63),
-        regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-    )]
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"))]
     pub name: String,
     #[schemars(length(min = 1))]
     pub image: String,
@@ -330,10 +324,7 @@ pub struct ComponentStatus {
 impl ResilientApp {
     /// The namespace this app owns: spec.namespace or metadata.name.
     pub fn target_namespace(&self) -> String {
-        self.spec
-            .namespace
-            .clone()
-            .unwrap_or_else(|| self.metadata.name.clone().unwrap_or_default())
+        self.spec.namespace.clone().unwrap_or_else(|| self.metadata.name.clone().unwrap_or_default())
     }
 
     pub fn name(&self) -> String {

@@ -34,15 +34,10 @@ impl Applier<'_> {
         if let Some(ns) = desired.namespace() {
             key = key.within(&ns);
         }
-        let want = serde_json::to_value(desired).map_err(|source| Error::Serialize {
-            kind: kind.clone(),
-            source,
-        })?;
+        let want = serde_json::to_value(desired).map_err(|source| Error::Serialize { kind: kind.clone(), source })?;
         if let Some(live) = store.get(&key) {
-            let have = serde_json::to_value(live.as_ref()).map_err(|source| Error::Serialize {
-                kind: kind.clone(),
-                source,
-            })?;
+            let have = serde_json::to_value(live.as_ref())
+                .map_err(|source| Error::Serialize { kind: kind.clone(), source })?;
             if diff::contains(&have, &want) {
                 return Ok(());
             }
@@ -50,30 +45,16 @@ impl Applier<'_> {
         } else {
             debug!(app = %self.app, %kind, name, "creating object");
         }
-        api.patch(
-            &name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(desired),
-        )
-        .await
-        .map_err(|source| Error::Apply {
-            kind: kind.clone(),
-            name: name.clone(),
-            source,
-        })?;
+        api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(desired))
+            .await
+            .map_err(|source| Error::Apply { kind: kind.clone(), name: name.clone(), source })?;
         self.writes += 1;
         self.ctx.metrics.api_write("apply", &kind);
         Ok(())
     }
 
     /// Delete cached children of this app in `namespace` that are not in `keep`.
-    pub async fn prune<K>(
-        &mut self,
-        api: &Api<K>,
-        store: &Store<K>,
-        namespace: &str,
-        keep: &[K],
-    ) -> Result<()>
+    pub async fn prune<K>(&mut self, api: &Api<K>, store: &Store<K>, namespace: &str, keep: &[K]) -> Result<()>
     where
         K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned,
     {
@@ -93,11 +74,7 @@ impl Applier<'_> {
                 Ok(_) => {}
                 Err(kube::Error::Api(status)) if status.is_not_found() => {}
                 Err(source) => {
-                    return Err(Error::Delete {
-                        kind: K::kind(&()).to_string(),
-                        name,
-                        source,
-                    });
+                    return Err(Error::Delete { kind: K::kind(&()).to_string(), name, source });
                 }
             }
             self.writes += 1;

@@ -17,9 +17,7 @@ pub fn contains(live: &Value, desired: &Value) -> bool {
         }
         (want, Value::Null) => is_empty(want),
         (Value::String(w), Value::String(h)) => w == h || same_quantity(w, h),
-        (Value::Number(w), Value::String(h)) | (Value::String(h), Value::Number(w)) => {
-            same_quantity(&w.to_string(), h)
-        }
+        (Value::Number(w), Value::String(h)) | (Value::String(h), Value::Number(w)) => same_quantity(&w.to_string(), h),
         (want, have) => want == have,
     }
 }
@@ -37,8 +35,7 @@ fn is_empty(v: &Value) -> bool {
 /// "500m" == "0.5", "1Gi" == "1024Mi": the API server stores quantities in canonical form.
 fn same_quantity(a: &str, b: &str) -> bool {
     // Only strings that start like numbers can be quantities; this keeps names and images out.
-    let numeric =
-        |s: &str| s.starts_with(|c: char| c.is_ascii_digit() || c == '.' || c == '-' || c == '+');
+    let numeric = |s: &str| s.starts_with(|c: char| c.is_ascii_digit() || c == '.' || c == '-' || c == '+');
     if !numeric(a) || !numeric(b) {
         return false;
     }
@@ -55,7 +52,8 @@ mod tests {
 
     #[test]
     fn defaults_added_by_the_server_are_not_drift() {
-        let desired = json!({"spec": {"replicas": 6, "template": {"spec": {"containers": [{"name": "web", "image": "x"}]}}}});
+        let desired =
+            json!({"spec": {"replicas": 6, "template": {"spec": {"containers": [{"name": "web", "image": "x"}]}}}});
         let live = json!({"spec": {"replicas": 6, "revisionHistoryLimit": 10, "template": {"spec": {
             "containers": [{"name": "web", "image": "x", "imagePullPolicy": "IfNotPresent"}], "dnsPolicy": "ClusterFirst"}}}});
         assert!(contains(&live, &desired));
@@ -63,45 +61,26 @@ mod tests {
 
     #[test]
     fn changed_and_removed_fields_are_drift() {
-        let desired =
-            json!({"spec": {"replicas": 6, "topologySpreadConstraints": [{"maxSkew": 1}]}});
-        assert!(!contains(
-            &json!({"spec": {"replicas": 3, "topologySpreadConstraints": [{"maxSkew": 1}]}}),
-            &desired
-        ));
+        let desired = json!({"spec": {"replicas": 6, "topologySpreadConstraints": [{"maxSkew": 1}]}});
+        assert!(!contains(&json!({"spec": {"replicas": 3, "topologySpreadConstraints": [{"maxSkew": 1}]}}), &desired));
         assert!(!contains(&json!({"spec": {"replicas": 6}}), &desired));
-        assert!(!contains(
-            &json!({"spec": {"replicas": 6, "topologySpreadConstraints": []}}),
-            &desired
-        ));
-        assert!(!contains(
-            &json!({"spec": {"replicas": 6, "topologySpreadConstraints": [{"maxSkew": 2}]}}),
-            &desired
-        ));
+        assert!(!contains(&json!({"spec": {"replicas": 6, "topologySpreadConstraints": []}}), &desired));
+        assert!(!contains(&json!({"spec": {"replicas": 6, "topologySpreadConstraints": [{"maxSkew": 2}]}}), &desired));
     }
 
     #[test]
     fn quantities_compare_by_value() {
         assert!(contains(&json!({"cpu": "500m"}), &json!({"cpu": "0.5"})));
         assert!(contains(&json!({"cpu": "5"}), &json!({"cpu": "5000m"})));
-        assert!(contains(
-            &json!({"memory": "1Gi"}),
-            &json!({"memory": "1024Mi"})
-        ));
+        assert!(contains(&json!({"memory": "1Gi"}), &json!({"memory": "1024Mi"})));
         assert!(contains(&json!({"pods": "10"}), &json!({"pods": 10})));
         assert!(!contains(&json!({"cpu": "501m"}), &json!({"cpu": "0.5"})));
-        assert!(!contains(
-            &json!({"image": "web:1"}),
-            &json!({"image": "web:2"})
-        ));
+        assert!(!contains(&json!({"image": "web:1"}), &json!({"image": "web:2"})));
     }
 
     #[test]
     fn empty_desired_values_match_absent_ones() {
-        assert!(contains(
-            &json!({"a": 1}),
-            &json!({"a": 1, "args": [], "labels": {}})
-        ));
+        assert!(contains(&json!({"a": 1}), &json!({"a": 1, "args": [], "labels": {}})));
         assert!(!contains(&json!({"a": 1}), &json!({"a": 1, "args": ["x"]})));
     }
 }

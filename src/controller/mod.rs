@@ -137,8 +137,7 @@ pub async fn run(
     let (network_policies, np_stream) = watch::owned::<NetworkPolicy>(&client, managed.clone());
     let (role_bindings, rb_stream) = watch::owned::<RoleBinding>(&client, managed.clone());
     let (deployments, dep_stream) = watch::owned::<Deployment>(&client, managed.clone());
-    let (pod_disruption_budgets, pdb_stream) =
-        watch::owned::<PodDisruptionBudget>(&client, managed.clone());
+    let (pod_disruption_budgets, pdb_stream) = watch::owned::<PodDisruptionBudget>(&client, managed.clone());
     let (services, svc_stream) = watch::owned::<Service>(&client, managed);
     // Nodes and pods: trimmed to what placement needs, and filtered to the changes that matter.
     let (nodes, node_stream) = watch::nodes(&client);
@@ -163,9 +162,7 @@ pub async fn run(
             stores.wait_until_ready().await;
             info!("caches synced");
             let _ = synced_tx.send(true);
-            health
-                .ready
-                .store(true, std::sync::atomic::Ordering::Relaxed);
+            health.ready.store(true, std::sync::atomic::Ordering::Relaxed);
         });
     }
     let ctx = Arc::new(Context {
@@ -191,14 +188,8 @@ pub async fn run(
         .watches_stream(dep_stream, watch::owner)
         .watches_stream(pdb_stream, watch::owner)
         .watches_stream(svc_stream, watch::owner)
-        .watches_stream(pod_stream, |pod| {
-            pod.labels()
-                .get(LABEL_APP)
-                .map(|app| ObjectRef::<ResilientApp>::new(app))
-        })
-        .watches_stream(node_stream, move |node| {
-            watch::apps_in_zone_of(&app_store, &node)
-        })
+        .watches_stream(pod_stream, |pod| pod.labels().get(LABEL_APP).map(|app| ObjectRef::<ResilientApp>::new(app)))
+        .watches_stream(node_stream, move |node| watch::apps_in_zone_of(&app_store, &node))
         .shutdown_on_signal()
         .run(reconcile::reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -221,8 +212,7 @@ fn error_policy(app: Arc<ResilientApp>, error: &Error, ctx: Arc<Context>) -> Act
     };
     ctx.metrics.reconcile_failed(error.category());
     // 1s, 2s, 4s ... capped at 5 minutes.
-    let delay =
-        Duration::from_secs(1u64 << attempt.min(9).saturating_sub(1)).min(Duration::from_secs(300));
+    let delay = Duration::from_secs(1u64 << attempt.min(9).saturating_sub(1)).min(Duration::from_secs(300));
     warn!(app = %name, attempt, retry_in = ?delay, error = %error_chain(error), "reconcile failed");
     Action::requeue(delay)
 }

@@ -20,9 +20,7 @@ use super::error::{Error, Result, error_chain};
 use super::status::{Blocker, Observed, PassOutcome, component_statuses, conditions, pod_ready};
 use crate::api::{LABEL_APP, LABEL_COMPONENT, MANAGER, ResilientApp, ResilientAppStatus};
 use crate::render::{self, Desired, QuotaFit};
-use crate::resilience::{
-    PodPlacement, RebalanceInput, allowed_zones_healthy, choose_move, node_zone, usable_zones,
-};
+use crate::resilience::{PodPlacement, RebalanceInput, allowed_zones_healthy, choose_move, node_zone, usable_zones};
 
 /// How long to wait for the caches before giving up on a pass (and retrying with backoff).
 const CACHE_SYNC_TIMEOUT: Duration = Duration::from_secs(60);
@@ -37,35 +35,17 @@ pub(super) async fn reconcile(app: Arc<ResilientApp>, ctx: Arc<Context>) -> Resu
     ctx.synced.wait(CACHE_SYNC_TIMEOUT).await?;
     if app.meta().deletion_timestamp.is_some() {
         ctx.metrics.forget_app(&app.name_any());
-        ctx.last_status
-            .lock()
-            .expect("status lock")
-            .remove(&app.uid().unwrap_or_default());
+        ctx.last_status.lock().expect("status lock").remove(&app.uid().unwrap_or_default());
         // Garbage collection removes every child through the owner references.
         return Ok(Action::await_change());
     }
     let result = reconcile_app(&app, &ctx).await;
     ctx.metrics.reconciled(started.elapsed());
-    tracing::debug!(
-        took_ms = started.elapsed().as_millis() as u64,
-        ok = result.is_ok(),
-        "reconciled"
-    );
+    tracing::debug!(took_ms = started.elapsed().as_millis() as u64, ok = result.is_ok(), "reconciled");
     if result.is_ok() {
-        ctx.failures
-            .lock()
-            .expect("failures lock")
-            .remove(&app.name_any());
+        ctx.failures.lock().expect("failures lock").remove(&app.name_any());
     } else if let Err(e) = &result {
-        publish(
-            &ctx,
-            &app,
-            EventType::Warning,
-            "ReconcileError",
-            e.category(),
-            &error_chain(e),
-        )
-        .await;
+        publish(&ctx, &app, EventType::Warning, "ReconcileError", e.category(), &error_chain(e)).await;
     }
     result
 }
@@ -73,20 +53,13 @@ pub(super) async fn reconcile(app: Arc<ResilientApp>, ctx: Arc<Context>) -> Resu
 async fn reconcile_app(app: &ResilientApp, ctx: &Context) -> Result<Action> {
     let name = app.name_any();
     let namespace = app.target_namespace();
-    let mut zones = usable_zones(
-        ctx.stores.nodes.state().iter().map(|n| n.as_ref()),
-        &app.spec.resilience.zones,
-    );
+    let mut zones = usable_zones(ctx.stores.nodes.state().iter().map(|n| n.as_ref()), &app.spec.resilience.zones);
     let mut outcome = PassOutcome::default();
     // No usable zone at all (every node cordoned, or node monitoring down) says more about the
     // cluster than about zones: like the node lifecycle controller in full disruption, change
     // nothing and keep planning for the last zones seen until one is back.
     if zones.is_empty()
-        && let Some(last) = app
-            .status
-            .as_ref()
-            .map(|s| s.zones.clone())
-            .filter(|z| !z.is_empty())
+        && let Some(last) = app.status.as_ref().map(|s| s.zones.clone()).filter(|z| !z.is_empty())
     {
         outcome.no_usable_zones = true;
         zones = last;
@@ -125,11 +98,7 @@ async fn reconcile_app(app: &ResilientApp, ctx: &Context) -> Result<Action> {
             requeue = NAMESPACE_TERMINATING_RETRY;
         } else {
             let desired = render::render(app, &zones);
-            let mut applier = Applier {
-                ctx,
-                app: name.clone(),
-                writes: 0,
-            };
+            let mut applier = Applier { ctx, app: name.clone(), writes: 0 };
             apply_all(&mut applier, &namespace, desired).await?;
             outcome.writes = applier.writes;
             tracing::Span::current().record("writes", applier.writes);
@@ -145,26 +114,13 @@ async fn reconcile_app(app: &ResilientApp, ctx: &Context) -> Result<Action> {
         && outcome.writes == 0
         && app.spec.resilience.rebalance;
     if may_rebalance && let Some(moved) = rebalance(app, ctx, &namespace, &observed).await? {
-        publish(
-            ctx,
-            app,
-            EventType::Normal,
-            "Rebalanced",
-            "Rebalance",
-            &moved,
-        )
-        .await;
+        publish(ctx, app, EventType::Normal, "Rebalanced", "Rebalance", &moved).await;
         requeue = REBALANCE_RETRY;
     }
     let components = component_statuses(app, &observed);
     let wanted = conditions(app, &observed, &components, &outcome);
     let uid = app.uid().unwrap_or_default();
-    let cached = ctx
-        .last_status
-        .lock()
-        .expect("status lock")
-        .get(&uid)
-        .cloned();
+    let cached = ctx.last_status.lock().expect("status lock").get(&uid).cloned();
     let previous = cached.unwrap_or_else(|| app.status.clone().unwrap_or_default());
     let now = Time(jiff::Timestamp::now());
     let status = ResilientAppStatus {
@@ -175,18 +131,8 @@ async fn reconcile_app(app: &ResilientApp, ctx: &Context) -> Result<Action> {
     };
     if status != previous {
         write_status(ctx, app, &status).await?;
-        ctx.last_status
-            .lock()
-            .expect("status lock")
-            .insert(uid, status.clone());
-        publish_transitions(
-            ctx,
-            app,
-            &previous.conditions,
-            &status.conditions,
-            outcome.warning.as_deref(),
-        )
-        .await;
+        ctx.last_status.lock().expect("status lock").insert(uid, status.clone());
+        publish_transitions(ctx, app, &previous.conditions, &status.conditions, outcome.warning.as_deref()).await;
     }
     ctx.metrics.observe_app(&name, &status);
 
@@ -214,18 +160,12 @@ async fn apply_all(applier: &mut Applier<'_>, namespace: &str, desired: Desired)
     let ctx = applier.ctx;
     let client = &ctx.client;
     let s = &ctx.stores;
-    applier
-        .apply(&Api::all(client.clone()), &s.namespaces, &ns)
-        .await?;
+    applier.apply(&Api::all(client.clone()), &s.namespaces, &ns).await?;
     // Quota and container defaults first, so the first pods already get them.
     let quotas = Api::namespaced(client.clone(), namespace);
-    applier
-        .apply(&quotas, &s.resource_quotas, &resource_quota)
-        .await?;
+    applier.apply(&quotas, &s.resource_quotas, &resource_quota).await?;
     let limit_ranges = Api::namespaced(client.clone(), namespace);
-    applier
-        .apply(&limit_ranges, &s.limit_ranges, &limit_range)
-        .await?;
+    applier.apply(&limit_ranges, &s.limit_ranges, &limit_range).await?;
     let policies = Api::namespaced(client.clone(), namespace);
     for p in &network_policies {
         applier.apply(&policies, &s.network_policies, p).await?;
@@ -247,26 +187,11 @@ async fn apply_all(applier: &mut Applier<'_>, namespace: &str, desired: Desired)
         applier.apply(&deps, &s.deployments, dep).await?;
     }
 
-    applier
-        .prune(&deps, &s.deployments, namespace, &deployments)
-        .await?;
-    applier
-        .prune(
-            &pdbs,
-            &s.pod_disruption_budgets,
-            namespace,
-            &pod_disruption_budgets,
-        )
-        .await?;
-    applier
-        .prune(&svcs, &s.services, namespace, &services)
-        .await?;
-    applier
-        .prune(&bindings, &s.role_bindings, namespace, &role_bindings)
-        .await?;
-    applier
-        .prune(&policies, &s.network_policies, namespace, &network_policies)
-        .await?;
+    applier.prune(&deps, &s.deployments, namespace, &deployments).await?;
+    applier.prune(&pdbs, &s.pod_disruption_budgets, namespace, &pod_disruption_budgets).await?;
+    applier.prune(&svcs, &s.services, namespace, &services).await?;
+    applier.prune(&bindings, &s.role_bindings, namespace, &role_bindings).await?;
+    applier.prune(&policies, &s.network_policies, namespace, &network_policies).await?;
     Ok(())
 }
 
@@ -279,52 +204,35 @@ enum NamespaceState {
     Wait(String),
 }
 
-async fn namespace_state(
-    app: &ResilientApp,
-    ctx: &Context,
-    namespace: &str,
-) -> Result<NamespaceState> {
+async fn namespace_state(app: &ResilientApp, ctx: &Context, namespace: &str) -> Result<NamespaceState> {
     let uid = app.uid().unwrap_or_default();
     let cached = ctx.stores.namespaces.get(&ObjectRef::new(namespace));
     let live: Option<Arc<Namespace>> = match cached {
         Some(ns) => Some(ns),
         // Not one of ours (or the cache lags): ask the API server.
-        None => match Api::<Namespace>::all(ctx.client.clone())
-            .get_opt(namespace)
-            .await
-        {
+        None => match Api::<Namespace>::all(ctx.client.clone()).get_opt(namespace).await {
             Ok(ns) => ns.map(Arc::new),
             Err(source) => {
-                return Err(Error::ReadNamespace {
-                    name: namespace.to_string(),
-                    source,
-                });
+                return Err(Error::ReadNamespace { name: namespace.to_string(), source });
             }
         },
     };
     let Some(ns) = live else {
         return Ok(NamespaceState::Usable);
     };
-    let controller = ns
-        .owner_references()
-        .iter()
-        .find(|o| o.controller == Some(true));
+    let controller = ns.owner_references().iter().find(|o| o.controller == Some(true));
     let ours = controller.is_some_and(|o| o.uid == uid);
-    if ns.meta().deletion_timestamp.is_some()
-        && (ours || controller.is_some_and(|o| o.kind == "ResilientApp"))
-    {
+    if ns.meta().deletion_timestamp.is_some() && (ours || controller.is_some_and(|o| o.kind == "ResilientApp")) {
         return Ok(NamespaceState::Wait(format!(
             "namespace {namespace} is being deleted; it is recreated once it is gone"
         )));
     }
     Ok(match controller {
         _ if ours => NamespaceState::Usable,
-        Some(o) if o.kind == "ResilientApp" && o.name == app.name_any() => {
-            NamespaceState::Wait(format!(
-                "namespace {namespace} still belongs to a deleted ResilientApp {} (uid {}); waiting for garbage collection",
-                o.name, o.uid
-            ))
-        }
+        Some(o) if o.kind == "ResilientApp" && o.name == app.name_any() => NamespaceState::Wait(format!(
+            "namespace {namespace} still belongs to a deleted ResilientApp {} (uid {}); waiting for garbage collection",
+            o.name, o.uid
+        )),
         Some(o) => NamespaceState::Conflict(format!(
             "namespace {namespace} already exists and is controlled by {} {}; it is left untouched",
             o.kind, o.name
@@ -343,8 +251,7 @@ fn observe<'a>(
     plans: &'a std::collections::BTreeMap<String, crate::resilience::ReplicaPlan>,
 ) -> Observed<'a> {
     let name = app.name_any();
-    let ours =
-        |labels: &std::collections::BTreeMap<String, String>| labels.get(LABEL_APP) == Some(&name);
+    let ours = |labels: &std::collections::BTreeMap<String, String>| labels.get(LABEL_APP) == Some(&name);
     let deployments = ctx
         .stores
         .deployments
@@ -360,20 +267,9 @@ fn observe<'a>(
         .into_iter()
         .filter(|p| p.namespace().as_deref() == Some(namespace) && ours(p.labels()))
         .collect();
-    let node_zones: HashMap<String, String> = ctx
-        .stores
-        .nodes
-        .state()
-        .iter()
-        .filter_map(|n| node_zone(n).map(|z| (n.name_any(), z.to_string())))
-        .collect();
-    Observed {
-        zones,
-        plans,
-        deployments,
-        pods,
-        node_zones,
-    }
+    let node_zones: HashMap<String, String> =
+        ctx.stores.nodes.state().iter().filter_map(|n| node_zone(n).map(|z| (n.name_any(), z.to_string()))).collect();
+    Observed { zones, plans, deployments, pods, node_zones }
 }
 
 /// Evict at most one pod of the app to restore an even spread, once every allowed zone is back.
@@ -385,11 +281,7 @@ async fn rebalance(
     observed: &Observed<'_>,
 ) -> Result<Option<String>> {
     let nodes = ctx.stores.nodes.state();
-    let healthy = allowed_zones_healthy(
-        nodes.iter().map(|n| n.as_ref()),
-        &app.spec.resilience.zones,
-        observed.zones,
-    );
+    let healthy = allowed_zones_healthy(nodes.iter().map(|n| n.as_ref()), &app.spec.resilience.zones, observed.zones);
     for component in &app.spec.components {
         let Some(plan) = observed.plans.get(&component.name) else {
             continue;
@@ -426,18 +318,11 @@ async fn rebalance(
             // The PodDisruptionBudget says not now: try again on the next pass.
             Err(kube::Error::Api(s)) if s.code == 429 || s.is_not_found() => return Ok(None),
             Err(source) => {
-                return Err(Error::Evict {
-                    name: chosen.pod,
-                    source,
-                });
+                return Err(Error::Evict { name: chosen.pod, source });
             }
         }
         ctx.metrics.api_write("create", "Pod/eviction");
-        let counts: Vec<String> = chosen
-            .counts
-            .iter()
-            .map(|(z, n)| format!("{z}={n}"))
-            .collect();
+        let counts: Vec<String> = chosen.counts.iter().map(|(z, n)| format!("{z}={n}")).collect();
         let moved = format!(
             "{}: evicted pod {} from {} so that it is rescheduled into {} (ready pods by zone: {})",
             component.name,
@@ -452,24 +337,16 @@ async fn rebalance(
     Ok(None)
 }
 
-async fn write_status(
-    ctx: &Context,
-    app: &ResilientApp,
-    status: &ResilientAppStatus,
-) -> Result<()> {
+async fn write_status(ctx: &Context, app: &ResilientApp, status: &ResilientAppStatus) -> Result<()> {
     let api: Api<ResilientApp> = Api::all(ctx.client.clone());
     let patch = json!({
         "apiVersion": ResilientApp::api_version(&()),
         "kind": ResilientApp::kind(&()),
         "status": status,
     });
-    api.patch_status(
-        &app.name_any(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(Error::Status)?;
+    api.patch_status(&app.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
+        .await
+        .map_err(Error::Status)?;
     ctx.metrics.api_write("apply", "ResilientApp/status");
     Ok(())
 }
@@ -491,61 +368,28 @@ async fn publish_transitions(
     let changed = |t: &str| {
         let (o, n) = (find(old, t), find(new, t));
         let flipped = o.map(|c| (&c.status, &c.reason)) != n.map(|c| (&c.status, &c.reason));
-        (flipped && (o.is_some() || t == "Stalled"))
-            .then_some(n)
-            .flatten()
+        (flipped && (o.is_some() || t == "Stalled")).then_some(n).flatten()
     };
     if let Some(c) = changed("Stalled") {
-        publish(
-            ctx,
-            app,
-            EventType::Warning,
-            &c.reason,
-            "Reconcile",
-            &c.message,
-        )
-        .await;
+        publish(ctx, app, EventType::Warning, &c.reason, "Reconcile", &c.message).await;
     }
     if let Some(c) = changed("ZoneFailureTolerant") {
-        let kind = if c.status == "True" {
-            EventType::Normal
-        } else {
-            EventType::Warning
-        };
+        let kind = if c.status == "True" { EventType::Normal } else { EventType::Warning };
         publish(ctx, app, kind, &c.reason, "CheckZoneFailure", &c.message).await;
     }
     if let Some(c) = changed("Ready") {
-        let kind = if c.status == "True" {
-            EventType::Normal
-        } else {
-            EventType::Warning
-        };
+        let kind = if c.status == "True" { EventType::Normal } else { EventType::Warning };
         publish(ctx, app, kind, &c.reason, "CheckAvailability", &c.message).await;
     }
     if let Some(w) = warning {
         let already = find(old, "Ready").is_some_and(|c| c.message.contains(w));
         if !already {
-            publish(
-                ctx,
-                app,
-                EventType::Warning,
-                "QuotaNoSurgeRoom",
-                "CheckQuota",
-                w,
-            )
-            .await;
+            publish(ctx, app, EventType::Warning, "QuotaNoSurgeRoom", "CheckQuota", w).await;
         }
     }
 }
 
-async fn publish(
-    ctx: &Context,
-    app: &ResilientApp,
-    type_: EventType,
-    reason: &str,
-    action: &str,
-    note: &str,
-) {
+async fn publish(ctx: &Context, app: &ResilientApp, type_: EventType, reason: &str, action: &str, note: &str) {
     let event = Event {
         type_,
         reason: reason.to_string(),

@@ -29,11 +29,7 @@ impl Blocker {
 
     pub fn message(&self) -> String {
         match self {
-            Self::InvalidSpec(errors) => errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; "),
+            Self::InvalidSpec(errors) => errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
             Self::NamespaceConflict(m) | Self::QuotaTooSmall(m) => m.clone(),
         }
     }
@@ -80,15 +76,9 @@ pub fn component_statuses(app: &ResilientApp, observed: &Observed) -> Vec<Compon
         .components
         .iter()
         .map(|c| {
-            let mut ready_by_zone: BTreeMap<String, i32> =
-                observed.zones.iter().map(|z| (z.clone(), 0)).collect();
+            let mut ready_by_zone: BTreeMap<String, i32> = observed.zones.iter().map(|z| (z.clone(), 0)).collect();
             for pod in &observed.pods {
-                let ours = pod
-                    .metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(LABEL_COMPONENT))
-                    == Some(&c.name);
+                let ours = pod.metadata.labels.as_ref().and_then(|l| l.get(LABEL_COMPONENT)) == Some(&c.name);
                 if !ours || pod.metadata.deletion_timestamp.is_some() || !pod_ready(pod) {
                     continue;
                 }
@@ -118,11 +108,7 @@ pub fn component_statuses(app: &ResilientApp, observed: &Observed) -> Vec<Compon
 fn worst_zones(status: &ComponentStatus, tolerated: u8) -> Vec<String> {
     let mut zones: Vec<(&String, &i32)> = status.ready_by_zone.iter().collect();
     zones.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-    zones
-        .into_iter()
-        .take(tolerated as usize)
-        .map(|(z, _)| z.clone())
-        .collect()
+    zones.into_iter().take(tolerated as usize).map(|(z, _)| z.clone()).collect()
 }
 
 fn plural(n: usize, one: &str, many: &str) -> String {
@@ -141,18 +127,8 @@ pub fn conditions(
 
     if let Some(blocker) = &outcome.blocker {
         let message = blocker.message();
-        c.set(
-            ConditionType::Ready,
-            false,
-            blocker.reason(),
-            message.clone(),
-        );
-        c.set(
-            ConditionType::ZoneFailureTolerant,
-            false,
-            blocker.reason(),
-            message.clone(),
-        );
+        c.set(ConditionType::Ready, false, blocker.reason(), message.clone());
+        c.set(ConditionType::ZoneFailureTolerant, false, blocker.reason(), message.clone());
         c.set(ConditionType::Stalled, true, blocker.reason(), message);
         return c;
     }
@@ -161,38 +137,24 @@ pub fn conditions(
     let short: Vec<String> = components
         .iter()
         .filter(|s| s.ready_replicas < s.min_available)
-        .map(|s| {
-            format!(
-                "{}: {} of minAvailable {} ready",
-                s.name, s.ready_replicas, s.min_available
-            )
-        })
+        .map(|s| format!("{}: {} of minAvailable {} ready", s.name, s.ready_replicas, s.min_available))
         .collect();
     if short.is_empty() {
-        let mut message = format!(
-            "{} at or above minAvailable",
-            plural(components.len(), "component is", "components are")
-        );
+        let mut message =
+            format!("{} at or above minAvailable", plural(components.len(), "component is", "components are"));
         if let Some(w) = &outcome.warning {
             message.push_str("; warning: ");
             message.push_str(w);
         }
         c.set(ConditionType::Ready, true, "MinAvailableMet", message);
     } else {
-        c.set(
-            ConditionType::Ready,
-            false,
-            "MinAvailableNotMet",
-            short.join("; "),
-        );
+        c.set(ConditionType::Ready, false, "MinAvailableNotMet", short.join("; "));
     }
 
     // ZoneFailureTolerant: would the app keep minAvailable if the worst zones were lost now?
     let zones = observed.zones;
-    let insufficient = observed
-        .plans
-        .values()
-        .any(|p| matches!(p.shortfall, Some(Shortfall::InsufficientZones { .. })));
+    let insufficient =
+        observed.plans.values().any(|p| matches!(p.shortfall, Some(Shortfall::InsufficientZones { .. })));
     let too_few: Vec<String> = observed
         .plans
         .iter()
@@ -231,12 +193,7 @@ pub fn conditions(
             ),
         );
     } else if !too_few.is_empty() {
-        c.set(
-            ConditionType::ZoneFailureTolerant,
-            false,
-            "InsufficientReplicas",
-            too_few.join("; "),
-        );
+        c.set(ConditionType::ZoneFailureTolerant, false, "InsufficientReplicas", too_few.join("; "));
     } else {
         let at_risk: Vec<String> = components
             .iter()
@@ -253,11 +210,7 @@ pub fn conditions(
                     s.name,
                     worst_zones(s, tolerated).join(" and "),
                     s.ready_after_worst_zone_loss,
-                    if s.ready_after_worst_zone_loss == 1 {
-                        "pod"
-                    } else {
-                        "pods"
-                    },
+                    if s.ready_after_worst_zone_loss == 1 { "pod" } else { "pods" },
                     s.min_available
                 )
             })
@@ -276,12 +229,7 @@ pub fn conditions(
                 ),
             );
         } else {
-            c.set(
-                ConditionType::ZoneFailureTolerant,
-                false,
-                "PlacementAtRisk",
-                at_risk.join("; "),
-            );
+            c.set(ConditionType::ZoneFailureTolerant, false, "PlacementAtRisk", at_risk.join("; "));
         }
     }
 
@@ -297,12 +245,8 @@ pub fn conditions(
                     && st.available_replicas.unwrap_or(0) >= s.replicas
                     && st.replicas.unwrap_or(0) == s.replicas
             });
-            (!rolled_out || s.ready_replicas < s.replicas).then(|| {
-                format!(
-                    "{}: {} of {} replicas ready",
-                    s.name, s.ready_replicas, s.replicas
-                )
-            })
+            (!rolled_out || s.ready_replicas < s.replicas)
+                .then(|| format!("{}: {} of {} replicas ready", s.name, s.ready_replicas, s.replicas))
         })
         .collect();
     if let Some(waiting) = &outcome.waiting {
@@ -312,18 +256,10 @@ pub fn conditions(
             ConditionType::Reconciling,
             true,
             "Applying",
-            format!(
-                "applied {} to the cluster",
-                plural(outcome.writes, "change", "changes")
-            ),
+            format!("applied {} to the cluster", plural(outcome.writes, "change", "changes")),
         );
     } else if !progressing.is_empty() {
-        c.set(
-            ConditionType::Reconciling,
-            true,
-            "Progressing",
-            progressing.join("; "),
-        );
+        c.set(ConditionType::Reconciling, true, "Progressing", progressing.join("; "));
     } else {
         c.set(ConditionType::Reconciling, false, "Reconciled", "");
     }

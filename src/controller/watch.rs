@@ -20,10 +20,7 @@ use crate::resilience::{node_usable, node_zone};
 pub fn owned<K>(
     client: &Client,
     config: watcher::Config,
-) -> (
-    Store<K>,
-    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
-)
+) -> (Store<K>, impl Stream<Item = Result<K, watcher::Error>> + Send + 'static)
 where
     K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
 {
@@ -38,38 +35,22 @@ where
 
 /// Nodes, keeping labels, taints, schedulability, readiness and allocatable resources only.
 /// Only changes of usability or zone reach the controller.
-pub fn nodes(
-    client: &Client,
-) -> (
-    Store<Node>,
-    impl Stream<Item = Result<Node, watcher::Error>> + Send + 'static,
-) {
+pub fn nodes(client: &Client) -> (Store<Node>, impl Stream<Item = Result<Node, watcher::Error>> + Send + 'static) {
     let (reader, writer) = reflector::store();
     let stream = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
         .default_backoff()
         .modify(trim_node)
         .reflect(writer);
-    let stream = changed_only(stream, |n: &Node| {
-        fingerprint(&(node_zone(n), node_usable(n)))
-    });
+    let stream = changed_only(stream, |n: &Node| fingerprint(&(node_zone(n), node_usable(n))));
     (reader, stream)
 }
 
 /// Pods of ResilientApps, keeping labels, node, readiness and deletion only.
 /// Only changes of placement or readiness reach the controller.
-pub fn pods(
-    client: &Client,
-) -> (
-    Store<Pod>,
-    impl Stream<Item = Result<Pod, watcher::Error>> + Send + 'static,
-) {
+pub fn pods(client: &Client) -> (Store<Pod>, impl Stream<Item = Result<Pod, watcher::Error>> + Send + 'static) {
     let (reader, writer) = reflector::store();
-    let config =
-        watcher::Config::default().labels(&format!("{},{LABEL_APP}", super::managed_selector()));
-    let stream = watcher(Api::<Pod>::all(client.clone()), config)
-        .default_backoff()
-        .modify(trim_pod)
-        .reflect(writer);
+    let config = watcher::Config::default().labels(&format!("{},{LABEL_APP}", super::managed_selector()));
+    let stream = watcher(Api::<Pod>::all(client.clone()), config).default_backoff().modify(trim_pod).reflect(writer);
     let stream = changed_only(stream, |p: &Pod| {
         fingerprint(&(
             p.spec.as_ref().and_then(|s| s.node_name.clone()),
@@ -84,17 +65,11 @@ fn trim_node(node: &mut Node) {
     node.metadata.managed_fields = None;
     node.metadata.annotations = None;
     let spec = node.spec.take().unwrap_or_default();
-    node.spec = Some(NodeSpec {
-        taints: spec.taints,
-        unschedulable: spec.unschedulable,
-        ..Default::default()
-    });
+    node.spec = Some(NodeSpec { taints: spec.taints, unschedulable: spec.unschedulable, ..Default::default() });
     let status = node.status.take().unwrap_or_default();
     node.status = Some(NodeStatus {
         allocatable: status.allocatable,
-        conditions: status
-            .conditions
-            .map(|cs| cs.into_iter().filter(|c| c.type_ == "Ready").collect()),
+        conditions: status.conditions.map(|cs| cs.into_iter().filter(|c| c.type_ == "Ready").collect()),
         ..Default::default()
     });
 }
@@ -104,17 +79,11 @@ fn trim_pod(pod: &mut Pod) {
     pod.metadata.annotations = None;
     pod.metadata.owner_references = None;
     let spec = pod.spec.take().unwrap_or_default();
-    pod.spec = Some(PodSpec {
-        node_name: spec.node_name,
-        containers: Vec::new(),
-        ..Default::default()
-    });
+    pod.spec = Some(PodSpec { node_name: spec.node_name, containers: Vec::new(), ..Default::default() });
     let status = pod.status.take().unwrap_or_default();
     pod.status = Some(PodStatus {
         phase: status.phase,
-        conditions: status
-            .conditions
-            .map(|cs| cs.into_iter().filter(|c| c.type_ == "Ready").collect()),
+        conditions: status.conditions.map(|cs| cs.into_iter().filter(|c| c.type_ == "Ready").collect()),
         ..Default::default()
     });
 }
@@ -126,10 +95,7 @@ fn fingerprint<T: Hash>(value: &T) -> u64 {
 }
 
 /// Objects whose fingerprint changed since last seen, and every deleted object.
-fn changed_only<K, S, F>(
-    stream: S,
-    fingerprint_of: F,
-) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
+fn changed_only<K, S, F>(stream: S, fingerprint_of: F) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
     K: Resource + Send + 'static,
     S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
@@ -141,11 +107,7 @@ where
             Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => {
                 let key = key_of(&obj);
                 let h = fingerprint_of(&obj);
-                if seen.insert(key, h) == Some(h) {
-                    None
-                } else {
-                    Some(Ok(obj))
-                }
+                if seen.insert(key, h) == Some(h) { None } else { Some(Ok(obj)) }
             }
             Ok(watcher::Event::Delete(obj)) => {
                 seen.remove(&key_of(&obj));
@@ -159,11 +121,7 @@ where
 }
 
 fn key_of<K: Resource>(obj: &K) -> String {
-    format!(
-        "{}/{}",
-        obj.meta().namespace.as_deref().unwrap_or(""),
-        obj.meta().name.as_deref().unwrap_or("")
-    )
+    format!("{}/{}", obj.meta().namespace.as_deref().unwrap_or(""), obj.meta().name.as_deref().unwrap_or(""))
 }
 
 /// The ResilientApp controlling a child. Cluster-scoped, so the reference carries no namespace
@@ -174,11 +132,7 @@ pub fn owner<K: Resource>(child: K) -> Option<ObjectRef<ResilientApp>> {
         .owner_references
         .as_ref()?
         .iter()
-        .find(|o| {
-            o.controller == Some(true)
-                && o.kind == "ResilientApp"
-                && o.api_version == "resilient.dev/v1alpha1"
-        })
+        .find(|o| o.controller == Some(true) && o.kind == "ResilientApp" && o.api_version == "resilient.dev/v1alpha1")
         .map(|o| ObjectRef::new(&o.name))
 }
 
@@ -189,10 +143,7 @@ pub fn apps_in_zone_of(apps: &Store<ResilientApp>, node: &Node) -> Vec<ObjectRef
     };
     apps.state()
         .iter()
-        .filter(|app| {
-            app.spec.resilience.zones.is_empty()
-                || app.spec.resilience.zones.iter().any(|z| z == zone)
-        })
+        .filter(|app| app.spec.resilience.zones.is_empty() || app.spec.resilience.zones.iter().any(|z| z == zone))
         .map(|app| ObjectRef::from_obj(app.as_ref()))
         .collect()
 }

@@ -44,12 +44,7 @@ pub fn replica_plans(app: &ResilientApp, zones: &[String]) -> BTreeMap<String, R
     app.spec
         .components
         .iter()
-        .map(|c| {
-            (
-                c.name.clone(),
-                plan_replicas(c.replicas, c.min_available, zones.len(), tolerated),
-            )
-        })
+        .map(|c| (c.name.clone(), plan_replicas(c.replicas, c.min_available, zones.len(), tolerated)))
         .collect()
 }
 

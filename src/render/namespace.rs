@@ -9,15 +9,9 @@ pub(super) fn namespace(ctx: &RenderContext) -> Namespace {
     let level = ctx.app.spec.pod_security.as_str();
     let mut labels = ctx.labels();
     for mode in ["enforce", "warn", "audit"] {
-        labels.insert(
-            format!("pod-security.kubernetes.io/{mode}"),
-            level.to_string(),
-        );
+        labels.insert(format!("pod-security.kubernetes.io/{mode}"), level.to_string());
     }
-    Namespace {
-        metadata: ctx.namespace_meta(labels),
-        ..Default::default()
-    }
+    Namespace { metadata: ctx.namespace_meta(labels), ..Default::default() }
 }
 
 /// One RoleBinding per non-empty access list, to the built-in admin, edit and view ClusterRoles.

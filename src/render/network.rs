@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::networking::v1::{
-    NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
-    NetworkPolicyPort, NetworkPolicySpec,
+    NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -23,12 +23,7 @@ fn all_pods() -> LabelSelector {
     LabelSelector::default()
 }
 
-fn policy(
-    ctx: &RenderContext,
-    name: &str,
-    pod_selector: LabelSelector,
-    types: &[&str],
-) -> NetworkPolicy {
+fn policy(ctx: &RenderContext, name: &str, pod_selector: LabelSelector, types: &[&str]) -> NetworkPolicy {
     NetworkPolicy {
         metadata: ctx.meta(name, ctx.labels()),
         spec: Some(NetworkPolicySpec {
@@ -40,10 +35,7 @@ fn policy(
 }
 
 fn selector(labels: BTreeMap<String, String>) -> LabelSelector {
-    LabelSelector {
-        match_labels: Some(labels),
-        ..Default::default()
-    }
+    LabelSelector { match_labels: Some(labels), ..Default::default() }
 }
 
 pub(super) fn network_policies(ctx: &RenderContext) -> Vec<NetworkPolicy> {
@@ -51,12 +43,7 @@ pub(super) fn network_policies(ctx: &RenderContext) -> Vec<NetworkPolicy> {
     if network.isolation == Isolation::None {
         return Vec::new();
     }
-    let mut out = vec![policy(
-        ctx,
-        DEFAULT_DENY,
-        all_pods(),
-        &["Ingress", "Egress"],
-    )];
+    let mut out = vec![policy(ctx, DEFAULT_DENY, all_pods(), &["Ingress", "Egress"])];
 
     // DNS: every pod may reach port 53 in kube-system.
     let mut dns = policy(ctx, ALLOW_DNS, all_pods(), &["Egress"]);
@@ -85,10 +72,7 @@ pub(super) fn network_policies(ctx: &RenderContext) -> Vec<NetworkPolicy> {
     let mut intra = policy(ctx, ALLOW_INTRA_APP_EGRESS, all_pods(), &["Egress"]);
     intra.spec.as_mut().unwrap().egress = Some(vec![NetworkPolicyEgressRule {
         to: Some(vec![NetworkPolicyPeer {
-            pod_selector: Some(selector(BTreeMap::from([(
-                LABEL_APP.to_string(),
-                ctx.name.clone(),
-            )]))),
+            pod_selector: Some(selector(BTreeMap::from([(LABEL_APP.to_string(), ctx.name.clone())]))),
             ..Default::default()
         }]),
         ports: None,
@@ -134,10 +118,8 @@ pub(super) fn network_policies(ctx: &RenderContext) -> Vec<NetworkPolicy> {
 
     if !network.ingress_from.is_empty() {
         let mut p = policy(ctx, ALLOW_INGRESS_EXTRA, all_pods(), &["Ingress"]);
-        p.spec.as_mut().unwrap().ingress = Some(vec![NetworkPolicyIngressRule {
-            from: Some(network.ingress_from.clone()),
-            ports: None,
-        }]);
+        p.spec.as_mut().unwrap().ingress =
+            Some(vec![NetworkPolicyIngressRule { from: Some(network.ingress_from.clone()), ports: None }]);
         out.push(p);
     }
     if !network.egress_to.is_empty() {

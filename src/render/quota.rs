@@ -5,9 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{
-    LimitRange, LimitRangeItem, LimitRangeSpec, ResourceQuota, ResourceQuotaSpec,
-};
+use k8s_openapi::api::core::v1::{LimitRange, LimitRangeItem, LimitRangeSpec, ResourceQuota, ResourceQuotaSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube_quantity::ParsedQuantity;
 
@@ -46,13 +44,7 @@ pub(crate) fn effective_defaults(app: &ResilientApp) -> EffectiveDefaults {
     let limits = app.spec.limits.clone().unwrap_or_default();
     let pick = |cm: &Option<CpuMemory>, cpu: bool, fallback: &str| {
         cm.as_ref()
-            .and_then(|cm| {
-                if cpu {
-                    cm.cpu.clone()
-                } else {
-                    cm.memory.clone()
-                }
-            })
+            .and_then(|cm| if cpu { cm.cpu.clone() } else { cm.memory.clone() })
             .unwrap_or_else(|| Quantity(fallback.to_string()))
     };
     EffectiveDefaults {
@@ -70,10 +62,7 @@ pub(super) fn limit_range(ctx: &RenderContext) -> LimitRange {
         spec: Some(LimitRangeSpec {
             limits: vec![LimitRangeItem {
                 type_: "Container".into(),
-                default: Some(BTreeMap::from([
-                    ("cpu".into(), d.limit_cpu),
-                    ("memory".into(), d.limit_memory),
-                ])),
+                default: Some(BTreeMap::from([("cpu".into(), d.limit_cpu), ("memory".into(), d.limit_memory)])),
                 default_request: Some(BTreeMap::from([
                     ("cpu".into(), d.request_cpu),
                     ("memory".into(), d.request_memory),
@@ -86,24 +75,16 @@ pub(super) fn limit_range(ctx: &RenderContext) -> LimitRange {
 
 /// What one pod of a component asks for, after the LimitRange defaults apply.
 /// A request left out defaults to the container's own limit, else to the namespace default.
-pub(crate) fn pod_resources(
-    component: &Component,
-    d: &EffectiveDefaults,
-) -> [(&'static str, f64); 4] {
-    let get = |section: Option<&BTreeMap<String, Quantity>>, key: &str| {
-        section.and_then(|s| s.get(key)).cloned()
-    };
+pub(crate) fn pod_resources(component: &Component, d: &EffectiveDefaults) -> [(&'static str, f64); 4] {
+    let get = |section: Option<&BTreeMap<String, Quantity>>, key: &str| section.and_then(|s| s.get(key)).cloned();
     let res = component.resources.as_ref();
     let requests = res.and_then(|r| r.requests.as_ref());
     let limits = res.and_then(|r| r.limits.as_ref());
     let limit_cpu = get(limits, "cpu").unwrap_or_else(|| d.limit_cpu.clone());
     let limit_memory = get(limits, "memory").unwrap_or_else(|| d.limit_memory.clone());
-    let request_cpu = get(requests, "cpu")
-        .or_else(|| get(limits, "cpu"))
-        .unwrap_or_else(|| d.request_cpu.clone());
-    let request_memory = get(requests, "memory")
-        .or_else(|| get(limits, "memory"))
-        .unwrap_or_else(|| d.request_memory.clone());
+    let request_cpu = get(requests, "cpu").or_else(|| get(limits, "cpu")).unwrap_or_else(|| d.request_cpu.clone());
+    let request_memory =
+        get(requests, "memory").or_else(|| get(limits, "memory")).unwrap_or_else(|| d.request_memory.clone());
     [
         ("requests.cpu", quantity_value(&request_cpu)),
         ("requests.memory", quantity_value(&request_memory)),
@@ -115,10 +96,7 @@ pub(crate) fn pod_resources(
 /// The numeric value of a quantity (cores or bytes); 0 when it does not parse (the schema
 /// already rejects malformed quantities).
 pub(crate) fn quantity_value(q: &Quantity) -> f64 {
-    ParsedQuantity::try_from(q)
-        .ok()
-        .and_then(|p| p.to_bytes_f64())
-        .unwrap_or(0.0)
+    ParsedQuantity::try_from(q).ok().and_then(|p| p.to_bytes_f64()).unwrap_or(0.0)
 }
 
 fn cpu_quantity(cores: f64) -> Quantity {
@@ -141,9 +119,7 @@ pub fn compute_quota(
     let mut totals: BTreeMap<&str, f64> = BTreeMap::new();
     let mut pods = 0;
     for component in &app.spec.components {
-        let replicas = plans
-            .get(&component.name)
-            .map_or(component.min_available, |p| p.replicas);
+        let replicas = plans.get(&component.name).map_or(component.min_available, |p| p.replicas);
         let budget = replicas + surge_for(replicas) + failover_headroom(replicas, zones, tolerated);
         pods += budget;
         for (key, per_pod) in pod_resources(component, &d) {
@@ -152,21 +128,14 @@ pub fn compute_quota(
     }
     let mut hard = BTreeMap::new();
     for (key, total) in totals {
-        let q = if key.ends_with("cpu") {
-            cpu_quantity(total)
-        } else {
-            memory_quantity(total)
-        };
+        let q = if key.ends_with("cpu") { cpu_quantity(total) } else { memory_quantity(total) };
         hard.insert(key.to_string(), q);
     }
     hard.insert("pods".into(), Quantity(pods.to_string()));
     hard
 }
 
-pub(super) fn resource_quota(
-    ctx: &RenderContext,
-    plans: &BTreeMap<String, ReplicaPlan>,
-) -> ResourceQuota {
+pub(super) fn resource_quota(ctx: &RenderContext, plans: &BTreeMap<String, ReplicaPlan>) -> ResourceQuota {
     let mut hard = compute_quota(ctx.app, plans, ctx.zones.len());
     // Explicit values win over computed ones. Like ResourceQuota's own `cpu` and `memory`, they
     // bound requests; the limits stay computed from the components.
@@ -183,10 +152,7 @@ pub(super) fn resource_quota(
     }
     ResourceQuota {
         metadata: ctx.meta("resilient-quota", ctx.labels()),
-        spec: Some(ResourceQuotaSpec {
-            hard: Some(hard),
-            ..Default::default()
-        }),
+        spec: Some(ResourceQuotaSpec { hard: Some(hard), ..Default::default() }),
         ..Default::default()
     }
 }

@@ -5,10 +5,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 fn zones(n: usize) -> Vec<String> {
-    ["zone-a", "zone-b", "zone-c", "zone-d"][..n]
-        .iter()
-        .map(|z| z.to_string())
-        .collect()
+    ["zone-a", "zone-b", "zone-c", "zone-d"][..n].iter().map(|z| z.to_string()).collect()
 }
 
 fn component(name: &str, min_available: i32) -> Component {
@@ -20,8 +17,7 @@ fn component(name: &str, min_available: i32) -> Component {
 }
 
 fn app(components: Vec<Component>) -> ResilientApp {
-    let spec: ResilientAppSpec =
-        serde_json::from_value(serde_json::json!({"components": []})).unwrap();
+    let spec: ResilientAppSpec = serde_json::from_value(serde_json::json!({"components": []})).unwrap();
     let mut app = ResilientApp::new("shop", ResilientAppSpec { components, ..spec });
     app.metadata.uid = Some("1234".into());
     app
@@ -33,10 +29,9 @@ fn q(s: &str) -> Quantity {
 
 #[test]
 fn defaults_from_an_almost_empty_spec() {
-    let spec: ResilientAppSpec = serde_json::from_value(
-        serde_json::json!({"components": [{"name": "web", "image": "x", "minAvailable": 2}]}),
-    )
-    .unwrap();
+    let spec: ResilientAppSpec =
+        serde_json::from_value(serde_json::json!({"components": [{"name": "web", "image": "x", "minAvailable": 2}]}))
+            .unwrap();
     assert_eq!(spec.resilience.zone_failures_tolerated, 1);
     assert_eq!(spec.resilience.failover_seconds, 30);
     assert!(spec.resilience.rebalance);
@@ -51,11 +46,7 @@ fn every_child_is_labelled_and_owned() {
     let mut a = app(vec![web, component("worker", 1)]);
     a.spec.access.viewers = vec!["devs".into()];
     let d = render(&a, &zones(3));
-    let mut metas = vec![
-        &d.namespace.metadata,
-        &d.resource_quota.metadata,
-        &d.limit_range.metadata,
-    ];
+    let mut metas = vec![&d.namespace.metadata, &d.resource_quota.metadata, &d.limit_range.metadata];
     metas.extend(d.network_policies.iter().map(|o| &o.metadata));
     metas.extend(d.role_bindings.iter().map(|o| &o.metadata));
     metas.extend(d.deployments.iter().map(|o| &o.metadata));
@@ -69,10 +60,7 @@ fn every_child_is_labelled_and_owned() {
         assert!(!labels.contains_key("app.kubernetes.io/instance"));
         assert!(!labels.contains_key("argocd.argoproj.io/instance"));
         let owner = &m.owner_references.as_ref().unwrap()[0];
-        assert_eq!(
-            (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
-            ("ResilientApp", "1234", Some(true))
-        );
+        assert_eq!((owner.kind.as_str(), owner.uid.as_str(), owner.controller), ("ResilientApp", "1234", Some(true)));
         if m.name.as_deref() != Some("shop") {
             assert_eq!(m.namespace.as_deref(), Some("shop"));
         }
@@ -88,10 +76,7 @@ fn namespace_carries_pod_security_labels() {
     assert_eq!(ns.metadata.name.as_deref(), Some("shop-prod"));
     let labels = ns.metadata.labels.unwrap();
     for mode in ["enforce", "warn", "audit"] {
-        assert_eq!(
-            labels[&format!("pod-security.kubernetes.io/{mode}")],
-            "baseline"
-        );
+        assert_eq!(labels[&format!("pod-security.kubernetes.io/{mode}")], "baseline");
     }
 }
 
@@ -103,59 +88,25 @@ fn deployment_spreads_across_zones_and_fails_over_fast() {
     let dep = &d.deployments[0];
     let spec = dep.spec.as_ref().unwrap();
     assert_eq!(spec.replicas, Some(6));
-    let rolling = spec
-        .strategy
-        .as_ref()
-        .unwrap()
-        .rolling_update
-        .as_ref()
-        .unwrap();
+    let rolling = spec.strategy.as_ref().unwrap().rolling_update.as_ref().unwrap();
     assert_eq!(rolling.max_unavailable, Some(IntOrString::Int(0)));
     assert_eq!(rolling.max_surge, Some(IntOrString::Int(2)));
     let pod = spec.template.spec.as_ref().unwrap();
     let tsc = pod.topology_spread_constraints.as_ref().unwrap();
-    let zone = tsc
-        .iter()
-        .find(|t| t.topology_key == "topology.kubernetes.io/zone")
-        .unwrap();
-    assert_eq!(
-        (zone.max_skew, zone.when_unsatisfiable.as_str()),
-        (1, "DoNotSchedule")
-    );
+    let zone = tsc.iter().find(|t| t.topology_key == "topology.kubernetes.io/zone").unwrap();
+    assert_eq!((zone.max_skew, zone.when_unsatisfiable.as_str()), (1, "DoNotSchedule"));
     assert_eq!(zone.node_taints_policy.as_deref(), Some("Honor"));
-    assert_eq!(
-        zone.match_label_keys.as_deref(),
-        Some(&["pod-template-hash".to_string()][..])
-    );
+    assert_eq!(zone.match_label_keys.as_deref(), Some(&["pod-template-hash".to_string()][..]));
     assert_eq!(zone.min_domains, None);
-    let host = tsc
-        .iter()
-        .find(|t| t.topology_key == "kubernetes.io/hostname")
-        .unwrap();
+    let host = tsc.iter().find(|t| t.topology_key == "kubernetes.io/hostname").unwrap();
     assert_eq!(host.when_unsatisfiable, "ScheduleAnyway");
     let tolerations = pod.tolerations.as_ref().unwrap();
-    for key in [
-        "node.kubernetes.io/unreachable",
-        "node.kubernetes.io/not-ready",
-    ] {
-        let t = tolerations
-            .iter()
-            .find(|t| t.key.as_deref() == Some(key))
-            .unwrap();
-        assert_eq!(
-            (t.effect.as_deref(), t.toleration_seconds),
-            (Some("NoExecute"), Some(12))
-        );
+    for key in ["node.kubernetes.io/unreachable", "node.kubernetes.io/not-ready"] {
+        let t = tolerations.iter().find(|t| t.key.as_deref() == Some(key)).unwrap();
+        assert_eq!((t.effect.as_deref(), t.toleration_seconds), (Some("NoExecute"), Some(12)));
     }
     // Pods carry the selector labels.
-    let labels = spec
-        .template
-        .metadata
-        .as_ref()
-        .unwrap()
-        .labels
-        .as_ref()
-        .unwrap();
+    let labels = spec.template.metadata.as_ref().unwrap().labels.as_ref().unwrap();
     for (k, v) in spec.selector.match_labels.as_ref().unwrap() {
         assert_eq!(&labels[k], v);
     }
@@ -165,14 +116,7 @@ fn deployment_spreads_across_zones_and_fails_over_fast() {
 #[test]
 fn restricted_pods_pass_pod_security() {
     let d = render(&app(vec![component("web", 1)]), &zones(3));
-    let pod = d.deployments[0]
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .clone()
-        .unwrap();
+    let pod = d.deployments[0].spec.as_ref().unwrap().template.spec.clone().unwrap();
     let psc = pod.security_context.unwrap();
     assert_eq!(psc.run_as_non_root, Some(true));
     assert_eq!(psc.seccomp_profile.unwrap().type_, "RuntimeDefault");
@@ -186,14 +130,7 @@ fn zone_allow_list_becomes_node_affinity() {
     let mut a = app(vec![component("web", 2)]);
     a.spec.resilience.zones = vec!["zone-a".into(), "zone-b".into()];
     let d = render(&a, &zones(2));
-    let pod = d.deployments[0]
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .clone()
-        .unwrap();
+    let pod = d.deployments[0].spec.as_ref().unwrap().template.spec.clone().unwrap();
     let term = &pod
         .affinity
         .unwrap()
@@ -204,10 +141,7 @@ fn zone_allow_list_becomes_node_affinity() {
         .node_selector_terms[0];
     let expr = &term.match_expressions.as_ref().unwrap()[0];
     assert_eq!(expr.key, "topology.kubernetes.io/zone");
-    assert_eq!(
-        expr.values.as_deref(),
-        Some(&["zone-a".to_string(), "zone-b".to_string()][..])
-    );
+    assert_eq!(expr.values.as_deref(), Some(&["zone-a".to_string(), "zone-b".to_string()][..]));
     // Two zones, one may be lost: all of minAvailable must fit in one zone.
     assert_eq!(d.deployments[0].spec.as_ref().unwrap().replicas, Some(4));
 }
@@ -219,19 +153,14 @@ fn pdb_allows_what_the_guarantee_allows_but_never_blocks_drains() {
     let d = render(&a, &zones(3));
     let pdb = |i: usize| d.pod_disruption_budgets[i].spec.clone().unwrap();
     assert_eq!(pdb(0).max_unavailable, Some(IntOrString::Int(2)));
-    assert_eq!(
-        pdb(0).unhealthy_pod_eviction_policy.as_deref(),
-        Some("AlwaysAllow")
-    );
+    assert_eq!(pdb(0).unhealthy_pod_eviction_policy.as_deref(), Some("AlwaysAllow"));
     assert_eq!(pdb(1).max_unavailable, Some(IntOrString::Int(1)));
 }
 
 #[test]
 fn service_only_for_components_that_ask() {
     let mut web = component("web", 2);
-    web.service = Some(crate::api::ComponentService {
-        type_: crate::api::ServiceType::LoadBalancer,
-    });
+    web.service = Some(crate::api::ComponentService { type_: crate::api::ServiceType::LoadBalancer });
     let d = render(&app(vec![web, component("worker", 1)]), &zones(3));
     assert_eq!(d.services.len(), 1);
     let spec = d.services[0].spec.clone().unwrap();
@@ -246,17 +175,10 @@ fn strict_network_policies() {
     api.allow_from = vec!["web".into()];
     let mut a = app(vec![component("web", 2), api]);
     a.spec.network.ingress_from = vec![
-        serde_json::from_value(
-            serde_json::json!({"namespaceSelector": {"matchLabels": {"name": "ingress"}}}),
-        )
-        .unwrap(),
+        serde_json::from_value(serde_json::json!({"namespaceSelector": {"matchLabels": {"name": "ingress"}}})).unwrap(),
     ];
     let d = render(&a, &zones(3));
-    let names: Vec<_> = d
-        .network_policies
-        .iter()
-        .map(|p| p.metadata.name.clone().unwrap())
-        .collect();
+    let names: Vec<_> = d.network_policies.iter().map(|p| p.metadata.name.clone().unwrap()).collect();
     assert_eq!(
         names,
         [
@@ -268,22 +190,13 @@ fn strict_network_policies() {
         ]
     );
     let deny = d.network_policies[0].spec.clone().unwrap();
-    assert_eq!(
-        deny.policy_types,
-        Some(vec!["Ingress".to_string(), "Egress".to_string()])
-    );
+    assert_eq!(deny.policy_types, Some(vec!["Ingress".to_string(), "Egress".to_string()]));
     assert!(deny.ingress.is_none() && deny.egress.is_none());
     let api_in = d.network_policies[3].spec.clone().unwrap();
     let rule = &api_in.ingress.unwrap()[0];
     let from = rule.from.as_ref().unwrap()[0].pod_selector.clone().unwrap();
-    assert_eq!(
-        from.match_expressions.unwrap()[0].values,
-        Some(vec!["web".to_string()])
-    );
-    assert_eq!(
-        rule.ports.as_ref().unwrap()[0].port,
-        Some(IntOrString::Int(8080))
-    );
+    assert_eq!(from.match_expressions.unwrap()[0].values, Some(vec!["web".to_string()]));
+    assert_eq!(rule.ports.as_ref().unwrap()[0].port, Some(IntOrString::Int(8080)));
 
     a.spec.network.isolation = crate::api::Isolation::None;
     assert!(render(&a, &zones(3)).network_policies.is_empty());
@@ -293,23 +206,12 @@ fn strict_network_policies() {
 fn computed_quota_covers_replicas_surge_and_failover() {
     let mut web = component("web", 4); // 6 replicas over 3 zones, surge 2, failover 2
     web.resources = Some(ResourceRequirements {
-        requests: Some(
-            [
-                ("cpu".to_string(), q("250m")),
-                ("memory".to_string(), q("256Mi")),
-            ]
-            .into(),
-        ),
+        requests: Some([("cpu".to_string(), q("250m")), ("memory".to_string(), q("256Mi"))].into()),
         limits: Some([("memory".to_string(), q("512Mi"))].into()),
         ..Default::default()
     });
     let a = app(vec![web]);
-    let hard = render(&a, &zones(3))
-        .resource_quota
-        .spec
-        .unwrap()
-        .hard
-        .unwrap();
+    let hard = render(&a, &zones(3)).resource_quota.spec.unwrap().hard.unwrap();
     assert_eq!(hard["pods"], q("10"));
     assert_eq!(hard["requests.cpu"], q("2500m"));
     assert_eq!(hard["requests.memory"], q("2560Mi"));
@@ -320,27 +222,14 @@ fn computed_quota_covers_replicas_surge_and_failover() {
 #[test]
 fn explicit_quota_wins_and_is_checked() {
     let mut a = app(vec![component("web", 4)]);
-    a.spec.quota = Some(crate::api::Quota {
-        cpu: Some(q("8")),
-        memory: None,
-        pods: Some(7),
-    });
+    a.spec.quota = Some(crate::api::Quota { cpu: Some(q("8")), memory: None, pods: Some(7) });
     let plans = replica_plans(&a, &zones(3));
-    let hard = render(&a, &zones(3))
-        .resource_quota
-        .spec
-        .unwrap()
-        .hard
-        .unwrap();
+    let hard = render(&a, &zones(3)).resource_quota.spec.unwrap().hard.unwrap();
     assert_eq!(hard["requests.cpu"], q("8"));
     assert_eq!(hard["pods"], q("7"));
-    assert!(
-        matches!(quota_fit(&a, &plans), QuotaFit::NoRoomForSurge(m) if m.contains("spec.quota.pods"))
-    );
+    assert!(matches!(quota_fit(&a, &plans), QuotaFit::NoRoomForSurge(m) if m.contains("spec.quota.pods")));
     a.spec.quota.as_mut().unwrap().pods = Some(5);
-    assert!(
-        matches!(quota_fit(&a, &plans), QuotaFit::TooSmall(m) if m.contains("spec.quota.pods"))
-    );
+    assert!(matches!(quota_fit(&a, &plans), QuotaFit::TooSmall(m) if m.contains("spec.quota.pods")));
     a.spec.quota.as_mut().unwrap().pods = Some(40);
     assert_eq!(quota_fit(&a, &plans), QuotaFit::Fits);
 }
@@ -348,16 +237,11 @@ fn explicit_quota_wins_and_is_checked() {
 #[test]
 fn validation_names_the_field() {
     let mut web = component("web", 1);
-    web.resources = Some(ResourceRequirements {
-        requests: Some([("cpu".to_string(), q("2"))].into()),
-        ..Default::default()
-    });
+    web.resources =
+        Some(ResourceRequirements { requests: Some([("cpu".to_string(), q("2"))].into()), ..Default::default() });
     let errors = validate(&app(vec![web.clone()]));
     assert_eq!(errors.len(), 1);
-    assert_eq!(
-        errors[0].field,
-        "spec.components[web].resources.requests.cpu"
-    );
+    assert_eq!(errors[0].field, "spec.components[web].resources.requests.cpu");
     web.resources.as_mut().unwrap().limits = Some([("cpu".to_string(), q("2"))].into());
     assert!(validate(&app(vec![web])).is_empty());
 }
@@ -365,20 +249,8 @@ fn validation_names_the_field() {
 #[test]
 fn ports_survive_into_container() {
     let mut web = component("web", 1);
-    web.ports.push(ContainerPort {
-        name: Some("metrics".into()),
-        container_port: 9090,
-        ..Default::default()
-    });
+    web.ports.push(ContainerPort { name: Some("metrics".into()), container_port: 9090, ..Default::default() });
     let d = render(&app(vec![web]), &zones(3));
-    let c = &d.deployments[0]
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .containers[0];
+    let c = &d.deployments[0].spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0];
     assert_eq!(c.ports.as_ref().unwrap().len(), 2);
 }

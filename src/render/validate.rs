@@ -24,10 +24,9 @@ impl fmt::Display for SpecError {
 pub fn validate(app: &ResilientApp) -> Vec<SpecError> {
     let mut errors = Vec::new();
     let d = effective_defaults(app);
-    for (key, default_limit, default_request) in [
-        ("cpu", &d.limit_cpu, &d.request_cpu),
-        ("memory", &d.limit_memory, &d.request_memory),
-    ] {
+    for (key, default_limit, default_request) in
+        [("cpu", &d.limit_cpu, &d.request_cpu), ("memory", &d.limit_memory, &d.request_memory)]
+    {
         if quantity_value(default_request) > quantity_value(default_limit) {
             errors.push(SpecError {
                 field: format!("spec.limits.defaultRequest.{key}"),
@@ -93,10 +92,7 @@ pub fn quota_fit(app: &ResilientApp, plans: &BTreeMap<String, ReplicaPlan>) -> Q
     }
     let hard = [
         ("spec.quota.cpu", quota.cpu.as_ref().map(quantity_value)),
-        (
-            "spec.quota.memory",
-            quota.memory.as_ref().map(quantity_value),
-        ),
+        ("spec.quota.memory", quota.memory.as_ref().map(quantity_value)),
         ("spec.quota.pods", quota.pods.map(f64::from)),
     ];
     let fmt_need = |i: usize, v: f64| match i {

@@ -1,12 +1,10 @@
 //! Per component: a Deployment spread across zones, a PodDisruptionBudget and a Service.
 
-use k8s_openapi::api::apps::v1::{
-    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
-};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, Container, NodeAffinity, NodeSelector, NodeSelectorRequirement,
-    NodeSelectorTerm, PodSecurityContext, PodSpec, PodTemplateSpec, SeccompProfile,
-    SecurityContext, Service, ServicePort, ServiceSpec, Toleration, TopologySpreadConstraint,
+    Affinity, Capabilities, Container, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
+    PodSecurityContext, PodSpec, PodTemplateSpec, SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec,
+    Toleration, TopologySpreadConstraint,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -20,12 +18,7 @@ pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
 pub const TAINT_UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 pub const TAINT_NOT_READY: &str = "node.kubernetes.io/not-ready";
 
-fn spread(
-    ctx: &RenderContext,
-    component: &str,
-    key: &str,
-    when_unsatisfiable: &str,
-) -> TopologySpreadConstraint {
+fn spread(ctx: &RenderContext, component: &str, key: &str, when_unsatisfiable: &str) -> TopologySpreadConstraint {
     TopologySpreadConstraint {
         max_skew: 1,
         topology_key: key.to_string(),
@@ -45,15 +38,8 @@ fn spread(
     }
 }
 
-fn security_contexts(
-    level: PodSecurityLevel,
-) -> (Option<PodSecurityContext>, Option<SecurityContext>) {
-    let runtime_default = || {
-        Some(SeccompProfile {
-            type_: "RuntimeDefault".to_string(),
-            localhost_profile: None,
-        })
-    };
+fn security_contexts(level: PodSecurityLevel) -> (Option<PodSecurityContext>, Option<SecurityContext>) {
+    let runtime_default = || Some(SeccompProfile { type_: "RuntimeDefault".to_string(), localhost_profile: None });
     match level {
         PodSecurityLevel::Restricted => (
             Some(PodSecurityContext {
@@ -63,22 +49,13 @@ fn security_contexts(
             }),
             Some(SecurityContext {
                 allow_privilege_escalation: Some(false),
-                capabilities: Some(Capabilities {
-                    drop: Some(vec!["ALL".to_string()]),
-                    add: None,
-                }),
+                capabilities: Some(Capabilities { drop: Some(vec!["ALL".to_string()]), add: None }),
                 ..Default::default()
             }),
         ),
         PodSecurityLevel::Baseline => (
-            Some(PodSecurityContext {
-                seccomp_profile: runtime_default(),
-                ..Default::default()
-            }),
-            Some(SecurityContext {
-                allow_privilege_escalation: Some(false),
-                ..Default::default()
-            }),
+            Some(PodSecurityContext { seccomp_profile: runtime_default(), ..Default::default() }),
+            Some(SecurityContext { allow_privilege_escalation: Some(false), ..Default::default() }),
         ),
         PodSecurityLevel::Privileged => (None, None),
     }
@@ -133,10 +110,7 @@ pub(super) fn deployment(ctx: &RenderContext, component: &Component, replicas: i
         metadata: ctx.meta(&component.name, ctx.component_labels(&component.name)),
         spec: Some(DeploymentSpec {
             replicas: Some(replicas),
-            selector: LabelSelector {
-                match_labels: Some(ctx.selector_labels(&component.name)),
-                ..Default::default()
-            },
+            selector: LabelSelector { match_labels: Some(ctx.selector_labels(&component.name)), ..Default::default() },
             // Never fewer ready pods than replicas during a rollout: new pods come up first.
             strategy: Some(DeploymentStrategy {
                 type_: Some("RollingUpdate".to_string()),
@@ -146,10 +120,7 @@ pub(super) fn deployment(ctx: &RenderContext, component: &Component, replicas: i
                 }),
             }),
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(pod_labels),
-                    ..Default::default()
-                }),
+                metadata: Some(ObjectMeta { labels: Some(pod_labels), ..Default::default() }),
                 spec: Some(PodSpec {
                     containers: vec![container],
                     security_context: pod_security,
@@ -170,17 +141,11 @@ pub(super) fn deployment(ctx: &RenderContext, component: &Component, replicas: i
 
 /// `maxUnavailable = replicas - minAvailable`, but never 0: a PDB that blocks every drain would
 /// stop node maintenance for good.
-pub(super) fn pod_disruption_budget(
-    ctx: &RenderContext,
-    component: &Component,
-    replicas: i32,
-) -> PodDisruptionBudget {
+pub(super) fn pod_disruption_budget(ctx: &RenderContext, component: &Component, replicas: i32) -> PodDisruptionBudget {
     PodDisruptionBudget {
         metadata: ctx.meta(&component.name, ctx.component_labels(&component.name)),
         spec: Some(PodDisruptionBudgetSpec {
-            max_unavailable: Some(IntOrString::Int(
-                (replicas - component.min_available).max(1),
-            )),
+            max_unavailable: Some(IntOrString::Int((replicas - component.min_available).max(1))),
             selector: Some(LabelSelector {
                 match_labels: Some(ctx.selector_labels(&component.name)),
                 ..Default::default()

@@ -58,32 +58,17 @@ pub struct ReplicaPlan {
 
 /// Replicas for a component: the explicit count (reported when it breaks the guarantee, never
 /// changed), else the computed one, else the best effort `m + f` when there are too few zones.
-pub fn plan_replicas(
-    explicit: Option<i32>,
-    min_available: i32,
-    zones: usize,
-    tolerated: u8,
-) -> ReplicaPlan {
+pub fn plan_replicas(explicit: Option<i32>, min_available: i32, zones: usize, tolerated: u8) -> ReplicaPlan {
     match (replicas_for(min_available, zones, tolerated), explicit) {
         (None, explicit) => ReplicaPlan {
             replicas: explicit.unwrap_or(min_available + i32::from(tolerated)),
             shortfall: Some(Shortfall::InsufficientZones { zones, tolerated }),
         },
-        (Some(needed), Some(r)) if r < needed => ReplicaPlan {
-            replicas: r,
-            shortfall: Some(Shortfall::TooFewReplicas {
-                replicas: r,
-                needed,
-            }),
-        },
-        (Some(_), Some(r)) => ReplicaPlan {
-            replicas: r,
-            shortfall: None,
-        },
-        (Some(needed), None) => ReplicaPlan {
-            replicas: needed,
-            shortfall: None,
-        },
+        (Some(needed), Some(r)) if r < needed => {
+            ReplicaPlan { replicas: r, shortfall: Some(Shortfall::TooFewReplicas { replicas: r, needed }) }
+        }
+        (Some(_), Some(r)) => ReplicaPlan { replicas: r, shortfall: None },
+        (Some(needed), None) => ReplicaPlan { replicas: needed, shortfall: None },
     }
 }
 
@@ -98,11 +83,7 @@ pub fn ready_after_worst_zone_loss(ready_by_zone: &BTreeMap<String, i32>, tolera
 
 /// The zone of a node, from `topology.kubernetes.io/zone`.
 pub fn node_zone(node: &Node) -> Option<&str> {
-    node.metadata
-        .labels
-        .as_ref()?
-        .get(ZONE_LABEL)
-        .map(String::as_str)
+    node.metadata.labels.as_ref()?.get(ZONE_LABEL).map(String::as_str)
 }
 
 /// A node that can run new pods now: Ready, schedulable, and without a NoSchedule/NoExecute taint
@@ -116,18 +97,14 @@ pub fn node_usable(node: &Node) -> bool {
         .is_some_and(|c| c.status == "True");
     let spec = node.spec.as_ref();
     let unschedulable = spec.and_then(|s| s.unschedulable).unwrap_or(false);
-    let blocking_taint = spec.and_then(|s| s.taints.as_ref()).is_some_and(|ts| {
-        ts.iter()
-            .any(|t| t.effect == "NoExecute" || t.effect == "NoSchedule")
-    });
+    let blocking_taint = spec
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|ts| ts.iter().any(|t| t.effect == "NoExecute" || t.effect == "NoSchedule"));
     ready && !unschedulable && !blocking_taint
 }
 
 /// Usable zones: zones of usable nodes, restricted to `allow` when it is not empty. Sorted.
-pub fn usable_zones<'a>(
-    nodes: impl IntoIterator<Item = &'a Node>,
-    allow: &[String],
-) -> Vec<String> {
+pub fn usable_zones<'a>(nodes: impl IntoIterator<Item = &'a Node>, allow: &[String]) -> Vec<String> {
     let zones: BTreeSet<String> = nodes
         .into_iter()
         .filter(|n| node_usable(n))

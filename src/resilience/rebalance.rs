@@ -53,18 +53,14 @@ pub fn choose_move(input: &RebalanceInput) -> Result<Move, Hold> {
         return Err(Hold::ZoneUnhealthy);
     }
     let settled = input.pods.len() as i32 == input.replicas
-        && input.pods.iter().all(|p| {
-            p.ready
-                && !p.terminating
-                && p.zone
-                    .as_ref()
-                    .is_some_and(|z| input.usable_zones.contains(z))
-        });
+        && input
+            .pods
+            .iter()
+            .all(|p| p.ready && !p.terminating && p.zone.as_ref().is_some_and(|z| input.usable_zones.contains(z)));
     if !settled {
         return Err(Hold::NotSettled);
     }
-    let mut counts: BTreeMap<String, i32> =
-        input.usable_zones.iter().map(|z| (z.clone(), 0)).collect();
+    let mut counts: BTreeMap<String, i32> = input.usable_zones.iter().map(|z| (z.clone(), 0)).collect();
     for pod in input.pods {
         if let Some(c) = pod.zone.as_ref().and_then(|z| counts.get_mut(z)) {
             *c += 1;
@@ -72,15 +68,9 @@ pub fn choose_move(input: &RebalanceInput) -> Result<Move, Hold> {
     }
     // Fullest zone (first by name on ties) and emptiest zone (first by name on ties).
     let (from_zone, max) =
-        counts.iter().fold(
-            (None, i32::MIN),
-            |acc, (z, &c)| if c > acc.1 { (Some(z), c) } else { acc },
-        );
+        counts.iter().fold((None, i32::MIN), |acc, (z, &c)| if c > acc.1 { (Some(z), c) } else { acc });
     let (to_zone, min) =
-        counts.iter().fold(
-            (None, i32::MAX),
-            |acc, (z, &c)| if c < acc.1 { (Some(z), c) } else { acc },
-        );
+        counts.iter().fold((None, i32::MAX), |acc, (z, &c)| if c < acc.1 { (Some(z), c) } else { acc });
     if max - min <= 1 {
         return Err(Hold::Balanced);
     }
@@ -97,12 +87,7 @@ pub fn choose_move(input: &RebalanceInput) -> Result<Move, Hold> {
         .map(|p| p.name.clone())
         .max()
         .expect("the fullest zone has pods");
-    Ok(Move {
-        pod,
-        from_zone,
-        to_zone,
-        counts,
-    })
+    Ok(Move { pod, from_zone, to_zone, counts })
 }
 
 #[cfg(test)]
@@ -127,18 +112,8 @@ mod tests {
         vec!["zone-a".into(), "zone-b".into(), "zone-c".into()]
     }
 
-    fn input<'a>(
-        pods: &'a [PodPlacement],
-        zones: &'a [String],
-        replicas: i32,
-    ) -> RebalanceInput<'a> {
-        RebalanceInput {
-            pods,
-            usable_zones: zones,
-            all_zones_healthy: true,
-            replicas,
-            min_available: 4,
-        }
+    fn input<'a>(pods: &'a [PodPlacement], zones: &'a [String], replicas: i32) -> RebalanceInput<'a> {
+        RebalanceInput { pods, usable_zones: zones, all_zones_healthy: true, replicas, min_available: 4 }
     }
 
     #[test]
@@ -146,10 +121,7 @@ mod tests {
         let z = zones();
         let p = pods(&[("zone-b", 3), ("zone-c", 3)]);
         let m = choose_move(&input(&p, &z, 6)).unwrap();
-        assert_eq!(
-            (m.from_zone.as_str(), m.to_zone.as_str()),
-            ("zone-b", "zone-a")
-        );
+        assert_eq!((m.from_zone.as_str(), m.to_zone.as_str()), ("zone-b", "zone-a"));
         assert!(m.pod.starts_with("p-zone-b-"));
     }
 
@@ -166,16 +138,10 @@ mod tests {
         let mut starting = uneven.clone();
         starting[0].ready = false;
         assert_eq!(choose_move(&input(&starting, &z, 6)), Err(Hold::NotSettled));
-        assert_eq!(
-            choose_move(&input(&uneven[..5], &z, 6)),
-            Err(Hold::NotSettled)
-        );
+        assert_eq!(choose_move(&input(&uneven[..5], &z, 6)), Err(Hold::NotSettled));
         // Exactly minAvailable pods: never evict.
         let tight = pods(&[("zone-b", 2), ("zone-c", 2)]);
-        assert_eq!(
-            choose_move(&input(&tight, &z, 4)),
-            Err(Hold::AtMinAvailable)
-        );
+        assert_eq!(choose_move(&input(&tight, &z, 4)), Err(Hold::AtMinAvailable));
     }
 
     proptest! {

@@ -26,45 +26,19 @@ fn api_md_examples() {
 fn plan_reports_explicit_shortfall_without_changing_it() {
     assert_eq!(
         plan_replicas(Some(5), 4, 3, 1),
-        ReplicaPlan {
-            replicas: 5,
-            shortfall: Some(Shortfall::TooFewReplicas {
-                replicas: 5,
-                needed: 6
-            })
-        }
+        ReplicaPlan { replicas: 5, shortfall: Some(Shortfall::TooFewReplicas { replicas: 5, needed: 6 }) }
     );
-    assert_eq!(
-        plan_replicas(Some(9), 4, 3, 1),
-        ReplicaPlan {
-            replicas: 9,
-            shortfall: None
-        }
-    );
-    assert_eq!(
-        plan_replicas(None, 4, 3, 1),
-        ReplicaPlan {
-            replicas: 6,
-            shortfall: None
-        }
-    );
+    assert_eq!(plan_replicas(Some(9), 4, 3, 1), ReplicaPlan { replicas: 9, shortfall: None });
+    assert_eq!(plan_replicas(None, 4, 3, 1), ReplicaPlan { replicas: 6, shortfall: None });
     assert_eq!(
         plan_replicas(None, 4, 1, 1),
-        ReplicaPlan {
-            replicas: 5,
-            shortfall: Some(Shortfall::InsufficientZones {
-                zones: 1,
-                tolerated: 1
-            })
-        }
+        ReplicaPlan { replicas: 5, shortfall: Some(Shortfall::InsufficientZones { zones: 1, tolerated: 1 }) }
     );
 }
 
 #[test]
 fn worst_zone_loss_takes_the_fullest_zones() {
-    let by_zone: BTreeMap<String, i32> = [("a", 3), ("b", 1), ("c", 2)]
-        .map(|(z, n)| (z.to_string(), n))
-        .into();
+    let by_zone: BTreeMap<String, i32> = [("a", 3), ("b", 1), ("c", 2)].map(|(z, n)| (z.to_string(), n)).into();
     assert_eq!(ready_after_worst_zone_loss(&by_zone, 0), 6);
     assert_eq!(ready_after_worst_zone_loss(&by_zone, 1), 3);
     assert_eq!(ready_after_worst_zone_loss(&by_zone, 2), 1);
@@ -112,10 +86,7 @@ fn usable_zones_need_a_ready_schedulable_untainted_node() {
         node(None, true, false, None),
     ];
     assert_eq!(usable_zones(&nodes, &[]), vec!["zone-a", "zone-e"]);
-    assert_eq!(
-        usable_zones(&nodes, &["zone-e".to_string(), "zone-b".to_string()]),
-        vec!["zone-e"]
-    );
+    assert_eq!(usable_zones(&nodes, &["zone-e".to_string(), "zone-b".to_string()]), vec!["zone-e"]);
 }
 
 /// Place `replicas` as evenly as possible (max skew 1) over `zones` zones.

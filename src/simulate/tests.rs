@@ -35,26 +35,16 @@ fn pod(name: &str, node: &str) -> Pod {
             name: Some(name.into()),
             namespace: Some("shop".into()),
             labels: Some(
-                [
-                    ("resilient.dev/app", "shop"),
-                    ("resilient.dev/component", "web"),
-                ]
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .into(),
+                [("resilient.dev/app", "shop"), ("resilient.dev/component", "web")]
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .into(),
             ),
             ..Default::default()
         },
-        spec: Some(PodSpec {
-            node_name: Some(node.into()),
-            ..Default::default()
-        }),
+        spec: Some(PodSpec { node_name: Some(node.into()), ..Default::default() }),
         status: Some(PodStatus {
             phase: Some("Running".into()),
-            conditions: Some(vec![PodCondition {
-                type_: "Ready".into(),
-                status: "True".into(),
-                ..Default::default()
-            }]),
+            conditions: Some(vec![PodCondition { type_: "Ready".into(), status: "True".into(), ..Default::default() }]),
             ..Default::default()
         }),
     }
@@ -70,16 +60,9 @@ fn app() -> ResilientApp {
 }
 
 fn cluster(cpu_b: &str) -> (Vec<Node>, Vec<Pod>) {
-    let nodes = vec![
-        node("na", "zone-a", "8"),
-        node("nb", "zone-b", cpu_b),
-        node("nc", "zone-c", "8"),
-    ];
-    let pods = ["na", "na", "nb", "nb", "nc", "nc"]
-        .iter()
-        .enumerate()
-        .map(|(i, n)| pod(&format!("web-{i}"), n))
-        .collect();
+    let nodes = vec![node("na", "zone-a", "8"), node("nb", "zone-b", cpu_b), node("nc", "zone-c", "8")];
+    let pods =
+        ["na", "na", "nb", "nb", "nc", "nc"].iter().enumerate().map(|(i, n)| pod(&format!("web-{i}"), n)).collect();
     (nodes, pods)
 }
 
@@ -88,23 +71,11 @@ fn losing_one_zone_of_an_even_spread_keeps_the_guarantee() {
     let (nodes, pods) = cluster("8");
     let apps = [app()];
     let lost = ["zone-a".to_string()];
-    let report = simulate(&SimulationInput {
-        apps: &apps,
-        nodes: &nodes,
-        pods: &pods,
-        quotas: &[],
-        lost_zones: &lost,
-    });
+    let report = simulate(&SimulationInput { apps: &apps, nodes: &nodes, pods: &pods, quotas: &[], lost_zones: &lost });
     let c = &report.components[0];
-    assert_eq!(
-        (c.ready_now, c.ready_after_loss, c.guarantee_holds),
-        (6, 4, true)
-    );
+    assert_eq!((c.ready_now, c.ready_after_loss, c.guarantee_holds), (6, 4, true));
     // Two zones left: the operator runs 8 replicas, 4 per zone, so 4 new pods.
-    assert_eq!(
-        (c.replicas_after, c.replacements, c.replacements_fit),
-        (8, 4, true)
-    );
+    assert_eq!((c.replicas_after, c.replacements, c.replacements_fit), (8, 4, true));
     assert!(report.all_hold());
     assert_eq!(report.surviving_zones, ["zone-b", "zone-c"]);
     assert!(table(&report).contains("1 of 1 components keep minAvailable"));
@@ -115,13 +86,7 @@ fn losing_two_zones_breaks_it_and_says_why() {
     let (nodes, pods) = cluster("8");
     let apps = [app()];
     let lost = ["zone-a".to_string(), "zone-b".to_string()];
-    let report = simulate(&SimulationInput {
-        apps: &apps,
-        nodes: &nodes,
-        pods: &pods,
-        quotas: &[],
-        lost_zones: &lost,
-    });
+    let report = simulate(&SimulationInput { apps: &apps, nodes: &nodes, pods: &pods, quotas: &[], lost_zones: &lost });
     let c = &report.components[0];
     assert_eq!((c.ready_after_loss, c.guarantee_holds), (2, false));
     assert!(!report.all_hold());
@@ -144,34 +109,18 @@ fn no_room_in_a_surviving_zone_is_reported() {
     }
     let apps = [app()];
     let lost = ["zone-a".to_string()];
-    let report = simulate(&SimulationInput {
-        apps: &apps,
-        nodes: &nodes,
-        pods: &pods,
-        quotas: &[],
-        lost_zones: &lost,
-    });
+    let report = simulate(&SimulationInput { apps: &apps, nodes: &nodes, pods: &pods, quotas: &[], lost_zones: &lost });
     let c = &report.components[0];
     assert!(c.guarantee_holds, "what is left still holds");
     assert!(!c.replacements_fit);
-    assert!(
-        c.notes
-            .iter()
-            .any(|n| n.starts_with("zone-b has no node with room")),
-        "{:?}",
-        c.notes
-    );
+    assert!(c.notes.iter().any(|n| n.starts_with("zone-b has no node with room")), "{:?}", c.notes);
 }
 
 #[test]
 fn quota_headroom_is_checked() {
     let (nodes, pods) = cluster("8");
     let quota = ResourceQuota {
-        metadata: ObjectMeta {
-            name: Some("q".into()),
-            namespace: Some("shop".into()),
-            ..Default::default()
-        },
+        metadata: ObjectMeta { name: Some("q".into()), namespace: Some("shop".into()), ..Default::default() },
         status: Some(ResourceQuotaStatus {
             hard: Some([("pods".to_string(), Quantity("8".into()))].into()),
             used: Some([("pods".to_string(), Quantity("6".into()))].into()),
@@ -181,18 +130,9 @@ fn quota_headroom_is_checked() {
     let apps = [app()];
     let lost = ["zone-a".to_string()];
     let quotas = [quota];
-    let report = simulate(&SimulationInput {
-        apps: &apps,
-        nodes: &nodes,
-        pods: &pods,
-        quotas: &quotas,
-        lost_zones: &lost,
-    });
+    let report =
+        simulate(&SimulationInput { apps: &apps, nodes: &nodes, pods: &pods, quotas: &quotas, lost_zones: &lost });
     let c = &report.components[0];
     assert!(!c.replacements_fit);
-    assert!(
-        c.notes.iter().any(|n| n.contains("quota pods")),
-        "{:?}",
-        c.notes
-    );
+    assert!(c.notes.iter().any(|n| n.contains("quota pods")), "{:?}", c.notes);
 }

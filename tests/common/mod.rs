@@ -32,25 +32,13 @@ pub struct ClusterEnv {
 pub fn cluster_env() -> &'static ClusterEnv {
     static ENV: OnceLock<ClusterEnv> = OnceLock::new();
     ENV.get_or_init(|| {
-        let out = Command::new(root().join("e2e/cluster.sh"))
-            .arg("env")
-            .output()
-            .expect("running e2e/cluster.sh env");
+        let out = Command::new(root().join("e2e/cluster.sh")).arg("env").output().expect("running e2e/cluster.sh env");
         let text = String::from_utf8_lossy(&out.stdout);
         let value = |prefix: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(prefix))
-                .map(|v| v.trim().trim_end_matches(":$PATH").to_string())
+            text.lines().find_map(|l| l.strip_prefix(prefix)).map(|v| v.trim().trim_end_matches(":$PATH").to_string())
         };
-        match (
-            out.status.success(),
-            value("export KUBECONFIG="),
-            value("export PATH="),
-        ) {
-            (true, Some(kubeconfig), Some(bin)) => ClusterEnv {
-                kubeconfig: kubeconfig.into(),
-                bin_dir: bin.into(),
-            },
+        match (out.status.success(), value("export KUBECONFIG="), value("export PATH=")) {
+            (true, Some(kubeconfig), Some(bin)) => ClusterEnv { kubeconfig: kubeconfig.into(), bin_dir: bin.into() },
             _ => panic!(
                 "no local cluster: start it with `e2e/cluster.sh up` (`make test` does it).\n{}",
                 String::from_utf8_lossy(&out.stderr)
@@ -62,8 +50,7 @@ pub fn cluster_env() -> &'static ClusterEnv {
 /// A client of the local cluster (the test's own identity, not the operator's).
 pub async fn client() -> Client {
     let env = cluster_env();
-    let kubeconfig =
-        kube::config::Kubeconfig::read_from(&env.kubeconfig).expect("reading the kubeconfig");
+    let kubeconfig = kube::config::Kubeconfig::read_from(&env.kubeconfig).expect("reading the kubeconfig");
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
         .await
         .expect("kubeconfig of the local cluster");
@@ -71,9 +58,10 @@ pub async fn client() -> Client {
     // A 429 from the Eviction API is an answer (the PDB said no), not something to retry.
     config.default_retry = false;
     let client = Client::try_from(config).expect("client");
-    client.apiserver_version().await.unwrap_or_else(|e| {
-        panic!("the local cluster does not answer ({e}); start it with `e2e/cluster.sh up`")
-    });
+    client
+        .apiserver_version()
+        .await
+        .unwrap_or_else(|e| panic!("the local cluster does not answer ({e}); start it with `e2e/cluster.sh up`"));
     client
 }
 
@@ -84,16 +72,9 @@ pub fn kubectl(args: &[&str], stdin: Option<&str>) -> Output {
     cmd.args(args).env("KUBECONFIG", &env.kubeconfig);
     if let Some(input) = stdin {
         use std::io::Write;
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("kubectl");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
         child.wait_with_output().expect("kubectl output")
     } else {
         cmd.output().expect("kubectl")
@@ -102,10 +83,7 @@ pub fn kubectl(args: &[&str], stdin: Option<&str>) -> Output {
 
 /// Run `e2e/cluster.sh` with arguments and fail loudly if it fails.
 pub fn cluster_sh(args: &[&str]) {
-    let out = Command::new(root().join("e2e/cluster.sh"))
-        .args(args)
-        .output()
-        .expect("e2e/cluster.sh");
+    let out = Command::new(root().join("e2e/cluster.sh")).args(args).output().expect("e2e/cluster.sh");
     assert!(
         out.status.success(),
         "e2e/cluster.sh {args:?} failed:\n{}{}",
@@ -118,26 +96,14 @@ pub fn cluster_sh(args: &[&str]) {
 pub async fn ensure_crd(client: &Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let crd = ResilientApp::crd();
-    crds.patch(
-        "resilientapps.resilient.dev",
-        &PatchParams::apply("resilient-tests").force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .expect("applying the CRD");
-    wait_for(
-        "the CRD to be established",
-        Duration::from_secs(30),
-        || async {
-            let crd = crds.get("resilientapps.resilient.dev").await.ok()?;
-            let established = crd
-                .status?
-                .conditions?
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True");
-            established.then_some(())
-        },
-    )
+    crds.patch("resilientapps.resilient.dev", &PatchParams::apply("resilient-tests").force(), &Patch::Apply(&crd))
+        .await
+        .expect("applying the CRD");
+    wait_for("the CRD to be established", Duration::from_secs(30), || async {
+        let crd = crds.get("resilientapps.resilient.dev").await.ok()?;
+        let established = crd.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True");
+        established.then_some(())
+    })
     .await;
 }
 
@@ -147,22 +113,12 @@ static METRICS_PORT: OnceLock<u16> = OnceLock::new();
 /// (PR_SET_PDEATHSIG on a thread that lives as long as the operator).
 pub fn start_operator() {
     METRICS_PORT.get_or_init(|| {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let env = cluster_env();
         let logs = root().join(".cluster/logs");
         std::fs::create_dir_all(&logs).unwrap();
         let test_name = std::env::args().next().and_then(|a| {
-            Path::new(&a).file_name().map(|f| {
-                f.to_string_lossy()
-                    .split('-')
-                    .next()
-                    .unwrap_or("tests")
-                    .to_string()
-            })
+            Path::new(&a).file_name().map(|f| f.to_string_lossy().split('-').next().unwrap_or("tests").to_string())
         });
         let log_path = logs.join(format!("operator-{}.log", test_name.unwrap_or_default()));
         let log = std::fs::File::create(&log_path).unwrap();
@@ -170,17 +126,11 @@ pub fn start_operator() {
         std::thread::spawn(move || {
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_resilient-operator"));
             let address = format!("127.0.0.1:{port}");
-            cmd.args([
-                "run",
-                "--resync-seconds",
-                "3600",
-                "--metrics-address",
-                &address,
-            ])
-            .env("KUBECONFIG", kubeconfig)
-            .env("RUST_LOG", "info,resilient_operator=debug")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
+            cmd.args(["run", "--resync-seconds", "3600", "--metrics-address", &address])
+                .env("KUBECONFIG", kubeconfig)
+                .env("RUST_LOG", "info,resilient_operator=debug")
+                .stdout(log.try_clone().unwrap())
+                .stderr(log);
             // SAFETY: prctl is async-signal-safe; it only sets a flag on the child.
             unsafe {
                 cmd.pre_exec(|| {
@@ -205,9 +155,7 @@ fn try_operator_metrics() -> Option<String> {
     use std::io::{Read, Write};
     let port = *METRICS_PORT.get().expect("operator started");
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .ok()?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
     let mut body = String::new();
     stream.read_to_string(&mut body).ok()?;
     Some(body)
@@ -215,19 +163,14 @@ fn try_operator_metrics() -> Option<String> {
 
 /// Sum of a metric's samples whose line starts with `prefix` (name plus optional labels).
 pub fn metric_sum(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    text.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
 }
 
 /// Wait until the operator's /metrics answers and its caches are synced.
 pub async fn wait_operator_ready() {
-    wait_for(
-        "the operator to serve /metrics",
-        Duration::from_secs(60),
-        || async { try_operator_metrics().filter(|t| t.contains("resilient_operator")) },
-    )
+    wait_for("the operator to serve /metrics", Duration::from_secs(60), || async {
+        try_operator_metrics().filter(|t| t.contains("resilient_operator"))
+    })
     .await;
 }
 
@@ -251,10 +194,7 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
@@ -263,14 +203,8 @@ where
 pub fn unique(prefix: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!(
-        "{prefix}-{:x}",
-        (std::process::id() * 1000 + n) ^ (nanos & 0xfff)
-    )
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("{prefix}-{:x}", (std::process::id() * 1000 + n) ^ (nanos & 0xfff))
 }
 
 /// An example from `examples/` with another name (so tests can run side by side).
@@ -284,13 +218,9 @@ pub fn example(file: &str, name: &str) -> Value {
 pub async fn apply_app(client: &Client, app: &Value) -> ResilientApp {
     let api: Api<ResilientApp> = Api::all(client.clone());
     let name = app["metadata"]["name"].as_str().unwrap();
-    api.patch(
-        name,
-        &PatchParams::apply("resilient-tests").force(),
-        &Patch::Apply(app),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("applying ResilientApp {name}: {e}"))
+    api.patch(name, &PatchParams::apply("resilient-tests").force(), &Patch::Apply(app))
+        .await
+        .unwrap_or_else(|e| panic!("applying ResilientApp {name}: {e}"))
 }
 
 pub fn condition<'a>(
@@ -301,13 +231,7 @@ pub fn condition<'a>(
 }
 
 /// Wait until the app's status is for its current generation and `check` accepts it.
-pub async fn wait_status<F>(
-    client: &Client,
-    name: &str,
-    what: &str,
-    timeout: Duration,
-    check: F,
-) -> ResilientApp
+pub async fn wait_status<F>(client: &Client, name: &str, what: &str, timeout: Duration, check: F) -> ResilientApp
 where
     F: Fn(&ResilientAppStatus) -> bool,
 {
@@ -326,31 +250,18 @@ pub fn is_true(status: &ResilientAppStatus, type_: &str) -> bool {
 
 /// Requests of a user agent in the API server's audit log, from `since` on, that `filter` keeps:
 /// counts by verb.
-pub fn audited_requests(
-    user_agent: &str,
-    since: &str,
-    filter: impl Fn(&Value) -> bool,
-) -> BTreeMap<String, u64> {
+pub fn audited_requests(user_agent: &str, since: &str, filter: impl Fn(&Value) -> bool) -> BTreeMap<String, u64> {
     let path = root().join(".cluster/logs/audit.log");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     let mut counts = BTreeMap::new();
     for line in text.lines() {
         let Ok(event) = serde_json::from_str::<Value>(line) else {
             continue;
         };
         let ua = event["userAgent"].as_str().unwrap_or_default();
-        let at = event["requestReceivedTimestamp"]
-            .as_str()
-            .unwrap_or_default();
-        if ua.starts_with(user_agent)
-            && at >= since
-            && event["stage"] == "ResponseComplete"
-            && filter(&event)
-        {
-            *counts
-                .entry(event["verb"].as_str().unwrap_or_default().to_string())
-                .or_insert(0) += 1;
+        let at = event["requestReceivedTimestamp"].as_str().unwrap_or_default();
+        if ua.starts_with(user_agent) && at >= since && event["stage"] == "ResponseComplete" && filter(&event) {
+            *counts.entry(event["verb"].as_str().unwrap_or_default().to_string()).or_insert(0) += 1;
         }
     }
     counts
@@ -358,9 +269,7 @@ pub fn audited_requests(
 
 /// Now, in the format of audit timestamps (RFC 3339 with microseconds, UTC).
 pub fn audit_now() -> String {
-    jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
-        .to_string()
+    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
 }
 
 pub const WRITE_VERBS: [&str; 5] = ["create", "update", "patch", "delete", "deletecollection"];

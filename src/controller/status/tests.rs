@@ -18,10 +18,7 @@ fn pod(node: &str, ready: bool) -> Arc<Pod> {
             labels: Some([(LABEL_COMPONENT.to_string(), "web".to_string())].into()),
             ..Default::default()
         },
-        spec: Some(PodSpec {
-            node_name: Some(node.into()),
-            ..Default::default()
-        }),
+        spec: Some(PodSpec { node_name: Some(node.into()), ..Default::default() }),
         status: Some(PodStatus {
             conditions: Some(vec![PodCondition {
                 type_: "Ready".into(),
@@ -37,22 +34,9 @@ fn zones() -> Vec<String> {
     vec!["zone-a".into(), "zone-b".into(), "zone-c".into()]
 }
 
-fn observed<'a>(
-    zones: &'a [String],
-    plans: &'a BTreeMap<String, ReplicaPlan>,
-    pods: Vec<Arc<Pod>>,
-) -> Observed<'a> {
-    let node_zones = ["a", "b", "c"]
-        .iter()
-        .map(|z| (format!("node-{z}"), format!("zone-{z}")))
-        .collect();
-    Observed {
-        zones,
-        plans,
-        deployments: HashMap::new(),
-        pods,
-        node_zones,
-    }
+fn observed<'a>(zones: &'a [String], plans: &'a BTreeMap<String, ReplicaPlan>, pods: Vec<Arc<Pod>>) -> Observed<'a> {
+    let node_zones = ["a", "b", "c"].iter().map(|z| (format!("node-{z}"), format!("zone-{z}"))).collect();
+    Observed { zones, plans, deployments: HashMap::new(), pods, node_zones }
 }
 
 fn cond(c: &Conditions, t: ConditionType) -> Option<&(ConditionType, bool, String, String)> {
@@ -64,10 +48,7 @@ fn even_spread_is_tolerant() {
     let a = app(4);
     let z = zones();
     let plans = replica_plans(&a, &z);
-    let pods = ["a", "a", "b", "b", "c", "c"]
-        .iter()
-        .map(|n| pod(&format!("node-{n}"), true))
-        .collect();
+    let pods = ["a", "a", "b", "b", "c", "c"].iter().map(|n| pod(&format!("node-{n}"), true)).collect();
     let obs = observed(&z, &plans, pods);
     let comps = component_statuses(&a, &obs);
     assert_eq!(comps[0].ready_replicas, 6);
@@ -84,20 +65,14 @@ fn lopsided_placement_is_at_risk_and_says_which_zone() {
     let a = app(4);
     let z = zones();
     let plans = replica_plans(&a, &z);
-    let pods = ["a", "b", "b", "b", "c", "c"]
-        .iter()
-        .map(|n| pod(&format!("node-{n}"), true))
-        .collect();
+    let pods = ["a", "b", "b", "b", "c", "c"].iter().map(|n| pod(&format!("node-{n}"), true)).collect();
     let obs = observed(&z, &plans, pods);
     let comps = component_statuses(&a, &obs);
     let c = conditions(&a, &obs, &comps, &PassOutcome::default());
     let (_, status, reason, message) = cond(&c, ConditionType::ZoneFailureTolerant).unwrap();
     assert!(!status);
     assert_eq!(reason, "PlacementAtRisk");
-    assert_eq!(
-        message,
-        "web: losing zone-b would leave 3 ready pods, minAvailable is 4"
-    );
+    assert_eq!(message, "web: losing zone-b would leave 3 ready pods, minAvailable is 4");
     // Availability now is fine.
     assert!(cond(&c, ConditionType::Ready).unwrap().1);
 }
@@ -109,12 +84,7 @@ fn unready_and_terminating_pods_do_not_count() {
     let plans = replica_plans(&a, &z);
     let mut terminating = (*pod("node-a", true)).clone();
     terminating.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH));
-    let pods = vec![
-        pod("node-a", false),
-        Arc::new(terminating),
-        pod("node-b", true),
-        pod("node-c", true),
-    ];
+    let pods = vec![pod("node-a", false), Arc::new(terminating), pod("node-b", true), pod("node-c", true)];
     let obs = observed(&z, &plans, pods);
     let comps = component_statuses(&a, &obs);
     assert_eq!(comps[0].ready_replicas, 2);
@@ -138,10 +108,7 @@ fn too_few_zones_is_reported() {
     let (_, status, reason, message) = cond(&c, ConditionType::ZoneFailureTolerant).unwrap();
     assert!(!status);
     assert_eq!(reason, "InsufficientZones");
-    assert!(
-        message.starts_with("1 zone is usable (zone-a)"),
-        "{message}"
-    );
+    assert!(message.starts_with("1 zone is usable (zone-a)"), "{message}");
 }
 
 #[test]
@@ -151,10 +118,7 @@ fn blockers_stall_and_never_reconcile() {
     let plans = replica_plans(&a, &z);
     let obs = observed(&z, &plans, vec![]);
     let comps = component_statuses(&a, &obs);
-    let outcome = PassOutcome {
-        blocker: Some(Blocker::NamespaceConflict("taken".into())),
-        ..Default::default()
-    };
+    let outcome = PassOutcome { blocker: Some(Blocker::NamespaceConflict("taken".into())), ..Default::default() };
     let c = conditions(&a, &obs, &comps, &outcome);
     let stalled = cond(&c, ConditionType::Stalled).unwrap();
     assert!(stalled.1);
