@@ -26,6 +26,7 @@ fmt: ## format the code
 
 crd: ## regenerate crds/ from the Rust types
 	$(CARGO) run --locked -q -- crd > crds/resilientapps.resilient.dev.yaml
+	cp crds/resilientapps.resilient.dev.yaml config/crd/
 
 build: ## build the operator (debug)
 	$(CARGO) build --locked

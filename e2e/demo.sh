@@ -24,10 +24,10 @@ kubectl get nodes -L topology.kubernetes.io/zone --no-headers | awk '{printf "  
 bold "3/7 installing the CRD and starting the operator"
 kubectl apply --server-side -f crds/resilientapps.resilient.dev.yaml >/dev/null
 kubectl wait --for condition=Established crd/resilientapps.resilient.dev --timeout=30s >/dev/null
-pkill -f "resilient-operator run --metrics-address 127.0.0.1:18080" 2>/dev/null || true
 mkdir -p .cluster/logs
-"$OPERATOR" run --metrics-address 127.0.0.1:18080 >.cluster/logs/operator-demo.log 2>&1 &
-OPERATOR_PID=$!
+# shellcheck source=e2e/lib.sh
+source e2e/lib.sh
+start_operator "$OPERATOR" .cluster/logs/operator-demo.log 18080
 trap 'kill $OPERATOR_PID 2>/dev/null || true' EXIT
 say "operator pid $OPERATOR_PID, logs in .cluster/logs/operator-demo.log, metrics on http://127.0.0.1:18080/metrics"
 
@@ -38,25 +38,9 @@ kubectl get rapp "$APP" -o wide
 echo
 kubectl describe rapp "$APP" | sed -n '/^  Conditions:/,/^  Observed Generation/p'
 
-zone_of() { kubectl get node "$1" -o jsonpath='{.metadata.labels.topology\.kubernetes\.io/zone}'; }
-declare -A NODE_ZONE
-for n in $(kubectl get nodes -o name); do NODE_ZONE[${n#node/}]=$(zone_of "${n#node/}"); done
-# "ready total" and "zone:count ..." of the component's ready, not-terminating pods
-placement() {
-  kubectl get pods -n "$APP" -l "resilient.dev/component=$COMPONENT" --no-headers \
-    -o custom-columns='NODE:.spec.nodeName,READY:.status.conditions[?(@.type=="Ready")].status,DEL:.metadata.deletionTimestamp' |
-    while read -r node ready del; do
-      if [ "$ready" = True ] && [ "$del" = "<none>" ]; then echo "${NODE_ZONE[$node]:-?}"; fi
-    done | sort | uniq -c | awk '{t+=$1; s=s" "$2"="$1} END {print t+0, s}'
-}
-# pods of the component in a zone that are not being deleted
-live_pods_in() {
-  kubectl get pods -n "$APP" -l "resilient.dev/component=$COMPONENT" --no-headers \
-    -o custom-columns='NODE:.spec.nodeName,DEL:.metadata.deletionTimestamp' |
-    while read -r node del; do
-      if [ "$del" = "<none>" ] && [ "${NODE_ZONE[$node]:-}" = "$1" ]; then echo x; fi
-    done | wc -l
-}
+load_node_zones
+SELECTOR="resilient.dev/component=$COMPONENT"
+placement() { ready_by_zone "$APP" "$SELECTOR"; }
 MIN_AVAILABLE=$(kubectl get rapp "$APP" -o jsonpath="{.spec.components[?(@.name==\"$COMPONENT\")].minAvailable}")
 REPLICAS=$(kubectl get deploy -n "$APP" "$COMPONENT" -o jsonpath='{.spec.replicas}')
 say "$COMPONENT: $REPLICAS replicas, minAvailable $MIN_AVAILABLE, ready by zone:$(placement | cut -d' ' -f2-)"
@@ -72,8 +56,8 @@ while :; do
   read -r ready zones <<<"$(placement)"
   if [ "$ready" -lt "$lowest" ]; then lowest=$ready; fi
   want=$(kubectl get deploy -n "$APP" "$COMPONENT" -o jsonpath='{.spec.replicas}')
-  in_lost=$(live_pods_in "$ZONE")
-  outside=$(echo "$zones" | tr ' ' '\n' | awk -F= -v z="$ZONE" '$1 != z && $2 != "" {s += $2} END {print s + 0}')
+  in_lost=$(live_in_zone "$APP" "$SELECTOR" "$ZONE")
+  outside=$((ready - $(zone_count "$zones" "$ZONE")))
   line="$ready ready of $want replicas, by zone:$zones"
   if [ "$line" != "$last" ]; then
     printf '   t+%3ss  %s: %s\n' "$now" "$COMPONENT" "$line"
@@ -96,8 +80,7 @@ while :; do
   now=$(($(date +%s) - up_start))
   read -r ready zones <<<"$(placement)"
   want=$(kubectl get deploy -n "$APP" "$COMPONENT" -o jsonpath='{.spec.replicas}')
-  counts=$(for z in zone-a zone-b zone-c; do echo "$zones" | tr ' ' '\n' | awk -F= -v z=$z '$1 == z {n = $2} END {print n + 0}'; done)
-  skew=$(echo "$counts" | sort -n | awk 'NR == 1 {min = $1} {max = $1} END {print max - min}')
+  skew=$(skew "$zones" zone-a zone-b zone-c)
   line="$ready ready of $want replicas, by zone:$zones"
   if [ "$line" != "$last" ]; then
     printf '   t+%3ss  %s: %s\n' "$now" "$COMPONENT" "$line"

@@ -2,13 +2,14 @@ use super::*;
 use kube::CustomResourceExt;
 
 #[test]
-fn committed_crd_matches_the_generator() {
-    let committed = include_str!("../../crds/resilientapps.resilient.dev.yaml");
+fn committed_crds_match_the_generator() {
     let generated = crate::cli::crd_yaml().unwrap();
-    assert!(
-        committed == generated,
-        "crds/resilientapps.resilient.dev.yaml is stale: run `cargo run -- crd > crds/resilientapps.resilient.dev.yaml`"
-    );
+    for (path, committed) in [
+        ("crds/resilientapps.resilient.dev.yaml", include_str!("../../crds/resilientapps.resilient.dev.yaml")),
+        ("config/crd/resilientapps.resilient.dev.yaml", include_str!("../../config/crd/resilientapps.resilient.dev.yaml")),
+    ] {
+        assert!(committed == generated, "{path} is stale: run `make crd`");
+    }
 }
 
 #[test]

@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# Zone outage, side by side in one run: an operator-managed app and a plain Deployment with the
+# same replica count and Kubernetes defaults. Samples every second from the outage until both have
+# recovered (or a deadline), then brings the zone back and watches the spread.
+# Prints a timeline and a summary; writes bench/out/zone-outage.json.
+#
+#   bench/zone-outage.sh            (starts the cluster and the operator if needed)
+#   OUTAGE_DEADLINE=400 RETURN_DEADLINE=150 bench/zone-outage.sh
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+ZONE=${ZONE:-zone-a}
+OUTAGE_DEADLINE=${OUTAGE_DEADLINE:-420}
+RETURN_DEADLINE=${RETURN_DEADLINE:-150}
+OUT=bench/out
+mkdir -p "$OUT"
+log() { printf '[zone-outage %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+log "building the operator"
+cargo build --locked --quiet --release
+OPERATOR=${CARGO_TARGET_DIR:-$ROOT/target}/release/resilient-operator
+e2e/cluster.sh up >/dev/null
+eval "$(e2e/cluster.sh env)"
+# shellcheck source=e2e/lib.sh
+source e2e/lib.sh
+kubectl apply --server-side -f crds/resilientapps.resilient.dev.yaml >/dev/null
+kubectl wait --for condition=Established crd/resilientapps.resilient.dev --timeout=30s >/dev/null
+start_operator "$OPERATOR" .cluster/logs/operator-bench.log 18081
+trap 'kill $OPERATOR_PID 2>/dev/null || true; e2e/cluster.sh zone-up "$ZONE" >/dev/null 2>&1 || true' EXIT
+load_node_zones
+
+OP=bench-op
+PLAIN=bench-plain
+log "creating $OP (ResilientApp, minAvailable 4) and $PLAIN (plain Deployment, 6 replicas, defaults)"
+kubectl delete rapp "$OP" --ignore-not-found --wait=true >/dev/null
+kubectl delete ns "$PLAIN" --ignore-not-found --wait=true >/dev/null
+kubectl apply -f - >/dev/null <<EOF
+apiVersion: resilient.dev/v1alpha1
+kind: ResilientApp
+metadata: {name: $OP}
+spec:
+  components:
+    - {name: web, image: registry.example/web:1, minAvailable: 4}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: $PLAIN}
+EOF
+until kubectl get sa default -n "$PLAIN" >/dev/null 2>&1; do sleep 0.5; done
+kubectl apply -f - >/dev/null <<EOF
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: $PLAIN}
+spec:
+  replicas: 6
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: web, image: registry.example/web:1}]
+EOF
+kubectl wait --for=condition=Ready "rapp/$OP" --timeout=120s >/dev/null
+kubectl rollout status -n "$PLAIN" deploy/web --timeout=120s >/dev/null
+OP_SEL=resilient.dev/component=web
+PLAIN_SEL=app=web
+ZONES=(zone-a zone-b zone-c)
+
+node_state() { # "Ready/taints" summary of the lost zone's nodes
+  kubectl get nodes -l "topology.kubernetes.io/zone=$ZONE" --no-headers \
+    -o custom-columns='R:.status.conditions[?(@.type=="Ready")].status,T:.spec.taints[*].key' |
+    awk '{printf "%s%s", (NR > 1 ? "," : ""), $1 "/" ($2 == "<none>" ? "untainted" : "tainted")}'
+}
+
+sample() { # ns selector -> "ready zone=n ..."
+  ready_by_zone "$1" "$2"
+}
+
+log "before: operator $(sample "$OP" "$OP_SEL") | plain $(sample "$PLAIN" "$PLAIN_SEL")"
+echo "t(s)  nodes of $ZONE           operator app                  plain Deployment"
+start=$(date +%s)
+e2e/cluster.sh zone-down "$ZONE" 2>/dev/null
+op_low=99 plain_low=99 op_recovered="" plain_recovered="" last=""
+while :; do
+  t=$(($(date +%s) - start))
+  nodes=$(node_state)
+  read -r op_ready op_zones <<<"$(sample "$OP" "$OP_SEL")"
+  read -r pl_ready pl_zones <<<"$(sample "$PLAIN" "$PLAIN_SEL")"
+  ((op_ready < op_low)) && op_low=$op_ready
+  ((pl_ready < plain_low)) && plain_low=$pl_ready
+  op_want=$(kubectl get deploy -n "$OP" web -o jsonpath='{.spec.replicas}')
+  if [ -z "$op_recovered" ] && [ "$(live_in_zone "$OP" "$OP_SEL" "$ZONE")" = 0 ] &&
+    [ $((op_ready - $(zone_count "$op_zones" "$ZONE"))) -ge "$op_want" ]; then op_recovered=$t; fi
+  if [ -z "$plain_recovered" ] && [ "$(live_in_zone "$PLAIN" "$PLAIN_SEL" "$ZONE")" = 0 ] &&
+    [ $((pl_ready - $(zone_count "$pl_zones" "$ZONE"))) -ge 6 ]; then plain_recovered=$t; fi
+  line=$(printf '%-24s %-29s %s' "$nodes" "$op_ready/$op_want:$op_zones" "$pl_ready/6:$pl_zones")
+  if [ "$line" != "$last" ]; then
+    printf '%4d  %s\n' "$t" "$line"
+    last=$line
+  fi
+  if [ -n "$op_recovered" ] && [ -n "$plain_recovered" ]; then break; fi
+  ((t < OUTAGE_DEADLINE)) || break
+  sleep 1
+done
+
+log "zone $ZONE returns"
+back=$(date +%s)
+e2e/cluster.sh zone-up "$ZONE" 2>/dev/null
+op_even="" plain_even="" last=""
+while :; do
+  t=$(($(date +%s) - back))
+  read -r op_ready op_zones <<<"$(sample "$OP" "$OP_SEL")"
+  read -r pl_ready pl_zones <<<"$(sample "$PLAIN" "$PLAIN_SEL")"
+  op_want=$(kubectl get deploy -n "$OP" web -o jsonpath='{.spec.replicas}')
+  [ -z "$op_even" ] && [ "$op_ready" -ge "$op_want" ] && [ "$(skew "$op_zones" "${ZONES[@]}")" -le 1 ] && op_even=$t
+  [ -z "$plain_even" ] && [ "$pl_ready" -ge 6 ] && [ "$(skew "$pl_zones" "${ZONES[@]}")" -le 1 ] && plain_even=$t
+  line=$(printf '%-24s %-29s %s' "$(node_state)" "$op_ready/$op_want:$op_zones" "$pl_ready/6:$pl_zones")
+  if [ "$line" != "$last" ]; then
+    printf '%4d  %s\n' "$t" "$line"
+    last=$line
+  fi
+  if [ -n "$op_even" ] && [ -n "$plain_even" ]; then break; fi
+  ((t < RETURN_DEADLINE)) || break
+  sleep 1
+done
+
+cat >"$OUT/zone-outage.json" <<EOF
+{"zone": "$ZONE",
+ "operator": {"lowestReady": $op_low, "minAvailable": 4, "recoveredSeconds": ${op_recovered:-null}, "evenAgainSeconds": ${op_even:-null}},
+ "plain": {"lowestReady": $plain_low, "replicas": 6, "recoveredSeconds": ${plain_recovered:-null}, "evenAgainSeconds": ${plain_even:-null}},
+ "outageDeadlineSeconds": $OUTAGE_DEADLINE, "returnDeadlineSeconds": $RETURN_DEADLINE}
+EOF
+echo
+echo "summary (seconds after the zone went dark / came back):"
+printf '  %-18s lowest ready %2s, all replicas Running outside %s after %ss, even spread %s after return\n' \
+  "operator app" "$op_low" "$ZONE" "${op_recovered:-never (>$OUTAGE_DEADLINE)}" "${op_even:+after ${op_even}s}"
+printf '  %-18s lowest ready %2s, all replicas Running outside %s after %ss, even spread %s after return\n' \
+  "plain Deployment" "$plain_low" "$ZONE" "${plain_recovered:-never (>$OUTAGE_DEADLINE)}" "${plain_even:+after ${plain_even}s}${plain_even:-never within ${RETURN_DEADLINE}s}"
+echo "results: $OUT/zone-outage.json"

@@ -1,0 +1,46 @@
+# Shared shell helpers of e2e/demo.sh and bench/zone-outage.sh. Source after `eval $(e2e/cluster.sh env)`.
+
+# NODE_ZONE[node]=zone for every node.
+declare -gA NODE_ZONE
+load_node_zones() {
+  local n
+  while read -r n z; do NODE_ZONE[$n]=$z; done < <(kubectl get nodes --no-headers \
+    -o custom-columns='NAME:.metadata.name,ZONE:.metadata.labels.topology\.kubernetes\.io/zone')
+}
+
+# "<total> zone=count ..." of ready, not-terminating pods matching a label selector.
+ready_by_zone() { # namespace selector
+  kubectl get pods -n "$1" -l "$2" --no-headers \
+    -o custom-columns='NODE:.spec.nodeName,READY:.status.conditions[?(@.type=="Ready")].status,DEL:.metadata.deletionTimestamp' |
+    while read -r node ready del; do
+      if [ "$ready" = True ] && [ "$del" = "<none>" ]; then echo "${NODE_ZONE[$node]:-unscheduled}"; fi
+    done | sort | uniq -c | awk '{t += $1; s = s " " $2 "=" $1} END {print t + 0 s}'
+}
+
+# Number of not-terminating pods matching a selector in a zone ("unscheduled" for Pending ones).
+live_in_zone() { # namespace selector zone
+  kubectl get pods -n "$1" -l "$2" --no-headers \
+    -o custom-columns='NODE:.spec.nodeName,DEL:.metadata.deletionTimestamp' |
+    while read -r node del; do
+      if [ "$del" = "<none>" ] && [ "${NODE_ZONE[$node]:-unscheduled}" = "$3" ]; then echo x; fi
+    done | wc -l
+}
+
+# Count for one zone out of a ready_by_zone line.
+zone_count() { # "line" zone
+  echo "$1" | tr ' ' '\n' | awk -F= -v z="$2" '$1 == z {n = $2} END {print n + 0}'
+}
+
+# Largest minus smallest count over the given zones.
+skew() { # "line" zone...
+  local line=$1
+  shift
+  for z in "$@"; do zone_count "$line" "$z"; done | sort -n | awk 'NR == 1 {min = $1} {max = $1} END {print max - min}'
+}
+
+# Start the operator in the background; sets OPERATOR_PID.
+start_operator() { # binary log-file metrics-port
+  pkill -f "resilient-operator run --metrics-address 127.0.0.1:$3" 2>/dev/null || true
+  "$1" run --metrics-address "127.0.0.1:$3" >"$2" 2>&1 &
+  OPERATOR_PID=$!
+}
