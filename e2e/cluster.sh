@@ -43,7 +43,7 @@ go_version() { command -v go >/dev/null || die "Go is required to build the cont
 cache_root() { echo "${RESILIENT_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/resilient-operator}"; }
 bin_dir() {
   local sum
-  sum=$(cat "$TOOLS"/*/go.mod "$TOOLS"/*/go.sum | sha256sum | cut -c1-12)
+  sum=$(cat "$TOOLS"/*/go.mod "$TOOLS"/*/go.sum "$TOOLS"/*/*.go 2>/dev/null | sha256sum | cut -c1-12)
   echo "$(cache_root)/bin/k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_$(go_version)_${sum}"
 }
 BIN=""
@@ -52,7 +52,7 @@ ensure_bin_var() { [ -n "$BIN" ] || { BIN=$(bin_dir); KUBECTL="$BIN/kubectl --ku
 
 build() {
   ensure_bin_var
-  local all=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok) missing=() b
+  local all=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok kstatus) missing=() b
   for b in "${all[@]}"; do [ -x "$BIN/$b" ] || missing+=("$b"); done
   if [ ${#missing[@]} -eq 0 ]; then return 0; fi
   log "building ${missing[*]} into $BIN"
@@ -64,7 +64,7 @@ build() {
   done
   local start total=${#missing[@]} n=0 mod pkg flags t0
   t0=$(date +%s)
-  for m in k8s etcd kwok; do
+  for m in k8s etcd kwok kstatus; do
     log "downloading Go modules for e2e/tools/$m (cached in $(go env GOMODCACHE))"
     (cd "$TOOLS/$m" && go mod download)
   done
@@ -73,6 +73,7 @@ build() {
     case $b in
       etcd) mod=etcd; pkg=go.etcd.io/etcd/server/v3; flags="-s -w" ;;
       kwok) mod=kwok; pkg=sigs.k8s.io/kwok/cmd/kwok; flags="-s -w" ;;
+      kstatus) mod=kstatus; pkg=.; flags="-s -w" ;;
       *) mod=k8s; pkg=k8s.io/kubernetes/cmd/$b; flags=$ldf ;;
     esac
     log "[$n/$total] go build $pkg"

@@ -71,6 +71,21 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, env = "RESILIENT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Reconcile only while holding a Lease, so that several replicas can run for availability.
+    #[arg(long, env = "RESILIENT_LEADER_ELECT")]
+    pub leader_elect: bool,
+    /// Namespace of the leader Lease (default: POD_NAMESPACE, else "default").
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub leader_election_namespace: String,
+    /// Name of the leader Lease.
+    #[arg(long, default_value = "resilient-operator")]
+    pub lease_name: String,
+    /// Seconds a leader may go without renewing before a standby takes over.
+    #[arg(long, default_value_t = 15)]
+    pub lease_duration_seconds: u64,
+    /// Seconds before expiry at which the leader renews.
+    #[arg(long, default_value_t = 5)]
+    pub lease_grace_seconds: u64,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -128,26 +143,62 @@ fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("listening on {}", args.metrics_address))?;
         let settings = Settings { concurrency: args.concurrency, resync: Duration::from_secs(args.resync_seconds) };
-        let reporter = kube::runtime::events::Reporter {
-            controller: crate::api::MANAGER.to_string(),
-            instance: std::env::var("POD_NAME").ok(),
+        let reporter =
+            kube::runtime::events::Reporter { controller: crate::api::MANAGER.to_string(), instance: Some(identity()) };
+        if !args.leader_elect {
+            metrics.set_leader(true);
+            return controller::run(client, settings, metrics, health, reporter).await;
+        }
+        // A standby is healthy and ready: it only waits.
+        health.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+        let lease = crate::leader::LeaseSettings {
+            namespace: args.leader_election_namespace.clone(),
+            name: args.lease_name.clone(),
+            identity: identity(),
+            duration: Duration::from_secs(args.lease_duration_seconds),
+            grace: Duration::from_secs(args.lease_grace_seconds),
         };
-        controller::run(client, settings, metrics, health, reporter).await
+        let mut leadership = crate::leader::acquire(client.clone(), &lease).await?;
+        metrics.set_leader(true);
+        tokio::select! {
+            result = controller::run(client, settings, metrics.clone(), health, reporter) => {
+                metrics.set_leader(false);
+                leadership.release().await;
+                result
+            }
+            () = leadership.lost() => {
+                // Another instance may already be reconciling: stop at once, a restart makes this
+                // one a standby again.
+                tracing::error!("lost the leader lease; exiting");
+                std::process::exit(1);
+            }
+        }
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// This instance's name: POD_NAME in a cluster, else host name and process id.
+pub fn identity() -> String {
+    std::env::var("POD_NAME").unwrap_or_else(|_| {
+        let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+        format!("{}-{}", if host.is_empty() { "local" } else { &host }, std::process::id())
+    })
 }
 
 /// The user agent of every request the operator sends, so the API server's audit log and metrics
 /// can tell its requests apart.
 pub const USER_AGENT: &str = concat!("resilient-operator/", env!("CARGO_PKG_VERSION"));
 
-/// A client from KUBECONFIG or the in-cluster config, identified by [`USER_AGENT`].
+/// A client from KUBECONFIG or the in-cluster config, identified by [`USER_AGENT`] and the
+/// instance [`identity`].
 pub async fn operator_client() -> anyhow::Result<kube::Client> {
     let mut config = kube::Config::infer().await.context("loading the Kubernetes client configuration")?;
     // No blanket retry of 429: for evictions it means "the PodDisruptionBudget says no" and the
     // answer must come back at once; reconciles and watches have their own backoff.
     config.default_retry = false;
-    config.headers.push((http::header::USER_AGENT, http::HeaderValue::from_static(USER_AGENT)));
+    let agent = format!("{USER_AGENT} ({})", identity());
+    let agent = http::HeaderValue::from_str(&agent).unwrap_or(http::HeaderValue::from_static(USER_AGENT));
+    config.headers.push((http::header::USER_AGENT, agent));
     kube::Client::try_from(config).context("creating the Kubernetes client")
 }
 

@@ -9,6 +9,7 @@
 pub mod api;
 pub mod cli;
 pub mod controller;
+pub mod leader;
 pub mod metrics;
 pub mod render;
 pub mod resilience;

@@ -421,3 +421,64 @@ async fn children_versions(client: &Client, ns: &str) -> BTreeMap<String, String
     out.insert("Namespace".into(), namespace.resource_version().unwrap_or_default());
     out
 }
+
+/// What Flux sees: kstatus (sigs.k8s.io/cli-utils, built as e2e/tools/kstatus) reads the
+/// conditions as Current, InProgress and Failed.
+#[tokio::test(flavor = "multi_thread")]
+async fn flux_kstatus_reads_current_in_progress_and_failed() {
+    let client = setup().await;
+    let current = unique("ks-current");
+    let progressing = unique("ks-progress");
+    let failed = unique("ks-failed");
+    apply_app(&client, &example("hello.yaml", &current)).await;
+    // Pods pinned to a zone that does not exist stay Pending: the app keeps rolling out.
+    let mut pending = example("hello.yaml", &progressing);
+    pending["spec"]["resilience"] = json!({"zones": ["zone-x"]});
+    apply_app(&client, &pending).await;
+    // A foreign namespace: stalled.
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": failed}})).unwrap())
+        .await
+        .unwrap();
+    apply_app(&client, &example("hello.yaml", &failed)).await;
+
+    ready(&client, &current).await;
+    wait_status(&client, &progressing, "Reconciling", READY_TIMEOUT, |s| is_true(s, "Reconciling")).await;
+    wait_status(&client, &failed, "Stalled", READY_TIMEOUT, |s| is_true(s, "Stalled")).await;
+
+    let apps: Api<ResilientApp> = Api::all(client.clone());
+    let mut input = String::new();
+    for name in [&current, &progressing, &failed] {
+        let mut obj = serde_json::to_value(apps.get(name).await.unwrap()).unwrap();
+        obj["metadata"]["managedFields"] = Value::Null;
+        input.push_str(&obj.to_string());
+        input.push('\n');
+    }
+    let kstatus = cluster_env().bin_dir.join("kstatus");
+    let mut child = std::process::Command::new(&kstatus)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running {}: {e}", kstatus.display()));
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let results: BTreeMap<String, String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (v["name"].as_str().unwrap().to_string(), v["status"].as_str().unwrap().to_string())
+        })
+        .collect();
+    assert_eq!(results[&current], "Current", "{results:?}");
+    assert_eq!(results[&progressing], "InProgress", "{results:?}");
+    assert_eq!(results[&failed], "Failed", "{results:?}");
+
+    for name in [&current, &progressing, &failed] {
+        delete_app(&client, name).await;
+    }
+    namespaces.delete(&failed, &DeleteParams::default()).await.unwrap();
+}

@@ -6,7 +6,10 @@ fn committed_crds_match_the_generator() {
     let generated = crate::cli::crd_yaml().unwrap();
     for (path, committed) in [
         ("crds/resilientapps.resilient.dev.yaml", include_str!("../../crds/resilientapps.resilient.dev.yaml")),
-        ("config/crd/resilientapps.resilient.dev.yaml", include_str!("../../config/crd/resilientapps.resilient.dev.yaml")),
+        (
+            "config/crd/resilientapps.resilient.dev.yaml",
+            include_str!("../../config/crd/resilientapps.resilient.dev.yaml"),
+        ),
     ] {
         assert!(committed == generated, "{path} is stale: run `make crd`");
     }

@@ -109,12 +109,41 @@ pub async fn ensure_crd(client: &Client) {
 
 static METRICS_PORT: OnceLock<u16> = OnceLock::new();
 
+/// A kubeconfig that authenticates as the operator's own ServiceAccount (config/rbac), with a
+/// token from `kubectl create token`: every operator the tests start runs with exactly the
+/// permissions the manifests grant, so a missing or wrong rule fails the tests.
+pub fn operator_kubeconfig() -> &'static PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let _ = kubectl(&["create", "namespace", "resilient-system"], None);
+        let rbac = root().join("config/rbac");
+        let applied = kubectl(&["apply", "--server-side", "--force-conflicts", "-k", rbac.to_str().unwrap()], None);
+        assert!(applied.status.success(), "applying config/rbac: {}", String::from_utf8_lossy(&applied.stderr));
+        let token = kubectl(&["create", "token", "resilient-operator", "-n", "resilient-system", "--duration=24h"], None);
+        assert!(token.status.success(), "kubectl create token: {}", String::from_utf8_lossy(&token.stderr));
+        let token = String::from_utf8(token.stdout).unwrap().trim().to_string();
+        let admin = std::fs::read_to_string(&cluster_env().kubeconfig).unwrap();
+        let server = admin
+            .lines()
+            .find_map(|l| l.split("server: \"").nth(1).and_then(|s| s.split('"').next()))
+            .expect("server in the kubeconfig")
+            .to_string();
+        let ca = root().join(".cluster/pki/ca.crt");
+        let path = root().join(".cluster/operator.kubeconfig");
+        let config = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster: {{server: \"{server}\", certificate-authority: \"{}\"}}\nusers:\n- name: resilient-operator\n  user: {{token: \"{token}\"}}\ncontexts:\n- name: operator\n  context: {{cluster: local, user: resilient-operator}}\ncurrent-context: operator\n",
+            ca.display()
+        );
+        std::fs::write(&path, config).unwrap();
+        path
+    })
+}
+
 /// Start the operator binary once for this test process. It dies with the process
 /// (PR_SET_PDEATHSIG on a thread that lives as long as the operator).
 pub fn start_operator() {
     METRICS_PORT.get_or_init(|| {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let env = cluster_env();
         let logs = root().join(".cluster/logs");
         std::fs::create_dir_all(&logs).unwrap();
         let test_name = std::env::args().next().and_then(|a| {
@@ -122,7 +151,7 @@ pub fn start_operator() {
         });
         let log_path = logs.join(format!("operator-{}.log", test_name.unwrap_or_default()));
         let log = std::fs::File::create(&log_path).unwrap();
-        let kubeconfig = env.kubeconfig.clone();
+        let kubeconfig = operator_kubeconfig().clone();
         std::thread::spawn(move || {
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_resilient-operator"));
             let address = format!("127.0.0.1:{port}");
@@ -152,13 +181,7 @@ pub fn operator_metrics() -> String {
 }
 
 fn try_operator_metrics() -> Option<String> {
-    use std::io::{Read, Write};
-    let port = *METRICS_PORT.get().expect("operator started");
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body).ok()?;
-    Some(body)
+    metrics_of(*METRICS_PORT.get().expect("operator started"))
 }
 
 /// Sum of a metric's samples whose line starts with `prefix` (name plus optional labels).
@@ -273,3 +296,65 @@ pub fn audit_now() -> String {
 }
 
 pub const WRITE_VERBS: [&str; 5] = ["create", "update", "patch", "delete", "deletecollection"];
+
+/// An operator process started by a test, killed when dropped (or when the test process dies).
+pub struct OperatorProcess {
+    pub child: std::process::Child,
+    pub metrics_port: u16,
+    pub identity: String,
+}
+
+impl OperatorProcess {
+    /// Start `resilient-operator run` with extra arguments, as instance `identity`.
+    pub fn spawn(identity: &str, extra_args: &[&str]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let logs = root().join(".cluster/logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        let log = std::fs::File::create(logs.join(format!("operator-{identity}.log"))).unwrap();
+        let address = format!("127.0.0.1:{port}");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_resilient-operator"));
+        cmd.args(["run", "--metrics-address", &address])
+            .args(extra_args)
+            .env("KUBECONFIG", operator_kubeconfig())
+            .env("POD_NAME", identity)
+            .env("RUST_LOG", "info,resilient_operator=debug,kube_lease_manager=debug")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        // SAFETY: prctl is async-signal-safe; it only sets a flag on the child.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("starting the operator");
+        OperatorProcess { child, metrics_port: port, identity: identity.to_string() }
+    }
+
+    /// The /metrics text, if the process answers.
+    pub fn metrics(&self) -> Option<String> {
+        metrics_of(self.metrics_port)
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// GET /metrics on a local port.
+pub fn metrics_of(port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).ok()?;
+    Some(body)
+}
