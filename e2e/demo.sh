@@ -21,15 +21,17 @@ e2e/cluster.sh up >/dev/null
 eval "$(e2e/cluster.sh env)"
 kubectl get nodes -L topology.kubernetes.io/zone --no-headers | awk '{printf "   %-10s %-6s %s\n", $1, $2, $6}'
 
-bold "3/7 installing the CRD and starting the operator"
-kubectl apply --server-side -f crds/resilientapps.resilient.dev.yaml >/dev/null
-kubectl wait --for condition=Established crd/resilientapps.resilient.dev --timeout=30s >/dev/null
+bold "3/7 installing the operator: config/crd and config/rbac, then the operator as its ServiceAccount"
+say "(no container engine here, so the operator runs as a local process instead of the config/manager Deployment)"
 mkdir -p .cluster/logs
 # shellcheck source=e2e/lib.sh
 source e2e/lib.sh
-start_operator "$OPERATOR" .cluster/logs/operator-demo.log 18080
+install_operator_identity
+KUBECONFIG=$PWD/.cluster/operator.kubeconfig start_operator "$OPERATOR" .cluster/logs/operator-demo.log 18080 \
+  --leader-elect --leader-election-namespace resilient-system
 trap 'kill $OPERATOR_PID 2>/dev/null || true' EXIT
-say "operator pid $OPERATOR_PID, logs in .cluster/logs/operator-demo.log, metrics on http://127.0.0.1:18080/metrics"
+say "operator pid $OPERATOR_PID (ServiceAccount resilient-system/resilient-operator, leader Lease resilient-system/resilient-operator)"
+say "logs in .cluster/logs/operator-demo.log, metrics on http://127.0.0.1:18080/metrics"
 
 bold "4/7 applying examples/$APP.yaml (web x minAvailable 4, api, worker; tolerate 1 zone failure)"
 kubectl apply -f "examples/$APP.yaml"

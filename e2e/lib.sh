@@ -39,8 +39,31 @@ skew() { # "line" zone...
 }
 
 # Start the operator in the background; sets OPERATOR_PID.
-start_operator() { # binary log-file metrics-port
-  pkill -f "resilient-operator run --metrics-address 127.0.0.1:$3" 2>/dev/null || true
-  "$1" run --metrics-address "127.0.0.1:$3" >"$2" 2>&1 &
+start_operator() { # binary log-file metrics-port [extra run arguments...]
+  local bin=$1 log=$2 port=$3
+  shift 3
+  pkill -f "resilient-operator run --metrics-address 127.0.0.1:$port" 2>/dev/null || true
+  "$bin" run --metrics-address "127.0.0.1:$port" "$@" >"$log" 2>&1 &
   OPERATOR_PID=$!
+}
+
+# Install the CRD and the operator's RBAC (config/crd, config/rbac), and write
+# .cluster/operator.kubeconfig, which authenticates as the operator's ServiceAccount: the operator
+# then runs with exactly the permissions config/default grants it in a real cluster.
+install_operator_identity() {
+  kubectl apply --server-side -k config/crd >/dev/null
+  kubectl wait --for condition=Established crd/resilientapps.resilient.dev --timeout=30s >/dev/null
+  kubectl create namespace resilient-system --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+  kubectl apply --server-side --force-conflicts -k config/rbac >/dev/null
+  local token server
+  token=$(kubectl create token resilient-operator -n resilient-system --duration=24h)
+  server=$(kubectl config view --minify -o jsonpath='{.clusters[0].cluster.server}')
+  cat >.cluster/operator.kubeconfig <<EOK
+apiVersion: v1
+kind: Config
+clusters: [{name: local, cluster: {server: "$server", certificate-authority: "$PWD/.cluster/pki/ca.crt"}}]
+users: [{name: resilient-operator, user: {token: "$token"}}]
+contexts: [{name: operator, context: {cluster: local, user: resilient-operator}}]
+current-context: operator
+EOK
 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::*;
@@ -19,18 +19,6 @@ impl Drop for ZoneGuard {
     fn drop(&mut self) {
         cluster_sh(&["zone-up", self.0]);
     }
-}
-
-async fn node_zones(client: &Client) -> HashMap<String, String> {
-    let nodes: Api<Node> = Api::all(client.clone());
-    nodes
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .map(|n| (n.name_any(), n.labels()["topology.kubernetes.io/zone"].clone()))
-        .collect()
 }
 
 /// Running, not-terminating pods by zone, and the number of Pending pods.

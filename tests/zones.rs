@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use k8s_openapi::api::core::v1::{Event, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{DeleteParams, EvictParams, ListParams};
 use kube::{Api, Client, ResourceExt};
@@ -43,18 +43,6 @@ fn app(name: &str, min_available: i32, resilience: Value) -> Value {
                             "ports": [{"name": "http", "containerPort": 8080}]}]
         }
     })
-}
-
-async fn node_zones(client: &Client) -> HashMap<String, String> {
-    let nodes: Api<Node> = Api::all(client.clone());
-    nodes
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .map(|n| (n.name_any(), n.labels()["topology.kubernetes.io/zone"].clone()))
-        .collect()
 }
 
 /// Ready, not-terminating pods of the app by zone, and all live (not terminating) pods by zone.

@@ -139,39 +139,21 @@ pub fn operator_kubeconfig() -> &'static PathBuf {
     })
 }
 
-/// Start the operator binary once for this test process. It dies with the process
-/// (PR_SET_PDEATHSIG on a thread that lives as long as the operator).
+/// Start the operator binary once for this test process, as its ServiceAccount. It dies with the
+/// process (PR_SET_PDEATHSIG, set from a thread that lives as long as the operator).
 pub fn start_operator() {
     METRICS_PORT.get_or_init(|| {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let logs = root().join(".cluster/logs");
-        std::fs::create_dir_all(&logs).unwrap();
-        let test_name = std::env::args().next().and_then(|a| {
-            Path::new(&a).file_name().map(|f| f.to_string_lossy().split('-').next().unwrap_or("tests").to_string())
-        });
-        let log_path = logs.join(format!("operator-{}.log", test_name.unwrap_or_default()));
-        let log = std::fs::File::create(&log_path).unwrap();
-        let kubeconfig = operator_kubeconfig().clone();
+        let binary = std::env::args().next().unwrap_or_default();
+        let name = Path::new(&binary).file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
+        let identity = format!("tests-{}", name.split('-').next().unwrap_or("tests"));
+        let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_resilient-operator"));
-            let address = format!("127.0.0.1:{port}");
-            cmd.args(["run", "--resync-seconds", "3600", "--metrics-address", &address])
-                .env("KUBECONFIG", kubeconfig)
-                .env("RUST_LOG", "info,resilient_operator=debug")
-                .stdout(log.try_clone().unwrap())
-                .stderr(log);
-            // SAFETY: prctl is async-signal-safe; it only sets a flag on the child.
-            unsafe {
-                cmd.pre_exec(|| {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                    Ok(())
-                });
-            }
-            let mut child = cmd.spawn().expect("starting the operator");
-            let status = child.wait();
+            let mut operator = OperatorProcess::spawn(&identity, &["--resync-seconds", "3600"]);
+            tx.send(operator.metrics_port).unwrap();
+            let status = operator.child.wait();
             eprintln!("operator exited: {status:?}");
         });
-        port
+        rx.recv().expect("the operator thread")
     });
 }
 
@@ -182,6 +164,20 @@ pub fn operator_metrics() -> String {
 
 fn try_operator_metrics() -> Option<String> {
     metrics_of(*METRICS_PORT.get().expect("operator started"))
+}
+
+/// Zone of every node, by node name.
+pub async fn node_zones(client: &Client) -> std::collections::HashMap<String, String> {
+    use kube::ResourceExt;
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    nodes
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|n| (n.name_any(), n.labels()["topology.kubernetes.io/zone"].clone()))
+        .collect()
 }
 
 /// Sum of a metric's samples whose line starts with `prefix` (name plus optional labels).
