@@ -45,7 +45,8 @@ pub fn replicas_for(min_available: i32, zones: usize, tolerated: u8) -> Option<i
 pub enum Shortfall {
     /// Fewer usable zones than `zoneFailuresTolerated + 1`.
     InsufficientZones { zones: usize, tolerated: u8 },
-    /// An explicit `replicas` is too low for the usable zones.
+    /// An explicit `replicas` does not keep the guarantee for the usable zones; `needed` is the
+    /// smallest count at or above it that does.
     TooFewReplicas { replicas: i32, needed: i32 },
 }
 
@@ -64,7 +65,12 @@ pub fn plan_replicas(explicit: Option<i32>, min_available: i32, zones: usize, to
             replicas: explicit.unwrap_or(min_available + i32::from(tolerated)),
             shortfall: Some(Shortfall::InsufficientZones { zones, tolerated }),
         },
-        (Some(needed), Some(r)) if r < needed => {
+        // `r - f * ceil(r / Z)` is not monotonic in r (with Z=3, f=2: 279 keeps 93, 280 only 92),
+        // so an explicit count is checked itself, and the count suggested is the next one that works.
+        (Some(minimal), Some(r)) if guaranteed_after_zone_loss(r, zones, tolerated) < min_available => {
+            let needed = (r.max(minimal)..=r.max(minimal) + zones as i32)
+                .find(|&n| guaranteed_after_zone_loss(n, zones, tolerated) >= min_available)
+                .unwrap_or(minimal);
             ReplicaPlan { replicas: r, shortfall: Some(Shortfall::TooFewReplicas { replicas: r, needed }) }
         }
         (Some(_), Some(r)) => ReplicaPlan { replicas: r, shortfall: None },

@@ -29,6 +29,12 @@ fn plan_reports_explicit_shortfall_without_changing_it() {
         ReplicaPlan { replicas: 5, shortfall: Some(Shortfall::TooFewReplicas { replicas: 5, needed: 6 }) }
     );
     assert_eq!(plan_replicas(Some(9), 4, 3, 1), ReplicaPlan { replicas: 9, shortfall: None });
+    // Found by the property test: more replicas can keep less (ceil steps up at 280 over 3 zones).
+    assert_eq!(
+        plan_replicas(Some(280), 93, 3, 2),
+        ReplicaPlan { replicas: 280, shortfall: Some(Shortfall::TooFewReplicas { replicas: 280, needed: 281 }) }
+    );
+    assert_eq!(plan_replicas(Some(279), 93, 3, 2), ReplicaPlan { replicas: 279, shortfall: None });
     assert_eq!(plan_replicas(None, 4, 3, 1), ReplicaPlan { replicas: 6, shortfall: None });
     assert_eq!(
         plan_replicas(None, 4, 1, 1),

@@ -11,6 +11,7 @@ import (
 	"os"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	utiljson "k8s.io/apimachinery/pkg/util/json"
 	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
 )
 
@@ -24,11 +25,17 @@ func main() {
 	dec := json.NewDecoder(os.Stdin)
 	enc := json.NewEncoder(os.Stdout)
 	for {
-		var obj map[string]interface{}
-		if err := dec.Decode(&obj); errors.Is(err, io.EOF) {
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); errors.Is(err, io.EOF) {
 			return
 		} else if err != nil {
 			fmt.Fprintln(os.Stderr, "kstatus: reading input:", err)
+			os.Exit(2)
+		}
+		// Kubernetes' JSON decoding keeps whole numbers int64, as unstructured objects need.
+		var obj map[string]interface{}
+		if err := utiljson.Unmarshal(raw, &obj); err != nil {
+			fmt.Fprintln(os.Stderr, "kstatus: decoding object:", err)
 			os.Exit(2)
 		}
 		u := &unstructured.Unstructured{Object: obj}
