@@ -65,7 +65,7 @@ while :; do
     printf '   t+%3ss  %s: %s\n' "$now" "$COMPONENT" "$line"
     last=$line
   fi
-  if [ "$in_lost" = 0 ] && [ "$outside" -ge "$want" ]; then recovered=$now; break; fi
+  if [ "$in_lost" = 0 ] && [ "$outside" -ge "$want" ]; then recovered=$now; recovered_replicas=$want; break; fi
   [ "$now" -lt 240 ] || break
   sleep 1
 done
@@ -96,7 +96,7 @@ done
 bold "7/7 what survived"
 say "$COMPONENT kept at least $lowest ready pods during the outage (minAvailable $MIN_AVAILABLE)"
 if [ -n "$recovered" ]; then
-  say "all $REPLICAS replicas were Ready in the surviving zones ${recovered}s after the outage began"
+  say "all $recovered_replicas replicas (recomputed for the 2 zones left) were Ready in the surviving zones ${recovered}s after the outage began"
 else
   say "replacements were not all Ready within 180s"
 fi

@@ -53,7 +53,7 @@ start_operator() { # binary log-file metrics-port [extra run arguments...]
 install_operator_identity() {
   kubectl apply --server-side -k config/crd >/dev/null
   kubectl wait --for condition=Established crd/resilientapps.resilient.dev --timeout=30s >/dev/null
-  kubectl create namespace resilient-system --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+  kubectl get namespace resilient-system >/dev/null 2>&1 || kubectl create namespace resilient-system >/dev/null
   kubectl apply --server-side --force-conflicts -k config/rbac >/dev/null
   local token server
   token=$(kubectl create token resilient-operator -n resilient-system --duration=24h)
