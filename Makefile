@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 
-.PHONY: help demo test test-unit lint fmt crd cluster cluster-down cluster-status build
+.PHONY: help demo test test-unit bench lint fmt crd cluster cluster-down cluster-status build
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -13,6 +13,9 @@ demo: ## local 3-zone cluster + operator + example app + a zone outage, and what
 
 test: ## every test: unit, integration and end-to-end against the local cluster (started and stopped here)
 	e2e/test.sh
+
+bench: ## benchmarks on the local cluster (QUICK=1: a few minutes); results in bench/out/
+	QUICK=$(QUICK) bench/run.sh
 
 test-unit: ## unit and property tests only (no cluster)
 	$(CARGO) test --locked --lib
