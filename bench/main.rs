@@ -118,6 +118,18 @@ impl Operator {
             .unwrap_or(0.0)
     }
 
+    /// Writes the operator counted (all verbs and kinds).
+    fn writes(&self) -> f64 {
+        self.metrics()
+            .map(|m| {
+                m.lines()
+                    .filter(|l| l.starts_with("resilient_operator_api_writes_total"))
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .sum()
+            })
+            .unwrap_or(0.0)
+    }
+
     /// (RSS MiB, peak RSS MiB, CPU seconds) from /proc.
     fn usage(&self) -> (f64, f64, f64) {
         let pid = self.child.id();
@@ -180,7 +192,15 @@ async fn main() -> anyhow::Result<()> {
     let mut results = serde_json::Map::new();
 
     eprintln!("[bench] removing apps of earlier runs");
-    apps.delete_collection(&DeleteParams::default(), &ListParams::default().labels("bench=true")).await?;
+    // A CRD that was just installed answers 429 for a moment while its storage initializes.
+    let mut tries = 0;
+    while let Err(e) = apps.delete_collection(&DeleteParams::default(), &ListParams::default().labels("bench=true")).await {
+        tries += 1;
+        if tries > 30 {
+            return Err(e.into());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     while !apps.list_metadata(&ListParams::default().labels("bench=true")).await?.items.is_empty() {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -206,14 +226,15 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let deployments: Api<Deployment> = Api::all(client.clone());
+    let deadline = Instant::now() + Duration::from_secs(900);
     loop {
-        let n = deployments
-            .list_metadata(&ListParams::default().labels("app.kubernetes.io/managed-by=resilient-operator"))
-            .await?
-            .items
-            .len();
+        let selector = ListParams::default().labels("app.kubernetes.io/managed-by=resilient-operator");
+        let n = deployments.list_metadata(&selector).await?.items.len();
         if n >= args.apps {
             break;
+        }
+        if Instant::now() > deadline {
+            bail!("only {n} of {} apps got their Deployment within 15 minutes (see bench/out/operator.log)", args.apps);
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -283,8 +304,16 @@ async fn main() -> anyhow::Result<()> {
     }
     results.insert("driftRepairSeconds".into(), summary(repairs));
 
-    // 3: memory and CPU with every app in sync.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // 3: memory and CPU with every app in sync: wait until the operator has written nothing for 10 s.
+    let mut last = (operator.writes(), Instant::now());
+    let settle_deadline = Instant::now() + Duration::from_secs(600);
+    while last.1.elapsed() < Duration::from_secs(10) && Instant::now() < settle_deadline {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let w = operator.writes();
+        if w != last.0 {
+            last = (w, Instant::now());
+        }
+    }
     let steady = operator.usage();
     results.insert(
         "operator".into(),

@@ -45,10 +45,13 @@ log "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; $(kubect
 log "scenarios 1-5 with $APPS apps at $RATE/s"
 "$BIN/resilient-bench" --apps "$APPS" --rate "$RATE" --drift-samples "$DRIFT" --operator "$BIN/resilient-operator" \
   --kubeconfig "$KUBECONFIG" --audit-log .cluster/logs/audit.log --out bench/out/results.json
-log "scenario 6: zone outage side by side"
-if [ "${QUICK:-0}" = 1 ]; then
+if [ "${ZONE_OUTAGE:-1}" = 0 ]; then
+  log "scenario 6 skipped (ZONE_OUTAGE=0)"
+elif [ "${QUICK:-0}" = 1 ]; then
+  log "scenario 6: zone outage side by side"
   OUTAGE_DEADLINE=${OUTAGE_DEADLINE:-90} RETURN_DEADLINE=${RETURN_DEADLINE:-30} bench/zone-outage.sh
 else
+  log "scenario 6: zone outage side by side"
   bench/zone-outage.sh
 fi
 log "results: bench/out/results.json, bench/out/zone-outage.json"

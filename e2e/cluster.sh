@@ -100,7 +100,7 @@ pki() {
 basicConstraints=CA:FALSE
 keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=serverAuth,clientAuth
-subjectAltName=DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:10.0.0.1
+subjectAltName=DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:10.96.0.1
 EOE
     openssl req -new -key admin.key -subj "/O=system:masters/CN=resilient-dev-admin" -out admin.csr 2>/dev/null
     openssl x509 -req -in admin.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 -extfile admin.ext -out admin.crt 2>/dev/null
@@ -244,7 +244,7 @@ EOA
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --service-account-key-file="$PKI/admin.key" --service-account-signing-key-file="$PKI/admin.key" \
     --proxy-client-cert-file="$PKI/admin.crt" --proxy-client-key-file="$PKI/admin.key" \
-    --service-cluster-ip-range=10.0.0.0/24 \
+    --service-cluster-ip-range=10.96.0.0/16 \
     --audit-policy-file="$W/audit-policy.yaml" --audit-log-path="$LOGS/audit.log" --audit-log-format=json \
     --audit-log-maxsize=500 --audit-log-maxbackup=1
   wait_for "kube-apiserver /readyz" 120 $KUBECTL get --raw=/readyz
