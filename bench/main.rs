@@ -194,7 +194,9 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("[bench] removing apps of earlier runs");
     // A CRD that was just installed answers 429 for a moment while its storage initializes.
     let mut tries = 0;
-    while let Err(e) = apps.delete_collection(&DeleteParams::default(), &ListParams::default().labels("bench=true")).await {
+    while let Err(e) =
+        apps.delete_collection(&DeleteParams::default(), &ListParams::default().labels("bench=true")).await
+    {
         tries += 1;
         if tries > 30 {
             return Err(e.into());
