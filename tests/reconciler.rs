@@ -482,3 +482,25 @@ async fn flux_kstatus_reads_current_in_progress_and_failed() {
     }
     namespaces.delete(&failed, &DeleteParams::default()).await.unwrap();
 }
+
+/// Deleting the app's namespace by hand: the operator waits until it is gone (Reconciling,
+/// reason Waiting) and then creates it, and everything in it, again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_namespace_comes_back() {
+    let client = setup().await;
+    let name = unique("ns-back");
+    apply_app(&client, &example("hello.yaml", &name)).await;
+    ready(&client, &name).await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let old = namespaces.get(&name).await.unwrap().uid();
+    namespaces.delete(&name, &DeleteParams::default()).await.unwrap();
+    wait_for("a new namespace", Duration::from_secs(120), || async {
+        let ns = namespaces.get_opt(&name).await.ok()??;
+        (ns.uid() != old && ns.metadata.deletion_timestamp.is_none()).then_some(())
+    })
+    .await;
+    ready(&client, &name).await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &name);
+    assert!(deployments.get_opt("hello").await.unwrap().is_some());
+    delete_app(&client, &name).await;
+}

@@ -86,23 +86,17 @@ async fn reconcile_app(app: &ResilientApp, ctx: &Context) -> Result<Action> {
     }
 
     let mut requeue = ctx.resync;
-    if outcome.blocker.is_none() {
-        let terminating = ctx
-            .stores
-            .namespaces
-            .get(&ObjectRef::new(&namespace))
-            .is_some_and(|ns| ns.meta().deletion_timestamp.is_some());
-        if terminating {
-            // Someone deleted the namespace: put it back once it is gone.
-            info!(app = %name, namespace, "namespace is terminating; will recreate it");
-            requeue = NAMESPACE_TERMINATING_RETRY;
-        } else {
-            let desired = render::render(app, &zones);
-            let mut applier = Applier { ctx, app: name.clone(), writes: 0 };
-            apply_all(&mut applier, &namespace, desired).await?;
-            outcome.writes = applier.writes;
-            tracing::Span::current().record("writes", applier.writes);
-        }
+    if let Some(waiting) = &outcome.waiting {
+        // The namespace is being deleted (or still belongs to a deleted app of the same name):
+        // put it back once it is gone.
+        info!(app = %name, namespace, "{waiting}");
+        requeue = NAMESPACE_TERMINATING_RETRY;
+    } else if outcome.blocker.is_none() {
+        let desired = render::render(app, &zones);
+        let mut applier = Applier { ctx, app: name.clone(), writes: 0 };
+        apply_all(&mut applier, &namespace, desired).await?;
+        outcome.writes = applier.writes;
+        tracing::Span::current().record("writes", applier.writes);
     }
 
     // Observe placement and write status when it changed.
