@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::api::{LABEL_APP, LABEL_COMPONENT, ResilientApp};
 use crate::render::quota::{effective_defaults, pod_resources, quantity_value};
-use crate::resilience::{node_usable, node_zone, plan_replicas, usable_zones};
+use crate::resilience::{node_usable, node_zone, plan_replicas, pod_ready, usable_zones};
 
 /// The cluster as listed, and the zones to lose.
 pub struct SimulationInput<'a> {
@@ -56,10 +56,6 @@ impl SimulationReport {
     pub fn all_hold(&self) -> bool {
         self.components.iter().all(|c| c.guarantee_holds)
     }
-}
-
-fn pod_ready(pod: &Pod) -> bool {
-    crate::controller::status::pod_ready(pod)
 }
 
 fn live(pod: &Pod) -> bool {

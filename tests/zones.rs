@@ -66,7 +66,7 @@ async fn placement(
             .cloned()
             .unwrap_or_else(|| "unscheduled".into());
         *live.entry(zone.clone()).or_insert(0) += 1;
-        if resilient_operator::controller::status::pod_ready(&pod) {
+        if resilient_operator::resilience::pod_ready(&pod) {
             *ready.entry(zone).or_insert(0) += 1;
         }
     }
@@ -334,7 +334,7 @@ async fn a_drain_is_limited_by_the_pdb_and_still_succeeds() {
         .unwrap()
         .items
         .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none() && resilient_operator::controller::status::pod_ready(p))
+        .filter(|p| p.metadata.deletion_timestamp.is_none() && resilient_operator::resilience::pod_ready(p))
         .take(3)
         .map(|p| p.name_any())
         .collect();

@@ -59,7 +59,7 @@ impl Conditions {
 }
 
 /// Put `cond` into `out`, reusing the transition time from `previous` when the status is unchanged.
-pub fn set_condition(out: &mut Vec<Condition>, previous: &[Condition], mut cond: Condition) {
+fn set_condition(out: &mut Vec<Condition>, previous: &[Condition], mut cond: Condition) {
     if let Some(old) = previous.iter().find(|c| c.type_ == cond.type_)
         && old.status == cond.status
     {

@@ -5,7 +5,7 @@
 
 mod conditions;
 
-pub use conditions::{ConditionType, Conditions, set_condition};
+pub use conditions::{ConditionType, Conditions};
 
 use std::collections::BTreeMap;
 

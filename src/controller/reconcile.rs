@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{EvictParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -17,10 +17,12 @@ use tracing::{field, info, instrument, warn};
 use super::Context;
 use super::apply::Applier;
 use super::error::{Error, Result, error_chain};
-use super::status::{Blocker, Observed, PassOutcome, component_statuses, conditions, pod_ready};
+use super::status::{Blocker, Observed, PassOutcome, component_statuses, conditions};
 use crate::api::{LABEL_APP, LABEL_COMPONENT, MANAGER, ResilientApp, ResilientAppStatus};
 use crate::render::{self, Desired, QuotaFit};
-use crate::resilience::{PodPlacement, RebalanceInput, allowed_zones_healthy, choose_move, node_zone, usable_zones};
+use crate::resilience::{
+    PodPlacement, RebalanceInput, allowed_zones_healthy, choose_move, node_zone, pod_ready, usable_zones,
+};
 
 /// How long to wait for the caches before giving up on a pass (and retrying with backoff).
 const CACHE_SYNC_TIMEOUT: Duration = Duration::from_secs(60);
@@ -53,7 +55,9 @@ pub(super) async fn reconcile(app: Arc<ResilientApp>, ctx: Arc<Context>) -> Resu
 async fn reconcile_app(app: &ResilientApp, ctx: &Context) -> Result<Action> {
     let name = app.name_any();
     let namespace = app.target_namespace();
-    let mut zones = usable_zones(ctx.stores.nodes.state().iter().map(|n| n.as_ref()), &app.spec.resilience.zones);
+    // One snapshot of the node cache for the whole pass.
+    let nodes: Vec<Arc<Node>> = ctx.stores.nodes.state();
+    let mut zones = usable_zones(nodes.iter().map(|n| n.as_ref()), &app.spec.resilience.zones);
     let mut outcome = PassOutcome::default();
     // No usable zone at all (every node cordoned, or node monitoring down) says more about the
     // cluster than about zones: like the node lifecycle controller in full disruption, change
@@ -100,14 +104,14 @@ async fn reconcile_app(app: &ResilientApp, ctx: &Context) -> Result<Action> {
     }
 
     // Observe placement and write status when it changed.
-    let observed = observe(app, ctx, &namespace, &zones, &plans);
+    let observed = observe(app, ctx, &namespace, &nodes, &zones, &plans);
     // Rebalance only in a pass that changed nothing else, so each move starts from a settled state.
     let may_rebalance = outcome.blocker.is_none()
         && !outcome.no_usable_zones
         && outcome.waiting.is_none()
         && outcome.writes == 0
         && app.spec.resilience.rebalance;
-    if may_rebalance && let Some(moved) = rebalance(app, ctx, &namespace, &observed).await? {
+    if may_rebalance && let Some(moved) = rebalance(app, ctx, &namespace, &nodes, &observed).await? {
         publish(ctx, app, EventType::Normal, "Rebalanced", "Rebalance", &moved).await;
         requeue = REBALANCE_RETRY;
     }
@@ -241,6 +245,7 @@ fn observe<'a>(
     app: &ResilientApp,
     ctx: &Context,
     namespace: &str,
+    nodes: &[Arc<Node>],
     zones: &'a [String],
     plans: &'a std::collections::BTreeMap<String, crate::resilience::ReplicaPlan>,
 ) -> Observed<'a> {
@@ -262,7 +267,7 @@ fn observe<'a>(
         .filter(|p| p.namespace().as_deref() == Some(namespace) && ours(p.labels()))
         .collect();
     let node_zones: HashMap<String, String> =
-        ctx.stores.nodes.state().iter().filter_map(|n| node_zone(n).map(|z| (n.name_any(), z.to_string()))).collect();
+        nodes.iter().filter_map(|n| node_zone(n).map(|z| (n.name_any(), z.to_string()))).collect();
     Observed { zones, plans, deployments, pods, node_zones }
 }
 
@@ -272,9 +277,9 @@ async fn rebalance(
     app: &ResilientApp,
     ctx: &Context,
     namespace: &str,
+    nodes: &[Arc<Node>],
     observed: &Observed<'_>,
 ) -> Result<Option<String>> {
-    let nodes = ctx.stores.nodes.state();
     let healthy = allowed_zones_healthy(nodes.iter().map(|n| n.as_ref()), &app.spec.resilience.zones, observed.zones);
     for component in &app.spec.components {
         let Some(plan) = observed.plans.get(&component.name) else {
@@ -286,12 +291,7 @@ async fn rebalance(
             .filter(|p| p.labels().get(LABEL_COMPONENT) == Some(&component.name))
             .map(|p| PodPlacement {
                 name: p.name_any(),
-                zone: p
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.node_name.as_ref())
-                    .and_then(|n| observed.node_zones.get(n))
-                    .cloned(),
+                zone: observed.zone_of(p).cloned(),
                 ready: pod_ready(p),
                 terminating: p.metadata.deletion_timestamp.is_some(),
             })

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::Pod;
 
 use crate::api::{ComponentStatus, ConditionType, Conditions, LABEL_COMPONENT, ResilientApp};
 use crate::render::SpecError;
-use crate::resilience::{ReplicaPlan, Shortfall, ready_after_worst_zone_loss};
+use crate::resilience::{ReplicaPlan, Shortfall, pod_ready, ready_after_worst_zone_loss};
 
 /// A terminal problem: the app cannot be reconciled until something changes.
 #[derive(Clone, Debug, PartialEq)]
@@ -61,12 +61,11 @@ pub struct PassOutcome {
     pub no_usable_zones: bool,
 }
 
-pub fn pod_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
-        .is_some_and(|c| c.status == "True")
+impl Observed<'_> {
+    /// The zone of the node a pod runs on, if it is scheduled on a known node.
+    pub fn zone_of(&self, pod: &Pod) -> Option<&String> {
+        pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).and_then(|n| self.node_zones.get(n))
+    }
 }
 
 /// Per-component placement: ready pods by zone, total ready, and what survives the worst loss.
@@ -82,13 +81,7 @@ pub fn component_statuses(app: &ResilientApp, observed: &Observed) -> Vec<Compon
                 if !ours || pod.metadata.deletion_timestamp.is_some() || !pod_ready(pod) {
                     continue;
                 }
-                let zone = pod
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.node_name.as_ref())
-                    .and_then(|n| observed.node_zones.get(n))
-                    .cloned()
-                    .unwrap_or_else(|| "unknown".to_string());
+                let zone = observed.zone_of(pod).cloned().unwrap_or_else(|| "unknown".to_string());
                 *ready_by_zone.entry(zone).or_default() += 1;
             }
             let ready: i32 = ready_by_zone.values().sum();

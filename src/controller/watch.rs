@@ -54,7 +54,7 @@ pub fn pods(client: &Client) -> (Store<Pod>, impl Stream<Item = Result<Pod, watc
     let stream = changed_only(stream, |p: &Pod| {
         fingerprint(&(
             p.spec.as_ref().and_then(|s| s.node_name.clone()),
-            super::status::pod_ready(p),
+            crate::resilience::pod_ready(p),
             p.metadata.deletion_timestamp.is_some(),
         ))
     });

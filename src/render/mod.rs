@@ -7,7 +7,7 @@ pub(crate) mod quota;
 mod validate;
 mod workload;
 
-pub use quota::{compute_quota, surge_for};
+pub use quota::surge_for;
 pub use validate::{QuotaFit, SpecError, quota_fit, validate};
 
 use std::collections::BTreeMap;

@@ -7,7 +7,7 @@ pub use rebalance::{Hold, Move, PodPlacement, RebalanceInput, choose_move};
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Pod};
 
 use crate::api::ZONE_LABEL;
 
@@ -107,6 +107,15 @@ pub fn node_usable(node: &Node) -> bool {
         .and_then(|s| s.taints.as_ref())
         .is_some_and(|ts| ts.iter().any(|t| t.effect == "NoExecute" || t.effect == "NoSchedule"));
     ready && !unschedulable && !blocking_taint
+}
+
+/// A pod whose Ready condition is True.
+pub fn pod_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+        .is_some_and(|c| c.status == "True")
 }
 
 /// Usable zones: zones of usable nodes, restricted to `allow` when it is not empty. Sorted.
