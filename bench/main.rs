@@ -1,10 +1,19 @@
-//! `resilient-bench`: creates ResilientApps at a fixed rate against the local cluster and measures
-//! what `make bench` reports. Latency and API cost come from the API server's own audit log
-//! (what it received and when it answered), memory and CPU from /proc of the operator process.
+//! `resilient-bench`: the scenarios of `make bench` against the local cluster.
 //!
-//! Run through `bench/run.sh` (`make bench`), which starts the cluster and builds the release binary.
+//! 1. single apps on an idle cluster, then bursts of apps created at a fixed rate: time from
+//!    creating a ResilientApp to all its children existing (from the API server's audit log);
+//! 2. what the operator sent per verb, per app and for a full resync (a restart) of apps in sync;
+//! 3. operator memory and CPU at each size (and the control plane's CPU beside it);
+//! 4. drift repair; 5. restart. Scenario 6 (zone outage) is `bench/zone-outage.sh`, whose JSON
+//!    is folded into the results.
+//!
+//! Writes the results as JSON and renders them as Markdown (bench/report.rs). Run through
+//! `bench/run.sh` (`make bench`), which starts the cluster and builds the release binaries.
 
-use std::collections::BTreeMap;
+mod measure;
+mod report;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -12,154 +21,86 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 use resilient_operator::api::ResilientApp;
 use serde_json::{Value, json};
 
+use measure::{Histogram, Request, Summary, Usage};
+
 #[derive(Parser, Debug)]
 struct Args {
-    /// ResilientApps to create.
+    /// Apps created one at a time on the idle cluster, each waited for.
+    #[arg(long, default_value_t = 20)]
+    singles: usize,
+    /// First size: apps in the cluster (the singles included) for the small memory point.
+    #[arg(long, default_value_t = 100)]
+    small: usize,
+    /// Apps created at --rate on a cluster without apps (the small ones are deleted first).
     #[arg(long, default_value_t = 1000)]
-    apps: usize,
+    burst: usize,
+    /// Grow to this many apps after the burst, at the same rate (0: skip).
+    #[arg(long, default_value_t = 5000)]
+    large: usize,
     /// Creations per second.
     #[arg(long, default_value_t = 20.0)]
     rate: f64,
-    /// Drift repairs to time.
-    #[arg(long, default_value_t = 20)]
+    /// Drift repairs to time (half deleted Deployments, half scaled ones).
+    #[arg(long, default_value_t = 50)]
     drift_samples: usize,
     /// The operator binary (release build).
     #[arg(long)]
     operator: PathBuf,
-    /// Kubeconfig of the local cluster.
+    /// Kubeconfig the operator runs with (its ServiceAccount).
+    #[arg(long)]
+    operator_kubeconfig: PathBuf,
+    /// Admin kubeconfig of the local cluster, for the bench itself.
     #[arg(long)]
     kubeconfig: PathBuf,
     /// The API server's audit log.
     #[arg(long)]
     audit_log: PathBuf,
-    /// Where to write the results.
-    #[arg(long, default_value = "bench/out/results.json")]
-    out: PathBuf,
+    /// Pid files of the control plane (e2e/cluster.sh).
+    #[arg(long)]
+    pids: PathBuf,
+    /// JSON written by bench/zone-outage.sh, folded into the results.
+    #[arg(long)]
+    zone_outage: Option<PathBuf>,
+    /// Facts about the run gathered by bench/run.sh (versions, mode), as a JSON object.
+    #[arg(long)]
+    conditions: Option<PathBuf>,
+    /// Where the JSON results go.
+    #[arg(long)]
+    results: PathBuf,
+    /// Where the Markdown report goes.
+    #[arg(long)]
+    doc: PathBuf,
+    /// The operator's log.
+    #[arg(long, default_value = "bench/out/operator.log")]
+    operator_log: PathBuf,
+    /// Only render the report from existing results (no cluster needed).
+    #[arg(long)]
+    report_only: bool,
 }
 
-const USER_AGENT: &str = resilient_operator::cli::USER_AGENT;
-const WRITES: [&str; 5] = ["create", "update", "patch", "delete", "deletecollection"];
+const OPERATOR_AGENT: &str = resilient_operator::cli::USER_AGENT;
+const BENCH_AGENT: &str = "resilient-bench";
+const PREFIX: &str = "load-";
+const METRICS: &str = "127.0.0.1:18090";
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
+fn log(msg: impl std::fmt::Display) {
+    eprintln!("[bench {}] {msg}", jiff::Zoned::now().strftime("%H:%M:%S"));
 }
 
-fn summary(mut values: Vec<f64>) -> Value {
-    values.sort_by(f64::total_cmp);
-    json!({"count": values.len(), "p50": percentile(&values, 50.0), "p99": percentile(&values, 99.0),
-           "max": values.last().copied().unwrap_or(f64::NAN)})
-}
-
-fn ts(s: &str) -> f64 {
-    s.parse::<jiff::Timestamp>().map(|t| t.as_nanosecond() as f64 / 1e9).unwrap_or(f64::NAN)
-}
-
-/// Audit events (ResponseComplete) received at or after `since` (seconds since the epoch).
-fn audit_events(path: &PathBuf, since: f64) -> anyhow::Result<Vec<Value>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|e| e["stage"] == "ResponseComplete")
-        .filter(|e| ts(e["requestReceivedTimestamp"].as_str().unwrap_or_default()) >= since)
-        .collect())
-}
-
-fn now() -> f64 {
-    jiff::Timestamp::now().as_nanosecond() as f64 / 1e9
-}
-
-struct Operator {
-    child: Child,
-}
-
-impl Operator {
-    fn start(args: &Args) -> anyhow::Result<Self> {
-        let log = std::fs::File::create("bench/out/operator.log")?;
-        let child = Command::new(&args.operator)
-            .args(["run", "--metrics-address", "127.0.0.1:18090"])
-            .env("KUBECONFIG", &args.kubeconfig)
-            .env("POD_NAME", "bench")
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting the operator")?;
-        Ok(Self { child })
-    }
-
-    fn metrics(&self) -> Option<String> {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect("127.0.0.1:18090").ok()?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
-        let mut body = String::new();
-        s.read_to_string(&mut body).ok()?;
-        Some(body)
-    }
-
-    fn reconciles(&self) -> f64 {
-        self.metrics()
-            .and_then(|m| {
-                m.lines()
-                    .find(|l| l.starts_with("resilient_operator_reconciles_total "))?
-                    .split(' ')
-                    .nth(1)?
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or(0.0)
-    }
-
-    /// Writes the operator counted (all verbs and kinds).
-    fn writes(&self) -> f64 {
-        self.metrics()
-            .map(|m| {
-                m.lines()
-                    .filter(|l| l.starts_with("resilient_operator_api_writes_total"))
-                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                    .sum()
-            })
-            .unwrap_or(0.0)
-    }
-
-    /// (RSS MiB, peak RSS MiB, CPU seconds) from /proc.
-    fn usage(&self) -> (f64, f64, f64) {
-        let pid = self.child.id();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let kib = |key: &str| {
-            status
-                .lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or_default().split_whitespace().collect();
-        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        // utime and stime are fields 14 and 15 of /proc/PID/stat; after the ")" they are 11 and 12.
-        let hz = 100.0;
-        (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0, (ticks(11) + ticks(12)) / hz)
-    }
-
-    fn stop(mut self) {
-        // SIGTERM: a clean shutdown, like a rolling restart.
-        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
-        let _ = self.child.wait();
-    }
+fn app_name(i: usize) -> String {
+    format!("{PREFIX}{i:05}")
 }
 
 fn app(name: &str) -> Value {
     json!({
         "apiVersion": "resilient.dev/v1alpha1", "kind": "ResilientApp",
-        "metadata": {"name": name, "labels": {"bench": "true"}},
+        "metadata": {"name": name, "labels": {"bench": "load"}},
         "spec": {
             "resilience": {"zoneFailuresTolerated": 0},
             "components": [{"name": "web", "image": "registry.example/web:1", "minAvailable": 1,
@@ -168,182 +109,525 @@ fn app(name: &str) -> Value {
     })
 }
 
-async fn wait_until<F: FnMut() -> bool>(what: &str, timeout: Duration, mut f: F) -> anyhow::Result<Duration> {
+struct Operator {
+    child: Child,
+    ticks: f64,
+}
+
+impl Operator {
+    fn start(args: &Args, ticks: f64) -> anyhow::Result<Self> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&args.operator_log)?;
+        let child = Command::new(&args.operator)
+            .args(["run", "--metrics-address", METRICS])
+            .env("KUBECONFIG", &args.operator_kubeconfig)
+            .env("POD_NAME", "bench")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting the operator")?;
+        Ok(Self { child, ticks })
+    }
+
+    fn metrics(&self) -> Option<String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(METRICS).ok()?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).ok()?;
+        Some(body)
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        self.metrics().map(|m| measure::metric_sum(&m, name)).unwrap_or(0.0)
+    }
+
+    /// Writes the operator counted since it started (every verb and kind).
+    fn writes(&self) -> f64 {
+        self.metric("resilient_operator_api_writes_total")
+    }
+
+    /// Apps the operator has reconciled at least once since it started.
+    fn apps_seen(&self) -> f64 {
+        self.metric("resilient_operator_apps")
+    }
+
+    fn usage(&self) -> Usage {
+        measure::usage(self.child.id(), self.ticks)
+    }
+
+    fn stop(mut self) {
+        // SIGTERM: a clean shutdown, as in a rolling restart.
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+    }
+}
+
+async fn poll<F, Fut>(what: &str, timeout: Duration, every: Duration, mut done: F) -> anyhow::Result<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
     let start = Instant::now();
-    while !f() {
+    while !done().await? {
         if start.elapsed() > timeout {
             bail!("timed out after {timeout:?} waiting for {what}");
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(every).await;
     }
     Ok(start.elapsed())
+}
+
+struct Bench {
+    args: Args,
+    client: Client,
+    apps: Api<ResilientApp>,
+    operator: Option<Operator>,
+    ticks: f64,
+    pids: BTreeMap<String, u32>,
+}
+
+/// CPU seconds of the control plane's processes at one moment.
+type CpuSnapshot = BTreeMap<String, Usage>;
+
+impl Bench {
+    fn operator(&self) -> &Operator {
+        self.operator.as_ref().expect("operator running")
+    }
+
+    async fn start_operator(&mut self) -> anyhow::Result<()> {
+        let op = Operator::start(&self.args, self.ticks)?;
+        self.operator = Some(op);
+        poll("the operator's /metrics", Duration::from_secs(60), Duration::from_millis(10), || async {
+            Ok(self.operator().metrics().is_some())
+        })
+        .await?;
+        Ok(())
+    }
+
+    fn cluster_usage(&self) -> CpuSnapshot {
+        self.pids.iter().map(|(n, pid)| (n.clone(), measure::usage(*pid, self.ticks))).collect()
+    }
+
+    async fn apiserver_histogram(&self) -> Histogram {
+        let text = self.client.request_text(http::Request::get("/metrics").body(vec![]).unwrap()).await;
+        text.map(|t| {
+            Histogram::parse(
+                &t,
+                "apiserver_request_duration_seconds",
+                &["verb=\"WATCH\"", "verb=\"CONNECT\"", "verb=\"WATCHLIST\""],
+            )
+        })
+        .unwrap_or_default()
+    }
+
+    async fn create(&self, name: &str) -> anyhow::Result<()> {
+        self.apps.patch(name, &PatchParams::apply(BENCH_AGENT).force(), &Patch::Apply(app(name))).await?;
+        Ok(())
+    }
+
+    /// Deletes every bench app and waits until their namespaces are gone.
+    async fn delete_all(&self) -> anyhow::Result<()> {
+        // A CRD that was just installed answers 429 for a moment while its storage initializes.
+        let mut tries = 0;
+        while let Err(e) =
+            self.apps.delete_collection(&DeleteParams::default(), &ListParams::default().labels("bench=load")).await
+        {
+            tries += 1;
+            if tries > 30 {
+                return Err(e.into());
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        let took = poll(
+            "the bench apps and their namespaces to be gone",
+            Duration::from_secs(900),
+            Duration::from_secs(2),
+            || async {
+                let apps = self.apps.list_metadata(&ListParams::default().labels("bench=load")).await?.items.len();
+                let ns = namespaces.list_metadata(&ListParams::default()).await?;
+                let left = ns.items.iter().filter(|n| n.name_any().starts_with(PREFIX)).count();
+                Ok(apps == 0 && left == 0)
+            },
+        )
+        .await?;
+        log(format!("bench apps and namespaces gone ({:.0} s)", took.as_secs_f64()));
+        Ok(())
+    }
+
+    /// Deployments of bench apps: (existing, with every replica ready).
+    async fn deployments(&self) -> anyhow::Result<(usize, usize)> {
+        let api: Api<Deployment> = Api::all(self.client.clone());
+        let list = api.list(&ListParams::default().labels("app.kubernetes.io/managed-by=resilient-operator")).await?;
+        let ours: Vec<&Deployment> =
+            list.items.iter().filter(|d| d.namespace().is_some_and(|n| n.starts_with(PREFIX))).collect();
+        let ready = ours
+            .iter()
+            .filter(|d| {
+                let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+                d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0) >= want
+            })
+            .count();
+        Ok((ours.len(), ready))
+    }
+
+    async fn running_pods(&self) -> anyhow::Result<usize> {
+        let api: Api<Pod> = Api::all(self.client.clone());
+        let list = api.list_metadata(&ListParams::default().fields("status.phase=Running")).await?;
+        Ok(list.items.iter().filter(|p| p.namespace().is_some_and(|n| n.starts_with(PREFIX))).count())
+    }
+
+    /// Waits until `apps` bench Deployments exist and are ready and the operator has written
+    /// nothing for 10 s. Returns whether that happened before the deadline.
+    async fn settle(&self, apps: usize) -> anyhow::Result<bool> {
+        let deadline = Instant::now() + Duration::from_secs(1200);
+        let mut last = (self.operator().writes(), Instant::now());
+        let mut deployments_ready = false;
+        let mut checked = Instant::now() - Duration::from_secs(60);
+        let mut reported = Instant::now();
+        loop {
+            if Instant::now() > deadline {
+                log("not settled after 20 minutes; measuring anyway");
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let w = self.operator().writes();
+            if w != last.0 {
+                last = (w, Instant::now());
+            }
+            if !deployments_ready && checked.elapsed() > Duration::from_secs(5) {
+                checked = Instant::now();
+                let (exist, ready) = self.deployments().await?;
+                deployments_ready = exist >= apps && ready >= apps;
+                if reported.elapsed() > Duration::from_secs(30) {
+                    reported = Instant::now();
+                    log(format!("settling: {exist}/{apps} Deployments, {ready} ready"));
+                }
+            }
+            if deployments_ready && last.1.elapsed() >= Duration::from_secs(10) {
+                return Ok(true);
+            }
+        }
+    }
+
+    /// Creates apps `from..to` at the configured rate, waits until all are settled, and measures.
+    async fn grow(&mut self, label: &str, from: usize, to: usize) -> anyhow::Result<Value> {
+        let n = to - from;
+        log(format!("{label}: creating {n} apps at {}/s ({} in the cluster after)", self.args.rate, to));
+        let since = measure::now();
+        let cpu0 = self.cluster_usage();
+        let op0 = self.operator().usage();
+        let hist0 = self.apiserver_histogram().await;
+        let started = Instant::now();
+        let period = Duration::from_secs_f64(1.0 / self.args.rate);
+        let mut peak = op0.rss_mib;
+        let step = (n / 10).max(10);
+        for (k, i) in (from..to).enumerate() {
+            tokio::time::sleep_until((started + period * k as u32).into()).await;
+            self.create(&app_name(i)).await?;
+            if (k + 1) % step == 0 {
+                peak = peak.max(self.operator().usage().rss_mib);
+                log(format!("{label}: {} of {n} created", k + 1));
+            }
+        }
+        let creating = started.elapsed().as_secs_f64();
+        // All children written: every app has its Deployment (the last child the operator applies).
+        let api: Api<Deployment> = Api::all(self.client.clone());
+        let all_children =
+            poll("every app's Deployment", Duration::from_secs(1800), Duration::from_secs(1), || async {
+                let list = api
+                    .list_metadata(&ListParams::default().labels("app.kubernetes.io/managed-by=resilient-operator"))
+                    .await?;
+                Ok(list.items.iter().filter(|d| d.namespace().is_some_and(|n| n.starts_with(PREFIX))).count() >= to)
+            })
+            .await
+            .map(|_| started.elapsed().as_secs_f64())?;
+        log(format!("{label}: every app has its children {all_children:.1} s after the first was created"));
+        let settled = self.settle(to).await?;
+        let wall = started.elapsed().as_secs_f64();
+        let until = measure::now();
+        let op1 = self.operator().usage();
+        let cpu1 = self.cluster_usage();
+        let hist = self.apiserver_histogram().await.minus(&hist0);
+        let pods = self.running_pods().await?;
+        let requests = measure::audit(&self.args.audit_log, since, until)?;
+        let names: BTreeSet<String> = (from..to).map(app_name).collect();
+        let latency = children_latency(&requests, &names);
+        let ops: Vec<&Request> = requests.iter().filter(|r| r.user_agent.starts_with(OPERATOR_AGENT)).collect();
+        let per_verb = measure::per_verb(ops.iter().copied());
+        let total: u64 = per_verb.values().sum();
+        let components: BTreeMap<String, Value> = cpu1
+            .iter()
+            .map(|(name, u)| {
+                let cpu = u.cpu_seconds - cpu0.get(name).map(|u| u.cpu_seconds).unwrap_or(0.0);
+                (name.clone(), json!({"cpuSeconds": cpu, "coreShare": cpu / wall, "rssMiB": u.rss_mib}))
+            })
+            .collect();
+        let op_cpu = op1.cpu_seconds - op0.cpu_seconds;
+        let latency = Summary::of(latency);
+        log(format!(
+            "{label}: apply-to-children p50 {:.2} s p99 {:.2} s; {:.1} operator requests per app; operator RSS {:.0} MiB",
+            latency.p50,
+            latency.p99,
+            total as f64 / n as f64,
+            op1.rss_mib
+        ));
+        Ok(json!({
+            "label": label, "appsCreated": n, "appsInCluster": to, "rate": self.args.rate,
+            "creatingSeconds": creating, "allChildrenSeconds": all_children, "settled": settled, "wallSeconds": wall,
+            "applyToChildrenSeconds": latency,
+            "operatorRequestsPerVerb": per_verb, "operatorRequestsPerApp": total as f64 / n as f64,
+            "operatorWrites": ops.iter().filter(|r| r.is_write()).count(),
+            "apiServerSecondsForOperatorRequests": Summary::of(ops.iter().map(|r| r.seconds()).collect()),
+            "apiServer": {"requests": hist.count(), "p50": hist.quantile(0.5), "p99": hist.quantile(0.99),
+                          "requestsPerSecond": hist.count() / wall},
+            "controlPlane": components,
+            "operator": {"steadyRssMiB": op1.rss_mib, "peakRssMiB": peak.max(op1.peak_rss_mib), "cpuSeconds": op_cpu,
+                         "coreShare": op_cpu / wall},
+            "podsRunning": pods,
+        }))
+    }
+
+    /// Restarts the operator with `apps` apps in sync: time until it has reconciled every one,
+    /// and every request it made (the target: no writes).
+    async fn restart(&mut self, apps: usize) -> anyhow::Result<Value> {
+        log(format!("restarting the operator with {apps} apps in sync"));
+        if let Some(op) = self.operator.take() {
+            op.stop();
+        }
+        let since = measure::now();
+        let t0 = Instant::now();
+        self.start_operator().await?;
+        let all = poll(
+            "the restarted operator to reconcile every app",
+            Duration::from_secs(1800),
+            Duration::from_millis(10),
+            || async { Ok(self.operator().apps_seen() >= apps as f64) },
+        )
+        .await
+        .map(|_| t0.elapsed().as_secs_f64())?;
+        // Keep watching for 15 s more: writes arriving late count too.
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        let usage = self.operator().usage();
+        let requests = measure::audit(&self.args.audit_log, since, measure::now())?;
+        let ops: Vec<&Request> = requests.iter().filter(|r| r.user_agent.starts_with(OPERATOR_AGENT)).collect();
+        let writes: Vec<String> = ops
+            .iter()
+            .filter(|r| r.is_write() && r.resource != "leases")
+            .map(|r| format!("{} {} {}/{}", r.verb, r.resource, r.namespace, r.name))
+            .collect();
+        log(format!("restart: all {apps} apps reconciled after {all:.2} s, {} writes", writes.len()));
+        Ok(json!({
+            "apps": apps, "allReconciledSeconds": all, "requestsPerVerb": measure::per_verb(ops.iter().copied()),
+            "writes": writes.len(), "writeSamples": writes.iter().take(10).collect::<Vec<_>>(),
+            "rssMiB": usage.rss_mib, "peakRssMiB": usage.peak_rss_mib, "cpuSeconds": usage.cpu_seconds,
+        }))
+    }
+
+    /// Single apps on an idle cluster, each created after the previous one is Ready.
+    async fn singles(&self, n: usize) -> anyhow::Result<Value> {
+        log(format!("single apps on the idle cluster: {n}, one at a time"));
+        let since = measure::now();
+        let mut ready = Vec::new();
+        for i in 0..n {
+            let name = app_name(i);
+            self.create(&name).await?;
+            let took =
+                poll(&format!("{name} to be Ready"), Duration::from_secs(120), Duration::from_millis(50), || async {
+                    let app = self.apps.get_status(&name).await?;
+                    Ok(app
+                        .status
+                        .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")))
+                })
+                .await?;
+            ready.push(took.as_secs_f64());
+        }
+        let names: BTreeSet<String> = (0..n).map(app_name).collect();
+        let requests = measure::audit(&self.args.audit_log, since, measure::now())?;
+        let latency = Summary::of(children_latency(&requests, &names));
+        let ops: Vec<&Request> = requests.iter().filter(|r| r.user_agent.starts_with(OPERATOR_AGENT)).collect();
+        log(format!("singles: apply-to-children p50 {:.3} s p99 {:.3} s", latency.p50, latency.p99));
+        Ok(json!({
+            "apps": n, "applyToChildrenSeconds": latency, "readySeconds": Summary::of(ready),
+            "operatorRequestsPerVerb": measure::per_verb(ops.iter().copied()),
+            "operatorRequestsPerApp": ops.len() as f64 / n as f64,
+            "apiServerSecondsForOperatorRequests": Summary::of(ops.iter().map(|r| r.seconds()).collect()),
+        }))
+    }
+
+    /// Deletes (even samples) or scales to zero (odd samples) an app's Deployment and times the repair.
+    async fn drift(&self, samples: usize, apps: usize) -> anyhow::Result<Value> {
+        log(format!("drift repair: {samples} samples"));
+        let (mut deleted, mut edited) = (Vec::new(), Vec::new());
+        for k in 0..samples {
+            // Spread the samples over the apps.
+            let ns = app_name(k * apps / samples.max(1));
+            let api: Api<Deployment> = Api::namespaced(self.client.clone(), &ns);
+            let before = api.get("web").await?;
+            let t0 = Instant::now();
+            if k % 2 == 0 {
+                let uid = before.metadata.uid.clone();
+                api.delete("web", &DeleteParams::default()).await?;
+                poll(
+                    "the deleted Deployment to come back",
+                    Duration::from_secs(120),
+                    Duration::from_millis(20),
+                    || async { Ok(api.get_opt("web").await?.is_some_and(|d| d.metadata.uid != uid)) },
+                )
+                .await?;
+                deleted.push(t0.elapsed().as_secs_f64());
+            } else {
+                let want = before.spec.as_ref().and_then(|s| s.replicas);
+                api.patch("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 0}}))).await?;
+                poll(
+                    "the scaled Deployment to be put back",
+                    Duration::from_secs(120),
+                    Duration::from_millis(20),
+                    || async { Ok(api.get("web").await?.spec.and_then(|s| s.replicas) == want) },
+                )
+                .await?;
+                edited.push(t0.elapsed().as_secs_f64());
+            }
+        }
+        let (deleted, edited) = (Summary::of(deleted), Summary::of(edited));
+        log(format!(
+            "drift: deleted p50 {:.3} s p99 {:.3} s; scaled p50 {:.3} s p99 {:.3} s",
+            deleted.p50, deleted.p99, edited.p50, edited.p99
+        ));
+        Ok(json!({"appsInCluster": apps, "deletedDeployment": deleted, "scaledDeployment": edited}))
+    }
+}
+
+/// For every app in `names`: seconds from its creation (the bench's apply answered) until the
+/// operator's first write of its last child answered.
+fn children_latency(requests: &[Request], names: &BTreeSet<String>) -> Vec<f64> {
+    let mut created: BTreeMap<&str, f64> = BTreeMap::new();
+    let mut first_write: BTreeMap<(&str, &str, &str), f64> = BTreeMap::new();
+    for r in requests {
+        if r.user_agent.starts_with(BENCH_AGENT) && r.resource == "resilientapps" && r.verb == "patch" {
+            created.entry(r.name.as_str()).or_insert(r.answered);
+        } else if r.user_agent.starts_with(OPERATOR_AGENT)
+            && matches!(r.verb.as_str(), "create" | "patch" | "update")
+            && r.subresource.is_empty()
+            && !matches!(r.resource.as_str(), "events" | "resilientapps" | "leases")
+        {
+            let t = first_write.entry((&r.resource, &r.namespace, &r.name)).or_insert(r.answered);
+            *t = t.min(r.answered);
+        }
+    }
+    let mut last: BTreeMap<&str, f64> = BTreeMap::new();
+    for ((resource, namespace, name), t) in first_write {
+        let app = if resource == "namespaces" { name } else { namespace };
+        let e = last.entry(app).or_insert(t);
+        *e = e.max(t);
+    }
+    names.iter().filter_map(|n| Some(last.get(n.as_str())? - created.get(n.as_str())?)).filter(|d| *d >= 0.0).collect()
+}
+
+fn read_json(path: &Option<PathBuf>) -> anyhow::Result<Value> {
+    match path {
+        Some(p) if p.exists() => Ok(serde_json::from_str(&std::fs::read_to_string(p)?)?),
+        _ => Ok(Value::Null),
+    }
+}
+
+fn machine() -> Value {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let cpu = read("/proc/cpuinfo")
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("unknown")
+        .trim()
+        .to_string();
+    let mem_kib: f64 = read("/proc/meminfo")
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0.0);
+    json!({
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "memoryGiB": (mem_kib / 1024.0 / 1024.0).round(),
+        "cpu": cpu,
+        "kernel": read("/proc/sys/kernel/osrelease").trim(),
+    })
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    std::fs::create_dir_all("bench/out")?;
+    if args.report_only {
+        let results: Value = serde_json::from_str(&std::fs::read_to_string(&args.results)?)?;
+        std::fs::write(&args.doc, report::render(&results))?;
+        log(format!("wrote {}", args.doc.display()));
+        return Ok(());
+    }
+    if let Some(dir) = args.operator_log.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&args.operator_log, "")?;
     let kubeconfig = kube::config::Kubeconfig::read_from(&args.kubeconfig)?;
     let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
     config.default_retry = false;
-    config.headers.push((http::header::USER_AGENT, http::HeaderValue::from_static("resilient-bench")));
+    config.headers.push((http::header::USER_AGENT, http::HeaderValue::from_static(BENCH_AGENT)));
     let client = Client::try_from(config)?;
-    let apps: Api<ResilientApp> = Api::all(client.clone());
-    let mut results = serde_json::Map::new();
-
-    eprintln!("[bench] removing apps of earlier runs");
-    // A CRD that was just installed answers 429 for a moment while its storage initializes.
-    let mut tries = 0;
-    while let Err(e) =
-        apps.delete_collection(&DeleteParams::default(), &ListParams::default().labels("bench=true")).await
-    {
-        tries += 1;
-        if tries > 30 {
-            return Err(e.into());
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+    let started = jiff::Timestamp::now();
+    let mut conditions = read_json(&args.conditions)?;
+    if !conditions.is_object() {
+        conditions = json!({});
     }
-    while !apps.list_metadata(&ListParams::default().labels("bench=true")).await?.items.is_empty() {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    conditions["machine"] = machine();
+    conditions["date"] = json!(started.strftime("%Y-%m-%d %H:%M UTC").to_string());
+    conditions["kubernetes"] = json!(client.apiserver_version().await?.git_version);
+    conditions["app"] = app("<name>")["spec"].clone();
+    conditions["operator"] = json!({
+        "version": env!("CARGO_PKG_VERSION"), "build": "release", "concurrency": 16,
+        "credentials": "token of its ServiceAccount (config/rbac)",
+    });
+    let ticks = measure::clock_ticks();
+    let pids = measure::cluster_pids(&args.pids);
+    let mut bench = Bench { apps: Api::all(client.clone()), client, args, operator: None, ticks, pids };
+    let mut results = json!({"conditions": conditions, "phases": [], "restarts": []});
 
-    let operator = Operator::start(&args)?;
-    wait_until("the operator", Duration::from_secs(60), || operator.metrics().is_some()).await?;
-    let idle = operator.usage();
+    log("removing the apps of earlier runs");
+    bench.delete_all().await?;
+    bench.start_operator().await?;
+    results["operatorIdle"] = json!(bench.operator().usage());
 
-    // 1 + 2: create apps at a fixed rate; latency and API cost from the audit log.
-    eprintln!("[bench] creating {} apps at {}/s", args.apps, args.rate);
-    let since = now();
-    let started = Instant::now();
-    let period = Duration::from_secs_f64(1.0 / args.rate);
-    let mut peak_rss: f64 = 0.0;
-    for i in 0..args.apps {
-        let due = started + period * i as u32;
-        tokio::time::sleep_until(due.into()).await;
-        let name = format!("bench-{i:05}");
-        apps.patch(&name, &PatchParams::apply("resilient-bench").force(), &Patch::Apply(app(&name))).await?;
-        if i % 100 == 99 {
-            peak_rss = peak_rss.max(operator.usage().0);
-            eprintln!("[bench] {} apps created", i + 1);
-        }
+    let args = &bench.args;
+    let (singles, small, burst, large) = (args.singles, args.small.max(args.singles), args.burst, args.large);
+    results["singles"] = bench.singles(singles).await?;
+    if small > singles {
+        let phase = bench.grow(&format!("{small} apps"), singles, small).await?;
+        results["phases"].as_array_mut().unwrap().push(phase);
+        let restart = bench.restart(small).await?;
+        results["restarts"].as_array_mut().unwrap().push(restart);
     }
-    let deployments: Api<Deployment> = Api::all(client.clone());
-    let deadline = Instant::now() + Duration::from_secs(900);
-    loop {
-        let selector = ListParams::default().labels("app.kubernetes.io/managed-by=resilient-operator");
-        let n = deployments.list_metadata(&selector).await?.items.len();
-        if n >= args.apps {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("only {n} of {} apps got their Deployment within 15 minutes (see bench/out/operator.log)", args.apps);
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+    if burst > 0 {
+        log("removing the small apps: the burst starts from an empty cluster");
+        bench.delete_all().await?;
+        let phase = bench.grow(&format!("{burst} apps"), 0, burst).await?;
+        results["phases"].as_array_mut().unwrap().push(phase);
+        results["drift"] = bench.drift(bench.args.drift_samples, burst).await?;
+        bench.settle(burst).await?;
+        let restart = bench.restart(burst).await?;
+        results["restarts"].as_array_mut().unwrap().push(restart);
     }
-    let created_in = started.elapsed();
-    let events = audit_events(&args.audit_log, since)?;
-    let mut created_at: BTreeMap<String, f64> = BTreeMap::new();
-    let mut last_child: BTreeMap<String, f64> = BTreeMap::new();
-    let mut per_verb: BTreeMap<String, u64> = BTreeMap::new();
-    let mut request_seconds = Vec::new();
-    for e in &events {
-        let ua = e["userAgent"].as_str().unwrap_or_default();
-        let done = ts(e["stageTimestamp"].as_str().unwrap_or_default());
-        let r = &e["objectRef"];
-        if ua.starts_with("resilient-bench")
-            && r["resource"] == "resilientapps"
-            && e["verb"] == "patch"
-            && let Some(n) = r["name"].as_str()
-        {
-            created_at.entry(n.to_string()).or_insert(done);
-        }
-        if ua.starts_with(USER_AGENT) {
-            *per_verb.entry(e["verb"].as_str().unwrap_or_default().to_string()).or_default() += 1;
-            request_seconds.push(done - ts(e["requestReceivedTimestamp"].as_str().unwrap_or_default()));
-            if WRITES.contains(&e["verb"].as_str().unwrap_or_default())
-                && let Some(ns) = r["namespace"].as_str()
-            {
-                let t = last_child.entry(ns.to_string()).or_insert(done);
-                *t = t.max(done);
-            }
-        }
+    if large > burst {
+        let phase = bench.grow(&format!("{large} apps"), burst, large).await?;
+        results["phases"].as_array_mut().unwrap().push(phase);
+        let restart = bench.restart(large).await?;
+        results["restarts"].as_array_mut().unwrap().push(restart);
     }
-    let latency: Vec<f64> = created_at
-        .iter()
-        .filter_map(|(name, t0)| last_child.get(name).map(|t1| t1 - t0))
-        .filter(|d| *d >= 0.0)
-        .collect();
-    let busy = operator.usage();
-    results.insert(
-        "create".into(),
-        json!({
-            "apps": args.apps, "rate": args.rate, "allChildrenAfterSeconds": created_in.as_secs_f64(),
-            "applyToChildrenSeconds": summary(latency),
-            "operatorRequestsPerVerb": per_verb,
-            "operatorRequestsPerApp": per_verb.values().sum::<u64>() as f64 / args.apps as f64,
-            "apiServerSecondsForOperatorRequests": summary(request_seconds),
-        }),
-    );
+    if let Some(op) = bench.operator.take() {
+        op.stop();
+    }
+    results["zoneOutage"] = read_json(&bench.args.zone_outage)?;
+    results["finished"] = json!(jiff::Timestamp::now().strftime("%Y-%m-%d %H:%M UTC").to_string());
+    results["durationSeconds"] = json!((jiff::Timestamp::now() - started).get_seconds());
 
-    // 4: drift repair.
-    eprintln!("[bench] timing {} drift repairs", args.drift_samples);
-    let mut repairs = Vec::new();
-    for i in 0..args.drift_samples.min(args.apps) {
-        let ns = format!("bench-{i:05}");
-        let api: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-        let old = api.get("web").await?.metadata.uid;
-        let t0 = Instant::now();
-        api.delete("web", &DeleteParams::default()).await?;
-        loop {
-            if let Ok(Some(d)) = api.get_opt("web").await
-                && d.metadata.uid != old
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        repairs.push(t0.elapsed().as_secs_f64());
-    }
-    results.insert("driftRepairSeconds".into(), summary(repairs));
-
-    // 3: memory and CPU with every app in sync: wait until the operator has written nothing for 10 s.
-    let mut last = (operator.writes(), Instant::now());
-    let settle_deadline = Instant::now() + Duration::from_secs(600);
-    while last.1.elapsed() < Duration::from_secs(10) && Instant::now() < settle_deadline {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let w = operator.writes();
-        if w != last.0 {
-            last = (w, Instant::now());
-        }
-    }
-    let steady = operator.usage();
-    results.insert(
-        "operator".into(),
-        json!({"idleRssMiB": idle.0, "steadyRssMiB": steady.0, "peakRssMiB": steady.1.max(peak_rss).max(busy.1),
-               "cpuSecondsDuringCreate": busy.2 - idle.2, "cpuSecondsTotal": steady.2}),
-    );
-
-    // 5: restart with every app in sync: time to reconcile them all, and the writes it made.
-    eprintln!("[bench] restarting the operator");
-    operator.stop();
-    let since = now();
-    let t0 = Instant::now();
-    let operator = Operator::start(&args)?;
-    wait_until("the restarted operator to reconcile every app", Duration::from_secs(1800), || {
-        operator.reconciles() >= args.apps as f64
-    })
-    .await?;
-    let restart = t0.elapsed();
-    let writes: u64 = audit_events(&args.audit_log, since)?
-        .iter()
-        .filter(|e| e["userAgent"].as_str().unwrap_or_default().starts_with(USER_AGENT))
-        .filter(|e| WRITES.contains(&e["verb"].as_str().unwrap_or_default()))
-        .count() as u64;
-    results.insert("restart".into(), json!({"allReconciledSeconds": restart.as_secs_f64(), "writes": writes}));
-    operator.stop();
-
-    let out = serde_json::to_string_pretty(&Value::Object(results))?;
-    std::fs::write(&args.out, &out)?;
-    println!("{out}");
+    std::fs::write(&bench.args.results, serde_json::to_string_pretty(&results)? + "\n")?;
+    std::fs::write(&bench.args.doc, report::render(&results))?;
+    log(format!("wrote {} and {}", bench.args.results.display(), bench.args.doc.display()));
     Ok(())
 }

@@ -1,23 +1,58 @@
 #!/usr/bin/env bash
-# `make bench` (QUICK=1 for a few minutes): benchmarks on the local cluster, results in
-# bench/out/results.json and bench/out/zone-outage.json. docs/benchmarks.md reports a full run.
+# `make bench`: every benchmark scenario on the local cluster (started here if it is not running).
+#
+#   make bench            full run (about 40 minutes): writes docs/benchmarks.md and bench/results.json
+#   make bench QUICK=1    a few minutes, smaller sizes: writes bench/out/quick/{benchmarks.md,results.json}
+#
+# Knobs (environment): RATE (apps created per second, 20), ZONE_OUTAGE=0 (skip scenario 6),
+# SINGLES SMALL BURST LARGE DRIFT (sizes, see bench/main.rs), KEEP_CLUSTER=1.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-if [ "${QUICK:-0}" = 1 ]; then APPS=${APPS:-50}; DRIFT=10; else APPS=${APPS:-1000}; DRIFT=50; fi
+if [ "${QUICK:-0}" = 1 ]; then
+  MODE=quick SINGLES=${SINGLES:-5} SMALL=${SMALL:-20} BURST=${BURST:-50} LARGE=${LARGE:-0} DRIFT=${DRIFT:-10}
+  OUT=bench/out/quick
+  RESULTS=$OUT/results.json DOC=$OUT/benchmarks.md
+else
+  MODE=full SINGLES=${SINGLES:-20} SMALL=${SMALL:-100} BURST=${BURST:-1000} LARGE=${LARGE:-5000} DRIFT=${DRIFT:-50}
+  OUT=bench/out
+  RESULTS=bench/results.json DOC=docs/benchmarks.md
+fi
 RATE=${RATE:-20}
+mkdir -p "$OUT"
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+log "mode $MODE: $SINGLES single apps, $SMALL, then $BURST at $RATE/s${LARGE:+, then up to $LARGE}; zone outage: ${ZONE_OUTAGE:-1}"
 
 log "building release binaries"
 cargo build --locked --release --quiet --bin resilient-operator --bin resilient-bench
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
+
+started_here=0
+status=$(e2e/cluster.sh status 2>/dev/null || true)
+if ! grep -q 'kube-apiserver *running' <<<"$status"; then
+  log "starting the local cluster"
+  started_here=1
+fi
 e2e/cluster.sh up >/dev/null
 eval "$(e2e/cluster.sh env)"
-kubectl apply --server-side -k config/crd >/dev/null
-kubectl wait --for condition=Established crd/resilientapps.resilient.dev --timeout=30s >/dev/null
+# shellcheck source=e2e/lib.sh
+source e2e/lib.sh
+cleanup() {
+  if [ "$started_here" = 1 ] && [ "${KEEP_CLUSTER:-0}" != 1 ]; then
+    log "stopping the cluster started for the bench"
+    e2e/cluster.sh down >/dev/null 2>&1 || true
+  elif kubectl get rapp -l bench=load -o name 2>/dev/null | grep -q .; then
+    log "deleting the bench apps (not waiting)"
+    kubectl delete rapp -l bench=load --wait=false >/dev/null 2>&1 || true
+  fi
+}
+trap cleanup EXIT
+install_operator_identity
 
-# Every app runs at least one pod; the six standard nodes hold 660. Add kwok nodes for big runs.
-need=$((APPS + 200))
+# Every app runs one pod; the six standard nodes hold 660. Add kwok nodes (250 pods each) for big runs.
+most=$((SMALL > BURST ? SMALL : BURST))
+most=$((LARGE > most ? LARGE : most))
+need=$((most + 300))
 have=$((6 * 110))
 i=0
 while [ "$have" -lt "$need" ]; do
@@ -41,17 +76,31 @@ EON
   i=$((i + 1))
 done
 kubectl wait --for=condition=Ready node --all --timeout=120s >/dev/null
-log "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; $(kubectl version 2>/dev/null | tr '\n' ' ')"
-log "scenarios 1-5 with $APPS apps at $RATE/s"
-"$BIN/resilient-bench" --apps "$APPS" --rate "$RATE" --drift-samples "$DRIFT" --operator "$BIN/resilient-operator" \
-  --kubeconfig "$KUBECONFIG" --audit-log .cluster/logs/audit.log --out bench/out/results.json
+nodes=$(kubectl get nodes --no-headers | wc -l)
+log "$nodes nodes (room for $have pods); machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB"
+
+versions=$(e2e/cluster.sh status 2>/dev/null | sed -n 's/^versions: //p')
+version_of() { echo "$versions" | grep -o "$1 v[0-9.]*" | cut -d' ' -f2; }
+commit="$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src bench || echo ' with uncommitted changes')"
+printf '{"mode": "%s", "out": "%s", "results": "%s", "nodes": %s, "etcd": "%s", "kwok": "%s", "go": "%s", "rust": "%s", "commit": "%s"}\n' \
+  "$MODE" "$OUT" "$RESULTS" "$nodes" "$(version_of etcd)" "$(version_of kwok)" "$(go env GOVERSION)" \
+  "$(rustc --version | cut -d' ' -f2)" "$commit" >"$OUT/conditions.json"
+
 if [ "${ZONE_OUTAGE:-1}" = 0 ]; then
-  log "scenario 6 skipped (ZONE_OUTAGE=0)"
-elif [ "${QUICK:-0}" = 1 ]; then
-  log "scenario 6: zone outage side by side"
-  OUTAGE_DEADLINE=${OUTAGE_DEADLINE:-90} RETURN_DEADLINE=${RETURN_DEADLINE:-30} bench/zone-outage.sh
+  log "scenario 6 (zone outage) skipped: ZONE_OUTAGE=0"
+  rm -f "$OUT/zone-outage.json"
 else
-  log "scenario 6: zone outage side by side"
-  bench/zone-outage.sh
+  log "scenario 6: zone outage, operator app and plain Deployment side by side (timeline in $OUT/zone-outage.log)"
+  if [ "$MODE" = quick ]; then
+    export OUTAGE_DEADLINE=${OUTAGE_DEADLINE:-90} RETURN_DEADLINE=${RETURN_DEADLINE:-30}
+  fi
+  OUT_DIR=$OUT OPERATOR=$BIN/resilient-operator bench/zone-outage.sh 2>&1 | tee "$OUT/zone-outage.log"
 fi
-log "results: bench/out/results.json, bench/out/zone-outage.json"
+
+log "scenarios 1-5"
+"$BIN/resilient-bench" --singles "$SINGLES" --small "$SMALL" --burst "$BURST" --large "$LARGE" --rate "$RATE" \
+  --drift-samples "$DRIFT" --operator "$BIN/resilient-operator" --operator-kubeconfig .cluster/operator.kubeconfig \
+  --kubeconfig "$KUBECONFIG" --audit-log .cluster/logs/audit.log --pids .cluster/pids \
+  --conditions "$OUT/conditions.json" --zone-outage "$OUT/zone-outage.json" \
+  --operator-log "$OUT/operator.log" --results "$RESULTS" --doc "$DOC"
+log "done: $DOC and $RESULTS"

@@ -12,25 +12,33 @@ cd "$ROOT"
 ZONE=${ZONE:-zone-a}
 OUTAGE_DEADLINE=${OUTAGE_DEADLINE:-420}
 RETURN_DEADLINE=${RETURN_DEADLINE:-150}
-OUT=bench/out
+OUT=${OUT_DIR:-bench/out}
 mkdir -p "$OUT"
 log() { printf '[zone-outage %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-log "building the operator"
-cargo build --locked --quiet --release
-OPERATOR=${CARGO_TARGET_DIR:-$ROOT/target}/release/resilient-operator
+if [ -z "${OPERATOR:-}" ]; then
+  log "building the operator"
+  cargo build --locked --quiet --release --bin resilient-operator
+  OPERATOR=${CARGO_TARGET_DIR:-$ROOT/target}/release/resilient-operator
+fi
 e2e/cluster.sh up >/dev/null
 eval "$(e2e/cluster.sh env)"
 # shellcheck source=e2e/lib.sh
 source e2e/lib.sh
-kubectl apply --server-side -f crds/resilientapps.resilient.dev.yaml >/dev/null
-kubectl wait --for condition=Established crd/resilientapps.resilient.dev --timeout=30s >/dev/null
-start_operator "$OPERATOR" .cluster/logs/operator-bench.log 18081
-trap 'kill $OPERATOR_PID 2>/dev/null || true; e2e/cluster.sh zone-up "$ZONE" >/dev/null 2>&1 || true' EXIT
-load_node_zones
-
+install_operator_identity
+# The operator runs with its ServiceAccount's token, as installed by config/default.
+KUBECONFIG=$ROOT/.cluster/operator.kubeconfig start_operator "$OPERATOR" .cluster/logs/operator-bench.log 18081
 OP=bench-op
 PLAIN=bench-plain
+finish() {
+  kill "$OPERATOR_PID" 2>/dev/null || true
+  e2e/cluster.sh zone-up "$ZONE" >/dev/null 2>&1 || true
+  kubectl delete rapp "$OP" --ignore-not-found --wait=false >/dev/null 2>&1 || true
+  kubectl delete ns "$PLAIN" --ignore-not-found --wait=false >/dev/null 2>&1 || true
+}
+trap finish EXIT
+load_node_zones
+
 log "creating $OP (ResilientApp, minAvailable 4) and $PLAIN (plain Deployment, 6 replicas, defaults)"
 kubectl delete rapp "$OP" --ignore-not-found --wait=true >/dev/null
 kubectl delete ns "$PLAIN" --ignore-not-found --wait=true >/dev/null
@@ -75,6 +83,8 @@ sample() { # ns selector -> "ready zone=n ..."
   ready_by_zone "$1" "$2"
 }
 
+op_before=$(kubectl get deploy -n "$OP" web -o jsonpath='{.spec.replicas}')
+op_during=$op_before
 log "before: operator $(sample "$OP" "$OP_SEL") | plain $(sample "$PLAIN" "$PLAIN_SEL")"
 echo "t(s)  nodes of $ZONE           operator app                  plain Deployment"
 start=$(date +%s)
@@ -88,6 +98,7 @@ while :; do
   ((op_ready < op_low)) && op_low=$op_ready
   ((pl_ready < plain_low)) && plain_low=$pl_ready
   op_want=$(kubectl get deploy -n "$OP" web -o jsonpath='{.spec.replicas}')
+  ((op_want > op_during)) && op_during=$op_want
   if [ -z "$op_recovered" ] && [ "$(live_in_zone "$OP" "$OP_SEL" "$ZONE")" = 0 ] &&
     [ $((op_ready - $(zone_count "$op_zones" "$ZONE"))) -ge "$op_want" ]; then op_recovered=$t; fi
   if [ -z "$plain_recovered" ] && [ "$(live_in_zone "$PLAIN" "$PLAIN_SEL" "$ZONE")" = 0 ] &&
@@ -125,7 +136,7 @@ done
 
 cat >"$OUT/zone-outage.json" <<EOF
 {"zone": "$ZONE",
- "operator": {"lowestReady": $op_low, "minAvailable": 4, "recoveredSeconds": ${op_recovered:-null}, "evenAgainSeconds": ${op_even:-null}},
+ "operator": {"lowestReady": $op_low, "minAvailable": 4, "replicasBefore": $op_before, "replicasDuring": $op_during, "recoveredSeconds": ${op_recovered:-null}, "evenAgainSeconds": ${op_even:-null}},
  "plain": {"lowestReady": $plain_low, "replicas": 6, "recoveredSeconds": ${plain_recovered:-null}, "evenAgainSeconds": ${plain_even:-null}},
  "outageDeadlineSeconds": $OUTAGE_DEADLINE, "returnDeadlineSeconds": $RETURN_DEADLINE}
 EOF

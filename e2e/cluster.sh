@@ -253,7 +253,8 @@ EOA
     --bind-address=127.0.0.1 --secure-port="$KCM_PORT" \
     --authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics \
     --root-ca-file="$PKI/ca.crt" --service-account-private-key-file="$PKI/admin.key" \
-    --leader-elect=false --node-monitor-period="$NODE_MONITOR_PERIOD" --node-monitor-grace-period="$NODE_MONITOR_GRACE"
+    --leader-elect=false --node-monitor-period="$NODE_MONITOR_PERIOD" --node-monitor-grace-period="$NODE_MONITOR_GRACE" \
+    --kube-api-qps=100 --kube-api-burst=200
   log "starting kube-scheduler"
   start_proc kube-scheduler "$BIN/kube-scheduler" --kubeconfig="$W/kubeconfig" \
     --bind-address=127.0.0.1 --secure-port="$SCHED_PORT" \

@@ -2,6 +2,9 @@
 
 use std::collections::BTreeSet;
 use std::fmt::Debug;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use futures::future::try_join_all;
 
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -15,16 +18,34 @@ use super::diff;
 use super::error::{Error, Result};
 use crate::api::{LABEL_APP, MANAGER};
 
-/// Applies children of one app and counts the writes it made.
+/// Applies children of one app and counts the writes it made. Shared by the concurrent applies
+/// of one reconcile.
 pub(super) struct Applier<'a> {
     pub ctx: &'a Context,
     pub app: String,
-    pub writes: usize,
+    writes: AtomicUsize,
 }
 
-impl Applier<'_> {
+impl<'a> Applier<'a> {
+    pub fn new(ctx: &'a Context, app: String) -> Self {
+        Self { ctx, app, writes: AtomicUsize::new(0) }
+    }
+
+    /// Writes sent so far.
+    pub fn writes(&self) -> usize {
+        self.writes.load(Ordering::Relaxed)
+    }
+
+    /// Apply every object of `desired` concurrently (see [`Self::apply`]).
+    pub async fn apply_each<K>(&self, api: &Api<K>, store: &Store<K>, desired: &[K]) -> Result<()>
+    where
+        K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned,
+    {
+        try_join_all(desired.iter().map(|d| self.apply(api, store, d))).await.map(|_| ())
+    }
+
     /// Apply `desired` unless the cached live object already contains all of it.
-    pub async fn apply<K>(&mut self, api: &Api<K>, store: &Store<K>, desired: &K) -> Result<()>
+    pub async fn apply<K>(&self, api: &Api<K>, store: &Store<K>, desired: &K) -> Result<()>
     where
         K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned,
     {
@@ -48,13 +69,13 @@ impl Applier<'_> {
         api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(desired))
             .await
             .map_err(|source| Error::Apply { kind: kind.clone(), name: name.clone(), source })?;
-        self.writes += 1;
+        self.writes.fetch_add(1, Ordering::Relaxed);
         self.ctx.metrics.api_write("apply", &kind);
         Ok(())
     }
 
     /// Delete cached children of this app in `namespace` that are not in `keep`.
-    pub async fn prune<K>(&mut self, api: &Api<K>, store: &Store<K>, namespace: &str, keep: &[K]) -> Result<()>
+    pub async fn prune<K>(&self, api: &Api<K>, store: &Store<K>, namespace: &str, keep: &[K]) -> Result<()>
     where
         K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned,
     {
@@ -77,7 +98,7 @@ impl Applier<'_> {
                     return Err(Error::Delete { kind: K::kind(&()).to_string(), name, source });
                 }
             }
-            self.writes += 1;
+            self.writes.fetch_add(1, Ordering::Relaxed);
             self.ctx.metrics.api_write("delete", &K::kind(&()));
         }
         Ok(())
