@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use futures::future::try_join_all;
 
 use kube::api::{DeleteParams, Patch, PatchParams};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -16,6 +16,7 @@ use tracing::{debug, info};
 use super::Context;
 use super::diff;
 use super::error::{Error, Result};
+use super::index::Cache;
 use crate::api::{LABEL_APP, MANAGER};
 
 /// Applies children of one app and counts the writes it made. Shared by the concurrent applies
@@ -37,7 +38,7 @@ impl<'a> Applier<'a> {
     }
 
     /// Apply every object of `desired` concurrently (see [`Self::apply`]).
-    pub async fn apply_each<K>(&self, api: &Api<K>, store: &Store<K>, desired: &[K]) -> Result<()>
+    pub async fn apply_each<K>(&self, api: &Api<K>, store: &Cache<K>, desired: &[K]) -> Result<()>
     where
         K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned,
     {
@@ -45,7 +46,7 @@ impl<'a> Applier<'a> {
     }
 
     /// Apply `desired` unless the cached live object already contains all of it.
-    pub async fn apply<K>(&self, api: &Api<K>, store: &Store<K>, desired: &K) -> Result<()>
+    pub async fn apply<K>(&self, api: &Api<K>, store: &Cache<K>, desired: &K) -> Result<()>
     where
         K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned,
     {
@@ -75,13 +76,13 @@ impl<'a> Applier<'a> {
     }
 
     /// Delete cached children of this app in `namespace` that are not in `keep`.
-    pub async fn prune<K>(&self, api: &Api<K>, store: &Store<K>, namespace: &str, keep: &[K]) -> Result<()>
+    pub async fn prune<K>(&self, api: &Api<K>, store: &Cache<K>, namespace: &str, keep: &[K]) -> Result<()>
     where
         K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned,
     {
         let keep: BTreeSet<String> = keep.iter().map(ResourceExt::name_any).collect();
         let stale: Vec<String> = store
-            .state()
+            .of_app(&self.app)
             .iter()
             .filter(|o| o.namespace().as_deref() == Some(namespace))
             .filter(|o| o.labels().get(LABEL_APP) == Some(&self.app))

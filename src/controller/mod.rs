@@ -4,6 +4,7 @@
 mod apply;
 pub mod diff;
 mod error;
+mod index;
 mod reconcile;
 pub mod status;
 mod watch;
@@ -27,23 +28,25 @@ use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use tracing::{debug, info, warn};
 
+use self::index::Cache;
 use crate::api::{LABEL_APP, LABEL_MANAGED_BY, MANAGER, ResilientApp};
 use crate::metrics::Metrics;
 use crate::telemetry::Health;
 
-/// Read-only caches of everything the operator owns or observes, kept by watches.
+/// Read-only caches of everything the operator owns or observes, kept by watches. Children and
+/// pods are indexed by app.
 #[derive(Clone)]
 pub struct Stores {
-    pub namespaces: Store<Namespace>,
-    pub resource_quotas: Store<ResourceQuota>,
-    pub limit_ranges: Store<LimitRange>,
-    pub network_policies: Store<NetworkPolicy>,
-    pub role_bindings: Store<RoleBinding>,
-    pub deployments: Store<Deployment>,
-    pub pod_disruption_budgets: Store<PodDisruptionBudget>,
-    pub services: Store<Service>,
+    pub namespaces: Cache<Namespace>,
+    pub resource_quotas: Cache<ResourceQuota>,
+    pub limit_ranges: Cache<LimitRange>,
+    pub network_policies: Cache<NetworkPolicy>,
+    pub role_bindings: Cache<RoleBinding>,
+    pub deployments: Cache<Deployment>,
+    pub pod_disruption_budgets: Cache<PodDisruptionBudget>,
+    pub services: Cache<Service>,
     pub nodes: Store<Node>,
-    pub pods: Store<Pod>,
+    pub pods: Cache<Pod>,
 }
 
 impl Stores {
@@ -54,7 +57,7 @@ impl Stores {
     async fn wait_until_ready(&self) {
         macro_rules! each {
             ($($field:ident),*) => {$(
-                if self.$field.wait_until_ready().await.is_ok() {
+                if self.$field.store.wait_until_ready().await.is_ok() {
                     debug!(cache = stringify!($field), "cache synced");
                 }
             )*};
@@ -68,9 +71,11 @@ impl Stores {
             deployments,
             pod_disruption_budgets,
             services,
-            nodes,
             pods
         );
+        if self.nodes.wait_until_ready().await.is_ok() {
+            debug!(cache = "nodes", "cache synced");
+        }
     }
 }
 
@@ -193,8 +198,11 @@ pub async fn run(
         .shutdown_on_signal()
         .run(reconcile::reconcile, error_policy, ctx)
         .for_each(|result| async move {
-            if let Err(e) = result {
-                warn!(error = %e, "controller event");
+            match result {
+                Ok(_) => {}
+                // An app deleted while it was queued: nothing to do.
+                Err(controller::Error::ObjectNotFound(obj)) => debug!(app = %obj.name, "deleted before its reconcile"),
+                Err(e) => warn!(error = %e, "controller event"),
             }
         })
         .await;

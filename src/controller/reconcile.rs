@@ -252,7 +252,7 @@ fn observe<'a>(
     let deployments = ctx
         .stores
         .deployments
-        .state()
+        .of_app(&name)
         .into_iter()
         .filter(|d| d.namespace().as_deref() == Some(namespace) && ours(d.labels()))
         .filter_map(|d| d.labels().get(LABEL_COMPONENT).cloned().map(|c| (c, d)))
@@ -260,7 +260,7 @@ fn observe<'a>(
     let pods = ctx
         .stores
         .pods
-        .state()
+        .of_app(&name)
         .into_iter()
         .filter(|p| p.namespace().as_deref() == Some(namespace) && ours(p.labels()))
         .collect();

@@ -12,25 +12,40 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt as _};
 use serde::de::DeserializeOwned;
 
+use super::index::{AppIndex, Cache};
 use crate::api::{LABEL_APP, ResilientApp};
 use crate::resilience::{node_usable, node_zone};
 
-/// A cached, label-selected watch of one child kind, and the stream of touched objects that
-/// maps them to their owning ResilientApp.
+/// A cached, label-selected watch of one child kind, indexed by app, and the stream of touched
+/// objects that maps them to their owning ResilientApp.
 pub fn owned<K>(
     client: &Client,
     config: watcher::Config,
-) -> (Store<K>, impl Stream<Item = Result<K, watcher::Error>> + Send + 'static)
+) -> (Cache<K>, impl Stream<Item = Result<K, watcher::Error>> + Send + 'static)
 where
     K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store();
+    let index = AppIndex::default();
     let stream = watcher(Api::<K>::all(client.clone()), config)
         .default_backoff()
         .modify(|obj: &mut K| obj.managed_fields_mut().clear())
         .reflect(writer)
+        .inspect(indexing(index.clone()))
         .touched_objects();
-    (reader, stream)
+    (Cache::new(reader, index), stream)
+}
+
+/// Keeps `index` in step with the events the reflector has just applied to the store.
+fn indexing<K>(index: AppIndex<K>) -> impl Fn(&Result<watcher::Event<K>, watcher::Error>) + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Send + Sync + 'static,
+{
+    move |event| {
+        if let Ok(event) = event {
+            index.apply(event);
+        }
+    }
 }
 
 /// Nodes, keeping labels, taints, schedulability, readiness and allocatable resources only.
@@ -47,10 +62,15 @@ pub fn nodes(client: &Client) -> (Store<Node>, impl Stream<Item = Result<Node, w
 
 /// Pods of ResilientApps, keeping labels, node, readiness and deletion only.
 /// Only changes of placement or readiness reach the controller.
-pub fn pods(client: &Client) -> (Store<Pod>, impl Stream<Item = Result<Pod, watcher::Error>> + Send + 'static) {
+pub fn pods(client: &Client) -> (Cache<Pod>, impl Stream<Item = Result<Pod, watcher::Error>> + Send + 'static) {
     let (reader, writer) = reflector::store();
+    let index = AppIndex::default();
     let config = watcher::Config::default().labels(&format!("{},{LABEL_APP}", super::managed_selector()));
-    let stream = watcher(Api::<Pod>::all(client.clone()), config).default_backoff().modify(trim_pod).reflect(writer);
+    let stream = watcher(Api::<Pod>::all(client.clone()), config)
+        .default_backoff()
+        .modify(trim_pod)
+        .reflect(writer)
+        .inspect(indexing(index.clone()));
     let stream = changed_only(stream, |p: &Pod| {
         fingerprint(&(
             p.spec.as_ref().and_then(|s| s.node_name.clone()),
@@ -58,7 +78,7 @@ pub fn pods(client: &Client) -> (Store<Pod>, impl Stream<Item = Result<Pod, watc
             p.metadata.deletion_timestamp.is_some(),
         ))
     });
-    (reader, stream)
+    (Cache::new(reader, index), stream)
 }
 
 fn trim_node(node: &mut Node) {
