@@ -14,7 +14,7 @@ demo: ## local 3-zone cluster + operator + example app + a zone outage, and what
 test: ## every test: unit, integration and end-to-end against the local cluster (started and stopped here)
 	e2e/test.sh
 
-bench: ## benchmarks on the local cluster (QUICK=1: a few minutes); results in bench/out/
+bench: ## every benchmark scenario (~30 min): docs/benchmarks.md, bench/results.json; QUICK=1: ~4 min, bench/out/quick/
 	QUICK=$(QUICK) bench/run.sh
 
 test-unit: ## unit and property tests only (no cluster)

@@ -50,19 +50,19 @@ struct Args {
     #[arg(long, default_value_t = 50)]
     drift_samples: usize,
     /// The operator binary (release build).
-    #[arg(long)]
+    #[arg(long, default_value = "target/release/resilient-operator")]
     operator: PathBuf,
     /// Kubeconfig the operator runs with (its ServiceAccount).
-    #[arg(long)]
+    #[arg(long, default_value = ".cluster/operator.kubeconfig")]
     operator_kubeconfig: PathBuf,
     /// Admin kubeconfig of the local cluster, for the bench itself.
-    #[arg(long)]
+    #[arg(long, default_value = ".cluster/kubeconfig")]
     kubeconfig: PathBuf,
     /// The API server's audit log.
-    #[arg(long)]
+    #[arg(long, default_value = ".cluster/logs/audit.log")]
     audit_log: PathBuf,
     /// Pid files of the control plane (e2e/cluster.sh).
-    #[arg(long)]
+    #[arg(long, default_value = ".cluster/pids")]
     pids: PathBuf,
     /// JSON written by bench/zone-outage.sh, folded into the results.
     #[arg(long)]
@@ -71,11 +71,14 @@ struct Args {
     #[arg(long)]
     conditions: Option<PathBuf>,
     /// Where the JSON results go.
-    #[arg(long)]
+    #[arg(long, default_value = "bench/results.json")]
     results: PathBuf,
     /// Where the Markdown report goes.
-    #[arg(long)]
+    #[arg(long, default_value = "docs/benchmarks.md")]
     doc: PathBuf,
+    /// Hand-written notes appended to the report (history, context), if the file exists.
+    #[arg(long, default_value = "bench/notes.md")]
+    notes: PathBuf,
     /// The operator's log.
     #[arg(long, default_value = "bench/out/operator.log")]
     operator_log: PathBuf,
@@ -536,6 +539,10 @@ fn children_latency(requests: &[Request], names: &BTreeSet<String>) -> Vec<f64> 
     names.iter().filter_map(|n| Some(last.get(n.as_str())? - created.get(n.as_str())?)).filter(|d| *d >= 0.0).collect()
 }
 
+fn notes(args: &Args) -> Option<String> {
+    std::fs::read_to_string(&args.notes).ok()
+}
+
 fn read_json(path: &Option<PathBuf>) -> anyhow::Result<Value> {
     match path {
         Some(p) if p.exists() => Ok(serde_json::from_str(&std::fs::read_to_string(p)?)?),
@@ -570,7 +577,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.report_only {
         let results: Value = serde_json::from_str(&std::fs::read_to_string(&args.results)?)?;
-        std::fs::write(&args.doc, report::render(&results))?;
+        std::fs::write(&args.doc, report::render(&results, notes(&args).as_deref()))?;
         log(format!("wrote {}", args.doc.display()));
         return Ok(());
     }
@@ -639,7 +646,7 @@ async fn main() -> anyhow::Result<()> {
     results["durationSeconds"] = json!((jiff::Timestamp::now() - started).get_seconds());
 
     std::fs::write(&bench.args.results, serde_json::to_string_pretty(&results)? + "\n")?;
-    std::fs::write(&bench.args.doc, report::render(&results))?;
+    std::fs::write(&bench.args.doc, report::render(&results, notes(&bench.args).as_deref()))?;
     log(format!("wrote {} and {}", bench.args.results.display(), bench.args.doc.display()));
     Ok(())
 }

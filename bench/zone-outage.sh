@@ -2,7 +2,7 @@
 # Zone outage, side by side in one run: an operator-managed app and a plain Deployment with the
 # same replica count and Kubernetes defaults. Samples every second from the outage until both have
 # recovered (or a deadline), then brings the zone back and watches the spread.
-# Prints a timeline and a summary; writes bench/out/zone-outage.json.
+# Prints a timeline and a summary; writes $OUT_DIR/zone-outage.json (default bench/out).
 #
 #   bench/zone-outage.sh            (starts the cluster and the operator if needed)
 #   OUTAGE_DEADLINE=400 RETURN_DEADLINE=150 bench/zone-outage.sh
