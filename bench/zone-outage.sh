@@ -79,35 +79,42 @@ node_state() { # "Ready/taints" summary of the lost zone's nodes
     awk '{printf "%s%s", (NR > 1 ? "," : ""), $1 "/" ($2 == "<none>" ? "untainted" : "tainted")}'
 }
 
-sample() { # ns selector -> "ready zone=n ..."
-  ready_by_zone "$1" "$2"
+# Sets nodes, op_ready op_zones op_want, pl_ready pl_zones.
+sample_both() {
+  nodes=$(node_state)
+  read -r op_ready op_zones <<<"$(ready_by_zone "$OP" "$OP_SEL")"
+  read -r pl_ready pl_zones <<<"$(ready_by_zone "$PLAIN" "$PLAIN_SEL")"
+  op_want=$(kubectl get deploy -n "$OP" web -o jsonpath='{.spec.replicas}')
+}
+
+# One timeline line at second $t, when something changed since the last one.
+print_if_changed() {
+  local line
+  line=$(printf '%-24s %-29s %s' "$nodes" "$op_ready/$op_want:$op_zones" "$pl_ready/6:$pl_zones")
+  if [ "$line" != "$last" ]; then
+    printf '%4d  %s\n' "$t" "$line"
+    last=$line
+  fi
 }
 
 op_before=$(kubectl get deploy -n "$OP" web -o jsonpath='{.spec.replicas}')
 op_during=$op_before
-log "before: operator $(sample "$OP" "$OP_SEL") | plain $(sample "$PLAIN" "$PLAIN_SEL")"
+log "before: operator $(ready_by_zone "$OP" "$OP_SEL") | plain $(ready_by_zone "$PLAIN" "$PLAIN_SEL")"
 echo "t(s)  nodes of $ZONE           operator app                  plain Deployment"
 start=$(date +%s)
 e2e/cluster.sh zone-down "$ZONE" 2>/dev/null
 op_low=99 plain_low=99 op_recovered="" plain_recovered="" last=""
 while :; do
   t=$(($(date +%s) - start))
-  nodes=$(node_state)
-  read -r op_ready op_zones <<<"$(sample "$OP" "$OP_SEL")"
-  read -r pl_ready pl_zones <<<"$(sample "$PLAIN" "$PLAIN_SEL")"
+  sample_both
   ((op_ready < op_low)) && op_low=$op_ready
   ((pl_ready < plain_low)) && plain_low=$pl_ready
-  op_want=$(kubectl get deploy -n "$OP" web -o jsonpath='{.spec.replicas}')
   ((op_want > op_during)) && op_during=$op_want
   if [ -z "$op_recovered" ] && [ "$(live_in_zone "$OP" "$OP_SEL" "$ZONE")" = 0 ] &&
     [ $((op_ready - $(zone_count "$op_zones" "$ZONE"))) -ge "$op_want" ]; then op_recovered=$t; fi
   if [ -z "$plain_recovered" ] && [ "$(live_in_zone "$PLAIN" "$PLAIN_SEL" "$ZONE")" = 0 ] &&
     [ $((pl_ready - $(zone_count "$pl_zones" "$ZONE"))) -ge 6 ]; then plain_recovered=$t; fi
-  line=$(printf '%-24s %-29s %s' "$nodes" "$op_ready/$op_want:$op_zones" "$pl_ready/6:$pl_zones")
-  if [ "$line" != "$last" ]; then
-    printf '%4d  %s\n' "$t" "$line"
-    last=$line
-  fi
+  print_if_changed
   if [ -n "$op_recovered" ] && [ -n "$plain_recovered" ]; then break; fi
   ((t < OUTAGE_DEADLINE)) || break
   sleep 1
@@ -119,16 +126,10 @@ e2e/cluster.sh zone-up "$ZONE" 2>/dev/null
 op_even="" plain_even="" last=""
 while :; do
   t=$(($(date +%s) - back))
-  read -r op_ready op_zones <<<"$(sample "$OP" "$OP_SEL")"
-  read -r pl_ready pl_zones <<<"$(sample "$PLAIN" "$PLAIN_SEL")"
-  op_want=$(kubectl get deploy -n "$OP" web -o jsonpath='{.spec.replicas}')
+  sample_both
   [ -z "$op_even" ] && [ "$op_ready" -ge "$op_want" ] && [ "$(skew "$op_zones" "${ZONES[@]}")" -le 1 ] && op_even=$t
   [ -z "$plain_even" ] && [ "$pl_ready" -ge 6 ] && [ "$(skew "$pl_zones" "${ZONES[@]}")" -le 1 ] && plain_even=$t
-  line=$(printf '%-24s %-29s %s' "$(node_state)" "$op_ready/$op_want:$op_zones" "$pl_ready/6:$pl_zones")
-  if [ "$line" != "$last" ]; then
-    printf '%4d  %s\n' "$t" "$line"
-    last=$line
-  fi
+  print_if_changed
   if [ -n "$op_even" ] && [ -n "$plain_even" ]; then break; fi
   ((t < RETURN_DEADLINE)) || break
   sleep 1

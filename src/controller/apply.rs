@@ -17,7 +17,7 @@ use super::Context;
 use super::diff;
 use super::error::{Error, Result};
 use super::index::Cache;
-use crate::api::{LABEL_APP, MANAGER};
+use crate::api::MANAGER;
 
 /// Applies children of one app and counts the writes it made. Shared by the concurrent applies
 /// of one reconcile.
@@ -85,7 +85,6 @@ impl<'a> Applier<'a> {
             .of_app(&self.app)
             .iter()
             .filter(|o| o.namespace().as_deref() == Some(namespace))
-            .filter(|o| o.labels().get(LABEL_APP) == Some(&self.app))
             .filter(|o| o.meta().deletion_timestamp.is_none())
             .map(|o| o.name_any())
             .filter(|n| !keep.contains(n))

@@ -31,9 +31,15 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> Cache<K> {
         self.store.get(key)
     }
 
-    /// Every cached object labelled as belonging to `app`.
+    /// Every cached object labelled as belonging to `app`. The store is updated a step before
+    /// the index, so the label is checked again on the object itself.
     pub fn of_app(&self, app: &str) -> Vec<Arc<K>> {
-        self.index.refs(app).iter().filter_map(|r| self.store.get(r)).collect()
+        self.index
+            .refs(app)
+            .iter()
+            .filter_map(|r| self.store.get(r))
+            .filter(|o| o.meta().labels.as_ref().and_then(|l| l.get(LABEL_APP)).is_some_and(|a| a == app))
+            .collect()
     }
 }
 
@@ -154,5 +160,21 @@ mod tests {
         assert_eq!(names(&index, "y"), ["b"]);
         index.apply(&watcher::Event::InitDone);
         assert_eq!((names(&index, "x"), names(&index, "y")), (vec!["d".to_string()], vec![]));
+    }
+
+    #[test]
+    fn of_app_rechecks_the_label_when_the_store_is_a_step_ahead() {
+        let (store, mut writer) = kube::runtime::reflector::store::<Pod>();
+        let index = AppIndex::<Pod>::default();
+        for p in [pod("a", Some("x")), pod("b", Some("x"))] {
+            let event = watcher::Event::Apply(p);
+            writer.apply_watcher_event(&event);
+            index.apply(&event);
+        }
+        let cache = Cache::new(store, index);
+        // The store has seen b move to y; the index has not yet.
+        writer.apply_watcher_event(&watcher::Event::Apply(pod("b", Some("y"))));
+        let names: Vec<String> = cache.of_app("x").iter().map(|p| p.meta().name.clone().unwrap()).collect();
+        assert_eq!(names, ["a"]);
     }
 }

@@ -18,7 +18,7 @@ use super::Context;
 use super::apply::Applier;
 use super::error::{Error, Result, error_chain};
 use super::status::{Blocker, Observed, PassOutcome, component_statuses, conditions};
-use crate::api::{LABEL_APP, LABEL_COMPONENT, MANAGER, ResilientApp, ResilientAppStatus};
+use crate::api::{LABEL_COMPONENT, MANAGER, ResilientApp, ResilientAppStatus};
 use crate::render::{self, Desired, QuotaFit};
 use crate::resilience::{
     PodPlacement, RebalanceInput, allowed_zones_healthy, choose_move, node_zone, pod_ready, usable_zones,
@@ -145,7 +145,7 @@ async fn reconcile_app(app: &ResilientApp, ctx: &Context) -> Result<Action> {
 /// Apply every desired child, then delete the ones that no longer belong.
 ///
 /// In four steps, each a set of concurrent applies (a new app costs four API round trips, not
-/// eleven): the Namespace; its quota and container defaults, so the first pods already get them;
+/// one per child): the Namespace; its quota and container defaults, so the first pods already get them;
 /// NetworkPolicies, RoleBindings, Services and PDBs, so default-deny is in place before any pod
 /// exists; then the Deployments.
 async fn apply_all(applier: &Applier<'_>, namespace: &str, desired: Desired) -> Result<()> {
@@ -248,22 +248,16 @@ fn observe<'a>(
     plans: &'a std::collections::BTreeMap<String, crate::resilience::ReplicaPlan>,
 ) -> Observed<'a> {
     let name = app.name_any();
-    let ours = |labels: &std::collections::BTreeMap<String, String>| labels.get(LABEL_APP) == Some(&name);
     let deployments = ctx
         .stores
         .deployments
         .of_app(&name)
         .into_iter()
-        .filter(|d| d.namespace().as_deref() == Some(namespace) && ours(d.labels()))
+        .filter(|d| d.namespace().as_deref() == Some(namespace))
         .filter_map(|d| d.labels().get(LABEL_COMPONENT).cloned().map(|c| (c, d)))
         .collect();
-    let pods = ctx
-        .stores
-        .pods
-        .of_app(&name)
-        .into_iter()
-        .filter(|p| p.namespace().as_deref() == Some(namespace) && ours(p.labels()))
-        .collect();
+    let pods =
+        ctx.stores.pods.of_app(&name).into_iter().filter(|p| p.namespace().as_deref() == Some(namespace)).collect();
     let node_zones: HashMap<String, String> =
         nodes.iter().filter_map(|n| node_zone(n).map(|z| (n.name_any(), z.to_string()))).collect();
     Observed { zones, plans, deployments, pods, node_zones }
