@@ -20,6 +20,16 @@ else
   started_here=1
 fi
 cleanup() {
+  local status=$?
+  if [ "$status" != 0 ]; then
+    # The cluster directory (and its logs) goes away with the cluster: show what the operators
+    # the tests started logged, for a failure in CI.
+    for f in .cluster/logs/operator-*.log; do
+      [ -f "$f" ] || continue
+      step "last lines of $f"
+      tail -n 25 "$f"
+    done
+  fi
   if [ "$started_here" = 1 ] && [ "${KEEP_CLUSTER:-0}" != 1 ]; then
     step "stopping the local cluster"
     e2e/cluster.sh down

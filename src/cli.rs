@@ -158,7 +158,7 @@ fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
             duration: Duration::from_secs(args.lease_duration_seconds),
             grace: Duration::from_secs(args.lease_grace_seconds),
         };
-        let mut leadership = crate::leader::acquire(client.clone(), &lease).await?;
+        let mut leadership = crate::leader::acquire(client.clone(), &lease).await;
         metrics.set_leader(true);
         tokio::select! {
             result = controller::run(client, settings, metrics.clone(), health, reporter) => {

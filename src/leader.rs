@@ -8,7 +8,7 @@ use kube::Client;
 use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::info;
+use tracing::{info, warn};
 
 /// Where the lease lives and how long it lasts.
 #[derive(Clone, Debug)]
@@ -28,8 +28,24 @@ pub struct Leadership {
     task: JoinHandle<kube_lease_manager::Result<LeaseManager>>,
 }
 
-/// Wait until this instance holds the lease.
-pub async fn acquire(client: Client, settings: &LeaseSettings) -> anyhow::Result<Leadership> {
+/// Wait until this instance holds the lease. A failed API request (the lease manager stops on
+/// any error but a conflict) is retried with backoff: a standby must not exit on a transient
+/// error of the API server.
+pub async fn acquire(client: Client, settings: &LeaseSettings) -> Leadership {
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match try_acquire(client.clone(), settings).await {
+            Ok(leadership) => return leadership,
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), retry_in = ?delay, "leader election failed; trying again");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+async fn try_acquire(client: Client, settings: &LeaseSettings) -> anyhow::Result<Leadership> {
     let manager = LeaseManagerBuilder::new(client, &settings.name)
         .with_namespace(&settings.namespace)
         .with_identity(&settings.identity)
@@ -42,7 +58,14 @@ pub async fn acquire(client: Client, settings: &LeaseSettings) -> anyhow::Result
     let (mut rx, task) = manager.watch().await;
     info!(lease = %settings.name, namespace = %settings.namespace, identity = %settings.identity, "waiting for the leader lease");
     while !*rx.borrow_and_update() {
-        rx.changed().await.context("the lease manager stopped")?;
+        if rx.changed().await.is_err() {
+            let why = match task.await {
+                Ok(Err(e)) => e.to_string(),
+                Ok(Ok(_)) => "it returned".to_string(),
+                Err(e) => e.to_string(),
+            };
+            anyhow::bail!("the lease manager stopped: {why}");
+        }
     }
     info!(identity = %settings.identity, "acquired the leader lease");
     Ok(Leadership { rx, task })
