@@ -1,4 +1,4 @@
-//! Command line: `run`, `crd`, `render`.
+//! Command line: `run`, `crd`, `render`, `simulate`.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::api::ResilientApp;
 use crate::controller::{self, Settings};
 use crate::metrics::Metrics;
-use crate::render::{self, Desired};
+use crate::render::{self, Plan};
 use crate::resilience::Shortfall;
 
 /// A Kubernetes operator that turns one ResilientApp into a namespace with guardrails and
@@ -275,8 +275,9 @@ pub fn render_yaml(app: &ResilientApp, zones: &[String]) -> anyhow::Result<Strin
     let f = app.spec.resilience.zone_failures_tolerated;
     let mut out =
         format!("# ResilientApp {} over zones [{}], tolerating {f} zone failure(s)\n", app.name(), zones.join(", "));
-    for (name, plan) in render::replica_plans(app, zones) {
-        let note = match plan.shortfall {
+    let plan = Plan::for_zones(app, zones);
+    for (name, replicas) in &plan.replicas {
+        let note = match replicas.shortfall {
             None => "keeps minAvailable through the loss".to_string(),
             Some(Shortfall::InsufficientZones { .. }) => {
                 "NOT zone-failure tolerant: too few zones (best effort)".to_string()
@@ -285,37 +286,11 @@ pub fn render_yaml(app: &ResilientApp, zones: &[String]) -> anyhow::Result<Strin
                 format!("NOT zone-failure tolerant: needs {needed} replicas")
             }
         };
-        out.push_str(&format!("# component {name}: {} replicas, {note}\n", plan.replicas));
+        out.push_str(&format!("# component {name}: {} replicas, {note}\n", replicas.replicas));
     }
-    let Desired {
-        namespace,
-        resource_quota,
-        limit_range,
-        network_policies,
-        role_bindings,
-        deployments,
-        pod_disruption_budgets,
-        services,
-    } = render::render(app, zones);
-    let mut docs = vec![to_yaml(&namespace)?, to_yaml(&resource_quota)?, to_yaml(&limit_range)?];
-    for o in &network_policies {
-        docs.push(to_yaml(o)?);
-    }
-    for o in &role_bindings {
-        docs.push(to_yaml(o)?);
-    }
-    for o in &services {
-        docs.push(to_yaml(o)?);
-    }
-    for o in &pod_disruption_budgets {
-        docs.push(to_yaml(o)?);
-    }
-    for o in &deployments {
-        docs.push(to_yaml(o)?);
-    }
-    for d in docs {
+    for child in render::render(app, &plan).into_steps().into_iter().flatten() {
         out.push_str("---\n");
-        out.push_str(&d);
+        out.push_str(&to_yaml(&child)?);
     }
     Ok(out)
 }

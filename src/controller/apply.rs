@@ -2,10 +2,8 @@
 
 use std::collections::BTreeSet;
 use std::fmt::Debug;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures::future::try_join_all;
-
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
@@ -18,37 +16,72 @@ use super::diff;
 use super::error::{Error, Result};
 use super::index::Cache;
 use crate::api::MANAGER;
+use crate::render::{Child, Desired, child_kinds};
 
-/// Applies children of one app and counts the writes it made. Shared by the concurrent applies
-/// of one reconcile.
-pub(super) struct Applier<'a> {
-    pub ctx: &'a Context,
-    pub app: String,
-    writes: AtomicUsize,
+/// How to reach objects of a scope: the app's namespace for namespaced kinds, the cluster for the
+/// Namespace itself.
+pub(super) trait Scoped {
+    fn api<K: Resource<Scope = Self, DynamicType = ()>>(client: kube::Client, namespace: &str) -> Api<K>;
 }
 
-impl<'a> Applier<'a> {
-    pub fn new(ctx: &'a Context, app: String) -> Self {
-        Self { ctx, app, writes: AtomicUsize::new(0) }
+impl Scoped for k8s_openapi::NamespaceResourceScope {
+    fn api<K: Resource<Scope = Self, DynamicType = ()>>(client: kube::Client, namespace: &str) -> Api<K> {
+        Api::namespaced(client, namespace)
+    }
+}
+
+impl Scoped for k8s_openapi::ClusterResourceScope {
+    fn api<K: Resource<Scope = Self, DynamicType = ()>>(client: kube::Client, _: &str) -> Api<K> {
+        Api::all(client)
+    }
+}
+
+/// What applying an app's desired state did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Children created, updated or deleted.
+    pub writes: usize,
+}
+
+/// Apply every desired child in the order of [`Desired::into_steps`] (each step concurrently),
+/// then delete the children of the app that no longer belong.
+pub(super) async fn apply(ctx: &Context, app: &str, namespace: &str, desired: Desired) -> Result<Applied> {
+    let applier = Applier { ctx, app, namespace };
+    let mut writes = 0;
+    let mut keep: Vec<Child> = Vec::new();
+    for step in desired.into_steps() {
+        writes += try_join_all(step.iter().map(|child| applier.apply_child(child))).await?.iter().sum::<usize>();
+        keep.extend(step);
+    }
+    writes += applier.prune(&keep).await?;
+    Ok(Applied { writes })
+}
+
+struct Applier<'a> {
+    ctx: &'a Context,
+    app: &'a str,
+    /// The app's namespace: where every namespaced child lives.
+    namespace: &'a str,
+}
+
+impl Applier<'_> {
+    async fn apply_child(&self, child: &Child) -> Result<usize> {
+        macro_rules! dispatch {
+            ($($kind:ident: $field:ident,)*) => {
+                match child {
+                    $(Child::$kind(o) => self.apply(&self.ctx.stores.$field, o).await,)*
+                }
+            };
+        }
+        child_kinds!(dispatch)
     }
 
-    /// Writes sent so far.
-    pub fn writes(&self) -> usize {
-        self.writes.load(Ordering::Relaxed)
-    }
-
-    /// Apply every object of `desired` concurrently (see [`Self::apply`]).
-    pub async fn apply_each<K>(&self, api: &Api<K>, store: &Cache<K>, desired: &[K]) -> Result<()>
+    /// Apply `desired` unless the cached live object already contains all of it. Returns the
+    /// number of writes (0 or 1).
+    async fn apply<K>(&self, store: &Cache<K>, desired: &K) -> Result<usize>
     where
         K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned,
-    {
-        try_join_all(desired.iter().map(|d| self.apply(api, store, d))).await.map(|_| ())
-    }
-
-    /// Apply `desired` unless the cached live object already contains all of it.
-    pub async fn apply<K>(&self, api: &Api<K>, store: &Cache<K>, desired: &K) -> Result<()>
-    where
-        K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned,
+        K::Scope: Scoped,
     {
         let kind = K::kind(&()).to_string();
         let name = desired.name_any();
@@ -61,46 +94,66 @@ impl<'a> Applier<'a> {
             let have = serde_json::to_value(live.as_ref())
                 .map_err(|source| Error::Serialize { kind: kind.clone(), source })?;
             if diff::contains(&have, &want) {
-                return Ok(());
+                return Ok(0);
             }
             info!(app = %self.app, %kind, name, "putting back drifted object");
         } else {
             debug!(app = %self.app, %kind, name, "creating object");
         }
-        api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(desired))
+        K::Scope::api::<K>(self.ctx.client.clone(), self.namespace)
+            .patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(desired))
             .await
             .map_err(|source| Error::Apply { kind: kind.clone(), name: name.clone(), source })?;
-        self.writes.fetch_add(1, Ordering::Relaxed);
         self.ctx.metrics.api_write("apply", &kind);
-        Ok(())
+        Ok(1)
     }
 
-    /// Delete cached children of this app in `namespace` that are not in `keep`.
-    pub async fn prune<K>(&self, api: &Api<K>, store: &Cache<K>, namespace: &str, keep: &[K]) -> Result<()>
+    /// Delete the app's cached children in its namespace that are not in `keep`. Returns the
+    /// number of deletions. (The Namespace itself is cluster-scoped and never pruned.)
+    async fn prune(&self, keep: &[Child]) -> Result<usize> {
+        let mut writes = 0;
+        macro_rules! each_kind {
+            ($($kind:ident: $field:ident,)*) => {
+                $(writes += self.prune_kind(&self.ctx.stores.$field, keep).await?;)*
+            };
+        }
+        child_kinds!(each_kind);
+        Ok(writes)
+    }
+
+    /// Delete the app's cached children of kind `K` in its namespace that are not in `keep`.
+    async fn prune_kind<K>(&self, store: &Cache<K>, keep: &[Child]) -> Result<usize>
     where
         K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned,
+        K::Scope: Scoped,
     {
-        let keep: BTreeSet<String> = keep.iter().map(ResourceExt::name_any).collect();
-        let stale: Vec<String> = store
-            .of_app(&self.app)
+        let kind = K::kind(&()).to_string();
+        let keep: BTreeSet<&str> = keep
             .iter()
-            .filter(|o| o.namespace().as_deref() == Some(namespace))
+            .map(Child::kind_and_meta)
+            .filter(|(k, _)| *k == kind)
+            .filter_map(|(_, meta)| meta.name.as_deref())
+            .collect();
+        let stale: Vec<String> = store
+            .of_app(self.app)
+            .iter()
+            .filter(|o| o.namespace().as_deref() == Some(self.namespace))
             .filter(|o| o.meta().deletion_timestamp.is_none())
             .map(|o| o.name_any())
-            .filter(|n| !keep.contains(n))
+            .filter(|n| !keep.contains(n.as_str()))
             .collect();
-        for name in stale {
-            info!(app = %self.app, kind = %K::kind(&()), name, "deleting object that no longer belongs");
-            match api.delete(&name, &DeleteParams::background()).await {
+        for name in &stale {
+            info!(app = %self.app, %kind, name, "deleting object that no longer belongs");
+            match K::Scope::api::<K>(self.ctx.client.clone(), self.namespace)
+                .delete(name, &DeleteParams::background())
+                .await
+            {
                 Ok(_) => {}
                 Err(kube::Error::Api(status)) if status.is_not_found() => {}
-                Err(source) => {
-                    return Err(Error::Delete { kind: K::kind(&()).to_string(), name, source });
-                }
+                Err(source) => return Err(Error::Delete { kind, name: name.clone(), source }),
             }
-            self.writes.fetch_add(1, Ordering::Relaxed);
-            self.ctx.metrics.api_write("delete", &K::kind(&()));
+            self.ctx.metrics.api_write("delete", &kind);
         }
-        Ok(())
+        Ok(stale.len())
     }
 }

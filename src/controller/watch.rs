@@ -5,23 +5,29 @@ use std::collections::hash_map::DefaultHasher;
 use std::fmt::Debug;
 use std::hash::{Hash, Hasher};
 
+use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Node, NodeSpec, NodeStatus, Pod, PodSpec, PodStatus};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt as _};
 use serde::de::DeserializeOwned;
+use tracing::warn;
 
 use super::index::{AppIndex, Cache};
 use crate::api::{LABEL_APP, ResilientApp};
 use crate::resilience::{node_usable, node_zone};
 
-/// A cached, label-selected watch of one child kind, indexed by app, and the stream of touched
-/// objects that maps them to their owning ResilientApp.
-pub fn owned<K>(
-    client: &Client,
-    config: watcher::Config,
-) -> (Cache<K>, impl Stream<Item = Result<K, watcher::Error>> + Send + 'static)
+/// The apps whose children changed.
+pub type AppTriggers = BoxStream<'static, ObjectRef<ResilientApp>>;
+/// Nodes whose usability or zone changed.
+pub type NodeStream = BoxStream<'static, Result<Node, watcher::Error>>;
+/// Pods of apps whose placement or readiness changed.
+pub type PodStream = BoxStream<'static, Result<Pod, watcher::Error>>;
+
+/// A cached, label-selected watch of one child kind, indexed by app, and the stream of the apps
+/// owning the objects it sees change.
+pub fn owned<K>(client: &Client, config: watcher::Config) -> (Cache<K>, AppTriggers)
 where
     K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
 {
@@ -32,7 +38,18 @@ where
         .modify(|obj: &mut K| obj.managed_fields_mut().clear())
         .reflect(writer)
         .inspect(indexing(index.clone()))
-        .touched_objects();
+        .touched_objects()
+        .filter_map(|touched| {
+            futures::future::ready(match touched {
+                Ok(child) => owner(child),
+                Err(e) => {
+                    // The watcher backs off and retries by itself.
+                    warn!(kind = %K::kind(&()), error = %e, "watch of a child kind failed");
+                    None
+                }
+            })
+        })
+        .boxed();
     (Cache::new(reader, index), stream)
 }
 
@@ -50,19 +67,19 @@ where
 
 /// Nodes, keeping labels, taints, schedulability, readiness and allocatable resources only.
 /// Only changes of usability or zone reach the controller.
-pub fn nodes(client: &Client) -> (Store<Node>, impl Stream<Item = Result<Node, watcher::Error>> + Send + 'static) {
+pub fn nodes(client: &Client) -> (Store<Node>, NodeStream) {
     let (reader, writer) = reflector::store();
     let stream = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
         .default_backoff()
         .modify(trim_node)
         .reflect(writer);
-    let stream = changed_only(stream, |n: &Node| fingerprint(&(node_zone(n), node_usable(n))));
+    let stream = changed_only(stream, |n: &Node| fingerprint(&(node_zone(n), node_usable(n)))).boxed();
     (reader, stream)
 }
 
 /// Pods of ResilientApps, keeping labels, node, readiness and deletion only.
 /// Only changes of placement or readiness reach the controller.
-pub fn pods(client: &Client) -> (Cache<Pod>, impl Stream<Item = Result<Pod, watcher::Error>> + Send + 'static) {
+pub fn pods(client: &Client) -> (Cache<Pod>, PodStream) {
     let (reader, writer) = reflector::store();
     let index = AppIndex::default();
     let config = watcher::Config::default().labels(&format!("{},{LABEL_APP}", super::managed_selector()));
@@ -77,7 +94,8 @@ pub fn pods(client: &Client) -> (Cache<Pod>, impl Stream<Item = Result<Pod, watc
             crate::resilience::pod_ready(p),
             p.metadata.deletion_timestamp.is_some(),
         ))
-    });
+    })
+    .boxed();
     (Cache::new(reader, index), stream)
 }
 

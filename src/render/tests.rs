@@ -4,6 +4,11 @@ use k8s_openapi::api::core::v1::{ContainerPort, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+/// Render for zones that are all usable.
+fn render(app: &ResilientApp, zones: &[String]) -> Desired {
+    super::render(app, &Plan::for_zones(app, zones))
+}
+
 fn zones(n: usize) -> Vec<String> {
     ["zone-a", "zone-b", "zone-c", "zone-d"][..n].iter().map(|z| z.to_string()).collect()
 }
@@ -223,15 +228,15 @@ fn computed_quota_covers_replicas_surge_and_failover() {
 fn explicit_quota_wins_and_is_checked() {
     let mut a = app(vec![component("web", 4)]);
     a.spec.quota = Some(crate::api::Quota { cpu: Some(q("8")), memory: None, pods: Some(7) });
-    let plans = replica_plans(&a, &zones(3));
+    let plan = Plan::for_zones(&a, &zones(3));
     let hard = render(&a, &zones(3)).resource_quota.spec.unwrap().hard.unwrap();
     assert_eq!(hard["requests.cpu"], q("8"));
     assert_eq!(hard["pods"], q("7"));
-    assert!(matches!(quota_fit(&a, &plans), QuotaFit::NoRoomForSurge(m) if m.contains("spec.quota.pods")));
+    assert!(matches!(quota_fit(&a, &plan), QuotaFit::NoRoomForSurge(m) if m.contains("spec.quota.pods")));
     a.spec.quota.as_mut().unwrap().pods = Some(5);
-    assert!(matches!(quota_fit(&a, &plans), QuotaFit::TooSmall(m) if m.contains("spec.quota.pods")));
+    assert!(matches!(quota_fit(&a, &plan), QuotaFit::TooSmall(m) if m.contains("spec.quota.pods")));
     a.spec.quota.as_mut().unwrap().pods = Some(40);
-    assert_eq!(quota_fit(&a, &plans), QuotaFit::Fits);
+    assert_eq!(quota_fit(&a, &plan), QuotaFit::Fits);
 }
 
 #[test]

@@ -185,10 +185,11 @@ pub fn metric_sum(text: &str, prefix: &str) -> f64 {
     text.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
 }
 
-/// Wait until the operator's /metrics answers and its caches are synced.
+/// Wait until the operator is ready: `/readyz` answers 200 only once its caches are synced.
 pub async fn wait_operator_ready() {
-    wait_for("the operator to serve /metrics", Duration::from_secs(60), || async {
-        try_operator_metrics().filter(|t| t.contains("resilient_operator"))
+    let port = *METRICS_PORT.get().expect("operator started");
+    wait_for("the operator's /readyz to answer 200 (caches synced)", Duration::from_secs(60), || async {
+        http_get(port, "/readyz").filter(|(code, _)| *code == 200)
     })
     .await;
 }
@@ -347,10 +348,17 @@ impl Drop for OperatorProcess {
 
 /// GET /metrics on a local port.
 pub fn metrics_of(port: u16) -> Option<String> {
+    http_get(port, "/metrics").map(|(_, body)| body)
+}
+
+/// GET a path on a local port: the status code and the body.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body).ok()?;
-    Some(body)
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let code = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
+    Some((code, body))
 }
