@@ -46,6 +46,12 @@ async fn a_deleted_app_leaves_nothing_behind() {
     for name in &names {
         apps.delete(name, &DeleteParams::default()).await.unwrap();
     }
+    for name in &names {
+        wait_for(&format!("{name} to be gone (cleaned up, finalizer removed)"), Duration::from_secs(90), || async {
+            apps.get_opt(name).await.ok()?.is_none().then_some(())
+        })
+        .await;
+    }
     // Without forgetting, the gauge would keep the three deleted apps for ever.
     let after = counts_exactly_the_apps(&client, "the deleted apps to be forgotten").await;
     assert_eq!(after, before);

@@ -23,6 +23,10 @@ pub const MANAGER: &str = "resilient-operator";
 pub const LABEL_APP: &str = "resilient.dev/app";
 pub const LABEL_COMPONENT: &str = "resilient.dev/component";
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+/// Put on every ResilientApp: the operator deletes (or keeps) what the app owns itself.
+pub const FINALIZER: &str = "resilient.dev/cleanup";
+/// On a namespace kept after its app was deleted: the name of that app, which may adopt it again.
+pub const LABEL_RETAINED_FROM: &str = "resilient.dev/retained-from";
 
 /// Upper bounds keep the CEL cost estimate of the validation rules bounded.
 const MAX_COMPONENTS: u32 = 32;
@@ -71,6 +75,13 @@ pub struct ResilientAppSpec {
     #[serde(default)]
     pub pod_security: PodSecurityLevel,
 
+    /// What deleting the app does to its namespace. Retain (default): the operator's children go,
+    /// the namespace goes only if nothing else is left in it, else it is kept and labelled
+    /// resilient.dev/retained-from. Delete: the namespace and everything in it. Orphan: everything
+    /// keeps running, without the operator.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+
     /// How many zones may be lost at once, and how fast pods fail over.
     #[serde(default)]
     pub resilience: Resilience,
@@ -95,6 +106,18 @@ pub struct ResilientAppSpec {
     #[schemars(length(min = 1, max = MAX_COMPONENTS))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub components: Vec<Component>,
+}
+
+/// What deleting a ResilientApp does to what it owns.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Delete the operator's children; delete the namespace only when nothing else is left in it.
+    #[default]
+    Retain,
+    /// Delete the namespace and everything in it.
+    Delete,
+    /// Leave everything running and drop the operator's ownership.
+    Orphan,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]

@@ -4,7 +4,9 @@ use std::collections::BTreeSet;
 use std::fmt::Debug;
 
 use futures::future::try_join_all;
-use kube::api::{DeleteParams, Patch, PatchParams};
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
@@ -14,9 +16,15 @@ use tracing::{debug, info};
 use super::Context;
 use super::diff;
 use super::error::{Error, Result};
+use super::gate::Validated;
 use super::index::Cache;
-use crate::api::MANAGER;
+use crate::api::{LABEL_RETAINED_FROM, MANAGER, ResilientApp};
 use crate::render::{Child, Desired, child_kinds};
+
+/// Whether `meta`'s controller owner reference points at the object with `uid`.
+pub(super) fn controlled_by(meta: &ObjectMeta, uid: &str) -> bool {
+    meta.owner_references.iter().flatten().any(|o| o.controller == Some(true) && o.uid == uid)
+}
 
 /// How to reach objects of a scope: the app's namespace for namespaced kinds, the cluster for the
 /// Namespace itself.
@@ -43,10 +51,13 @@ pub struct Applied {
     pub writes: usize,
 }
 
-/// Apply every desired child in the order of [`Desired::into_steps`] (each step concurrently),
-/// then delete the children of the app that no longer belong.
-pub(super) async fn apply(ctx: &Context, app: &str, namespace: &str, desired: Desired) -> Result<Applied> {
-    let applier = Applier { ctx, app, namespace };
+/// Render the app and apply every child in the order of [`Desired::into_steps`] (each step
+/// concurrently), then delete the children of the app that no longer belong.
+pub(super) async fn apply(ctx: &Context, app: &ResilientApp, validated: &Validated) -> Result<Applied> {
+    let (name, namespace, uid) = (app.name_any(), app.target_namespace(), app.uid().unwrap_or_default());
+    let applier =
+        Applier { ctx, app: &name, namespace: &namespace, uid: &uid, create_namespace: validated.create_namespace };
+    let desired: Desired = validated.render(app);
     let mut writes = 0;
     let mut keep: Vec<Child> = Vec::new();
     for step in desired.into_steps() {
@@ -62,10 +73,17 @@ struct Applier<'a> {
     app: &'a str,
     /// The app's namespace: where every namespaced child lives.
     namespace: &'a str,
+    /// The app's uid: its children, and only they, carry a controller reference to it.
+    uid: &'a str,
+    /// The namespace does not exist yet: create it.
+    create_namespace: bool,
 }
 
 impl Applier<'_> {
     async fn apply_child(&self, child: &Child) -> Result<usize> {
+        if let Child::Namespace(ns) = child {
+            return self.apply_namespace(ns).await;
+        }
         macro_rules! dispatch {
             ($($kind:ident: $field:ident,)*) => {
                 match child {
@@ -74,6 +92,51 @@ impl Applier<'_> {
             };
         }
         child_kinds!(dispatch)
+    }
+
+    /// Create the namespace if it does not exist (one that appears meanwhile is someone else's: it
+    /// is never applied over), else apply it; drop the owner reference earlier versions put on it.
+    async fn apply_namespace(&self, desired: &Namespace) -> Result<usize> {
+        let api: Api<Namespace> = Api::all(self.ctx.client.clone());
+        let name = desired.name_any();
+        if self.create_namespace {
+            info!(app = %self.app, name, "creating namespace");
+            return match api
+                .create(&PostParams { field_manager: Some(MANAGER.into()), ..Default::default() }, desired)
+                .await
+            {
+                Ok(_) => {
+                    self.ctx.metrics.api_write("create", "Namespace");
+                    Ok(1)
+                }
+                Err(kube::Error::Api(s)) if s.is_already_exists() => Err(Error::NamespaceTaken(name)),
+                Err(source) => Err(Error::Apply { kind: "Namespace".into(), name, source }),
+            };
+        }
+        let mut writes = self.apply(&self.ctx.stores.namespaces, desired).await?;
+        let Some(live) = self.ctx.stores.namespaces.get(&ObjectRef::new(&name)) else {
+            return Ok(writes);
+        };
+        // Garbage collection must never delete the namespace (and the app's data) with the app:
+        // drop the owner reference earlier versions put there. An adopted namespace is no longer
+        // "retained".
+        let owned = live.owner_references().iter().any(|o| o.kind == "ResilientApp");
+        let retained = live.labels().contains_key(LABEL_RETAINED_FROM);
+        if owned || retained {
+            info!(app = %self.app, name, owned, retained, "taking the namespace over from an earlier version or app");
+            let mut patch = serde_json::json!({"metadata": {"labels": {LABEL_RETAINED_FROM: null}}});
+            if owned {
+                patch["metadata"]["ownerReferences"] = serde_json::Value::Null;
+            }
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await.map_err(|source| Error::Apply {
+                kind: "Namespace".into(),
+                name: name.clone(),
+                source,
+            })?;
+            self.ctx.metrics.api_write("patch", "Namespace");
+            writes += 1;
+        }
+        Ok(writes)
     }
 
     /// Apply `desired` unless the cached live object already contains all of it. Returns the
@@ -134,22 +197,27 @@ impl Applier<'_> {
             .filter(|(k, _)| *k == kind)
             .filter_map(|(_, meta)| meta.name.as_deref())
             .collect();
-        let stale: Vec<String> = store
+        // Only what this app controls (a look-alike with the same labels is someone else's), and
+        // only that very object (the uid precondition), never one re-created under its name.
+        let stale: Vec<(String, String)> = store
             .of_app(self.app)
             .iter()
             .filter(|o| o.namespace().as_deref() == Some(self.namespace))
             .filter(|o| o.meta().deletion_timestamp.is_none())
-            .map(|o| o.name_any())
-            .filter(|n| !keep.contains(n.as_str()))
+            .filter(|o| controlled_by(o.meta(), self.uid))
+            .filter(|o| !keep.contains(o.name_any().as_str()))
+            .filter_map(|o| Some((o.name_any(), o.uid()?)))
             .collect();
-        for name in &stale {
+        for (name, uid) in &stale {
             info!(app = %self.app, %kind, name, "deleting object that no longer belongs");
-            match K::Scope::api::<K>(self.ctx.client.clone(), self.namespace)
-                .delete(name, &DeleteParams::background())
-                .await
-            {
+            let params = DeleteParams {
+                preconditions: Some(Preconditions { uid: Some(uid.clone()), resource_version: None }),
+                ..DeleteParams::background()
+            };
+            match K::Scope::api::<K>(self.ctx.client.clone(), self.namespace).delete(name, &params).await {
                 Ok(_) => {}
-                Err(kube::Error::Api(status)) if status.is_not_found() => {}
+                // Gone already, or replaced by another object of that name (uid precondition).
+                Err(kube::Error::Api(status)) if status.is_not_found() || status.code == 409 => {}
                 Err(source) => return Err(Error::Delete { kind, name: name.clone(), source }),
             }
             self.ctx.metrics.api_write("delete", &kind);

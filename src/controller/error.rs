@@ -32,6 +32,12 @@ pub enum Error {
     },
     #[error("writing status")]
     Status(#[source] kube::Error),
+    #[error("namespace {0} appeared before the operator could create it; it is not adopted")]
+    NamespaceTaken(String),
+    #[error("cleaning up after the deleted app: {0}")]
+    Cleanup(String),
+    #[error("{0}")]
+    Finalizer(String),
     #[error("caches did not sync within {0:?}")]
     CachesNotReady(Duration),
     #[error("serializing {kind}")]
@@ -51,6 +57,9 @@ impl Error {
             Self::Evict { .. } => "evict",
             Self::ReadNamespace { .. } => "read",
             Self::Status(_) => "status",
+            Self::NamespaceTaken(_) => "namespace",
+            Self::Cleanup(_) => "cleanup",
+            Self::Finalizer(_) => "finalizer",
             Self::CachesNotReady(_) => "cache",
             Self::Serialize { .. } => "internal",
         }

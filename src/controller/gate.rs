@@ -4,7 +4,7 @@
 use k8s_openapi::api::core::v1::Namespace;
 use kube::{Resource, ResourceExt};
 
-use crate::api::ResilientApp;
+use crate::api::{LABEL_APP, LABEL_MANAGED_BY, LABEL_RETAINED_FROM, MANAGER, ResilientApp};
 use crate::render::{self, Desired, Plan, QuotaFit, SpecError};
 
 /// Why an app's children are not applied in this pass.
@@ -43,11 +43,16 @@ impl Blocker {
     }
 }
 
-/// The app may be applied: its plan, and a warning for the Ready message, if any.
+/// The app may be applied: its plan, and what the pass must know on the way.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Validated {
     pub plan: Plan,
+    /// A warning for the Ready message, if any.
     pub warning: Option<String>,
+    /// The namespace does not exist: create it (never apply over one that appeared meanwhile).
+    pub create_namespace: bool,
+    /// The namespace was retained from an earlier app of this name and is adopted now.
+    pub adopting: bool,
 }
 
 impl Validated {
@@ -76,8 +81,12 @@ pub fn plan_of(gate: &Gate) -> &Plan {
 /// What the app's namespace, as it exists now, means for the app.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NamespaceVerdict {
-    /// Absent (it will be created) or controlled by this app.
-    Usable,
+    /// It does not exist: create it.
+    Absent,
+    /// This app's: labelled for it, or (from earlier versions) controlled by it.
+    Ours,
+    /// Kept when an app of this name was deleted: adopt it.
+    Retained,
     /// Someone else's: never adopted or touched.
     Conflict(String),
     /// Being deleted, or left over from a deleted app of the same name: look again shortly.
@@ -87,30 +96,42 @@ pub enum NamespaceVerdict {
 /// Does `namespace` (None: it does not exist) belong to `app`?
 pub fn namespace_verdict(namespace: Option<&Namespace>, app: &ResilientApp) -> NamespaceVerdict {
     let Some(ns) = namespace else {
-        return NamespaceVerdict::Usable;
+        return NamespaceVerdict::Absent;
     };
-    let name = ns.name_any();
-    let uid = app.uid().unwrap_or_default();
-    let controller = ns.owner_references().iter().find(|o| o.controller == Some(true));
-    let ours = controller.is_some_and(|o| o.uid == uid);
-    let an_app = controller.is_some_and(|o| o.kind == "ResilientApp");
-    if ns.meta().deletion_timestamp.is_some() && (ours || an_app) {
+    let (name, app_name, uid) = (ns.name_any(), app.name_any(), app.uid().unwrap_or_default());
+    let label = |key: &str| ns.labels().get(key).map(String::as_str);
+    let managed = label(LABEL_MANAGED_BY) == Some(MANAGER);
+    let labelled_for = managed.then(|| label(LABEL_APP)).flatten();
+    let retained_from = managed.then(|| label(LABEL_RETAINED_FROM)).flatten();
+    // Earlier versions put a controller owner reference to the app on the namespace.
+    let owner = ns.owner_references().iter().find(|o| o.controller == Some(true) && o.kind == "ResilientApp");
+    let ours = labelled_for == Some(app_name.as_str()) || owner.is_some_and(|o| o.uid == uid);
+    let an_app = labelled_for.is_some() || retained_from.is_some() || owner.is_some();
+    if ns.meta().deletion_timestamp.is_some() && an_app {
         return NamespaceVerdict::Wait(format!("namespace {name} is being deleted; it is recreated once it is gone"));
     }
-    match controller {
-        _ if ours => NamespaceVerdict::Usable,
-        Some(o) if o.kind == "ResilientApp" && o.name == app.name_any() => NamespaceVerdict::Wait(format!(
+    if ours {
+        return NamespaceVerdict::Ours;
+    }
+    if let Some(o) = owner.filter(|o| o.name == app_name) {
+        return NamespaceVerdict::Wait(format!(
             "namespace {name} still belongs to a deleted ResilientApp {} (uid {}); waiting for garbage collection",
             o.name, o.uid
-        )),
-        Some(o) => NamespaceVerdict::Conflict(format!(
-            "namespace {name} already exists and is controlled by {} {}; it is left untouched",
-            o.kind, o.name
-        )),
-        None => NamespaceVerdict::Conflict(format!(
-            "namespace {name} already exists and is not owned by this ResilientApp; it is left untouched (delete it, or set spec.namespace to another name)"
-        )),
+        ));
     }
+    if retained_from == Some(app_name.as_str()) && labelled_for.is_none() && owner.is_none() {
+        return NamespaceVerdict::Retained;
+    }
+    let whose =
+        match (labelled_for, retained_from, owner, ns.owner_references().iter().find(|o| o.controller == Some(true))) {
+            (Some(other), ..) => format!("belongs to ResilientApp {other}"),
+            (None, Some(other), ..) => format!("was retained from ResilientApp {other}"),
+            (None, None, Some(o), _) | (None, None, None, Some(o)) => format!("is controlled by {} {}", o.kind, o.name),
+            (None, None, None, None) => "is not owned by this ResilientApp".to_string(),
+        };
+    NamespaceVerdict::Conflict(format!(
+        "namespace {name} already exists and {whose}; it is left untouched (delete it, or set spec.namespace to another name)"
+    ))
 }
 
 /// Validation, the namespace verdict and the quota fit, in that order: the first problem blocks.
@@ -119,16 +140,20 @@ pub fn gate(app: &ResilientApp, plan: Plan, namespace: Option<&Namespace>) -> Ga
     if !errors.is_empty() {
         return Err(Blocked { plan, why: Blocker::InvalidSpec(errors) });
     }
-    match namespace_verdict(namespace, app) {
-        NamespaceVerdict::Usable => {}
+    let verdict = namespace_verdict(namespace, app);
+    let (create_namespace, adopting) = match verdict {
+        NamespaceVerdict::Absent => (true, false),
+        NamespaceVerdict::Ours => (false, false),
+        NamespaceVerdict::Retained => (false, true),
         NamespaceVerdict::Conflict(m) => return Err(Blocked { plan, why: Blocker::NamespaceConflict(m) }),
         NamespaceVerdict::Wait(m) => return Err(Blocked { plan, why: Blocker::Waiting(m) }),
-    }
-    match render::quota_fit(app, &plan) {
-        QuotaFit::TooSmall(m) => Err(Blocked { plan, why: Blocker::QuotaTooSmall(m) }),
-        QuotaFit::NoRoomForSurge(m) => Ok(Validated { plan, warning: Some(m) }),
-        QuotaFit::Fits => Ok(Validated { plan, warning: None }),
-    }
+    };
+    let warning = match render::quota_fit(app, &plan) {
+        QuotaFit::TooSmall(m) => return Err(Blocked { plan, why: Blocker::QuotaTooSmall(m) }),
+        QuotaFit::NoRoomForSurge(m) => Some(m),
+        QuotaFit::Fits => None,
+    };
+    Ok(Validated { plan, warning, create_namespace, adopting })
 }
 
 #[cfg(test)]
@@ -168,40 +193,57 @@ mod tests {
         }
     }
 
+    fn labelled(labels: &[(&str, &str)], deleting: bool) -> Namespace {
+        let mut n = ns(None, deleting);
+        n.metadata.labels = Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+        n
+    }
+
+    const MANAGED: (&str, &str) = (LABEL_MANAGED_BY, MANAGER);
+
     #[test]
     fn namespace_verdicts() {
+        use NamespaceVerdict::*;
         let a = app();
-        assert_eq!(namespace_verdict(None, &a), NamespaceVerdict::Usable);
-        assert_eq!(
-            namespace_verdict(Some(&ns(Some(("ResilientApp", "shop", "uid-1")), false)), &a),
-            NamespaceVerdict::Usable
-        );
+        assert_eq!(namespace_verdict(None, &a), Absent);
+        // Labelled for this app: ours. Labelled by hand without the managed-by label: not ours.
+        assert_eq!(namespace_verdict(Some(&labelled(&[MANAGED, (LABEL_APP, "shop")], false)), &a), Ours);
+        assert!(matches!(namespace_verdict(Some(&labelled(&[(LABEL_APP, "shop")], false)), &a), Conflict(_)));
+        // Upgrade: an earlier version's owner reference to this app (this uid) is ours too.
+        assert_eq!(namespace_verdict(Some(&ns(Some(("ResilientApp", "shop", "uid-1")), false)), &a), Ours);
+        // Retained from an app of this name: adopted; from another app: someone else's.
+        assert_eq!(namespace_verdict(Some(&labelled(&[MANAGED, (LABEL_RETAINED_FROM, "shop")], false)), &a), Retained);
+        assert!(matches!(
+            namespace_verdict(Some(&labelled(&[MANAGED, (LABEL_RETAINED_FROM, "cart")], false)), &a),
+            Conflict(m) if m.contains("retained from ResilientApp cart")
+        ));
         // Ours, or any app's, being deleted: wait and recreate.
         assert!(matches!(
-            namespace_verdict(Some(&ns(Some(("ResilientApp", "shop", "uid-1")), true)), &a),
-            NamespaceVerdict::Wait(m) if m.contains("being deleted")
+            namespace_verdict(Some(&labelled(&[MANAGED, (LABEL_APP, "shop")], true)), &a),
+            Wait(m) if m.contains("being deleted")
         ));
-        assert!(matches!(
-            namespace_verdict(Some(&ns(Some(("ResilientApp", "other", "uid-9")), true)), &a),
-            NamespaceVerdict::Wait(_)
-        ));
-        // Left over from a deleted app of the same name (another uid): wait for garbage collection.
+        assert!(matches!(namespace_verdict(Some(&ns(Some(("ResilientApp", "other", "uid-9")), true)), &a), Wait(_)));
+        // Left over from a deleted app of the same name (another uid, earlier version): wait for GC.
         assert!(matches!(
             namespace_verdict(Some(&ns(Some(("ResilientApp", "shop", "uid-0")), false)), &a),
-            NamespaceVerdict::Wait(m) if m.contains("uid-0")
+            Wait(m) if m.contains("uid-0")
         ));
-        // Another app's, or another controller's, or nobody's: never touched.
+        // Another app's, another controller's, or nobody's: never touched.
+        assert!(matches!(
+            namespace_verdict(Some(&labelled(&[MANAGED, (LABEL_APP, "cart")], false)), &a),
+            Conflict(m) if m.contains("belongs to ResilientApp cart")
+        ));
         assert!(matches!(
             namespace_verdict(Some(&ns(Some(("ResilientApp", "other", "uid-9")), false)), &a),
-            NamespaceVerdict::Conflict(m) if m.contains("ResilientApp other")
+            Conflict(m) if m.contains("ResilientApp other")
         ));
         assert!(matches!(
             namespace_verdict(Some(&ns(Some(("HelmRelease", "x", "uid-7")), true)), &a),
-            NamespaceVerdict::Conflict(m) if m.contains("HelmRelease x")
+            Conflict(m) if m.contains("HelmRelease x")
         ));
         assert!(matches!(
             namespace_verdict(Some(&ns(None, false)), &a),
-            NamespaceVerdict::Conflict(m) if m.contains("not owned by this ResilientApp")
+            Conflict(m) if m.contains("not owned by this ResilientApp")
         ));
     }
 
@@ -211,11 +253,14 @@ mod tests {
         let mut a = app();
         let plan = Plan::for_zones(&a, &zones);
         let ok = gate(&a, plan.clone(), None).unwrap();
-        assert_eq!((ok.plan.replicas["web"].replicas, ok.warning), (3, None));
+        assert_eq!((ok.plan.replicas["web"].replicas, ok.warning, ok.create_namespace), (3, None, true));
+        let retained = labelled(&[MANAGED, (LABEL_RETAINED_FROM, "shop")], false);
+        let adopt = gate(&a, plan.clone(), Some(&retained)).unwrap();
+        assert_eq!((adopt.create_namespace, adopt.adopting), (false, true));
         let conflict = gate(&a, plan.clone(), Some(&ns(None, false))).unwrap_err();
         assert_eq!(conflict.why.reason(), "NamespaceConflict");
         assert!(conflict.why.is_stalled());
-        let waiting = gate(&a, plan.clone(), Some(&ns(Some(("ResilientApp", "shop", "uid-1")), true))).unwrap_err();
+        let waiting = gate(&a, plan.clone(), Some(&labelled(&[MANAGED, (LABEL_APP, "shop")], true))).unwrap_err();
         assert!(!waiting.why.is_stalled());
         // Quota: too small blocks, no surge room only warns.
         a.spec.quota = Some(crate::api::Quota { cpu: None, memory: None, pods: Some(2) });

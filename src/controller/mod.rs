@@ -7,6 +7,7 @@
 //!    Events of its transitions and the requeue, written only when the status changed.
 
 mod apply;
+mod cleanup;
 pub mod diff;
 mod error;
 pub mod gate;

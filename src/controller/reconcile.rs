@@ -9,6 +9,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{EvictParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
+use kube::runtime::finalizer::{self, Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
@@ -16,10 +17,11 @@ use tracing::{debug, field, info, instrument, warn};
 
 use super::Context;
 use super::apply::{Applied, apply};
+use super::cleanup::cleanup;
 use super::error::{Error, Result, error_chain};
 use super::gate::{Gate, gate, plan_of};
 use super::status::{self, Notice, Observed, Pass, may_rebalance};
-use crate::api::{LABEL_COMPONENT, MANAGER, ResilientApp, ResilientAppStatus};
+use crate::api::{FINALIZER, LABEL_COMPONENT, MANAGER, ResilientApp, ResilientAppStatus};
 use crate::render::Plan;
 use crate::resilience::{
     PodPlacement, RebalanceInput, ZoneMap, allowed_zones_healthy, choose_move, plan_zones, pod_ready,
@@ -32,12 +34,20 @@ const CACHE_SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 pub(super) async fn reconcile(app: Arc<ResilientApp>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
     ctx.synced.wait(CACHE_SYNC_TIMEOUT).await?;
-    if app.meta().deletion_timestamp.is_some() {
-        // Garbage collection removes every child through the owner references.
-        ctx.forget(&app.name_any());
-        return Ok(Action::await_change());
-    }
-    let result = reconcile_app(&app, &ctx).await;
+    let api: Api<ResilientApp> = Api::all(ctx.client.clone());
+    let result = finalizer(&api, FINALIZER, app.clone(), |event| async {
+        match event {
+            FinalizerEvent::Apply(app) => reconcile_app(&app, &ctx).await,
+            FinalizerEvent::Cleanup(app) => cleanup(&app, &ctx).await,
+        }
+    })
+    .await
+    .or_else(|e| match e {
+        // Removed already, by an earlier pass: the app is gone.
+        finalizer::Error::RemoveFinalizer(kube::Error::Api(s)) if s.is_not_found() => Ok(Action::await_change()),
+        finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => Err(e),
+        other => Err(Error::Finalizer(error_chain(&other))),
+    });
     ctx.metrics.reconciled(started.elapsed());
     debug!(took_ms = started.elapsed().as_millis() as u64, ok = result.is_ok(), "reconciled");
     match &result {
@@ -62,7 +72,7 @@ async fn reconcile_app(app: &ResilientApp, ctx: &Context) -> Result<Action> {
     let plan = Plan::new(app, plan_zones(nodes.iter().map(AsRef::as_ref), &app.spec.resilience.zones, last_zones));
     let gate = gate(app, plan, read_namespace(ctx, &namespace).await?.as_deref());
     let applied = match &gate {
-        Ok(validated) => apply(ctx, &name, &namespace, validated.render(app)).await?,
+        Ok(validated) => apply(ctx, app, validated).await?,
         Err(blocked) => {
             info!(app = %name, reason = blocked.why.reason(), "not applying: {}", blocked.why.message());
             Applied::default()
@@ -90,7 +100,7 @@ async fn reconcile_app(app: &ResilientApp, ctx: &Context) -> Result<Action> {
 
 /// The app's namespace: from the cache of ours, else (someone else's, or the cache lags) from the
 /// API server. `None` when it does not exist.
-async fn read_namespace(ctx: &Context, name: &str) -> Result<Option<Arc<Namespace>>> {
+pub(super) async fn read_namespace(ctx: &Context, name: &str) -> Result<Option<Arc<Namespace>>> {
     if let Some(ns) = ctx.stores.namespaces.get(&ObjectRef::new(name)) {
         return Ok(Some(ns));
     }
@@ -205,7 +215,7 @@ async fn write_status(ctx: &Context, app: &ResilientApp, status: &ResilientAppSt
     Ok(())
 }
 
-async fn publish(ctx: &Context, app: &ResilientApp, notice: &Notice) {
+pub(super) async fn publish(ctx: &Context, app: &ResilientApp, notice: &Notice) {
     let event = Event {
         type_: notice.type_,
         reason: notice.reason.clone(),

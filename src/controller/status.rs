@@ -83,6 +83,16 @@ pub fn compute(pass: &Pass, previous: &ResilientAppStatus, now: &Time, resync: D
     if let Some(moved) = &pass.rebalanced {
         events.push(Notice::new(EventType::Normal, "Rebalanced", "Rebalance", moved));
     }
+    if let Ok(v) = pass.gate
+        && v.adopting
+    {
+        let note = format!(
+            "namespace {} was retained from an earlier ResilientApp {} and is adopted",
+            app.target_namespace(),
+            app.name()
+        );
+        events.push(Notice::new(EventType::Normal, "NamespaceAdopted", "Adopt", &note));
+    }
     let warning = pass.gate.as_ref().ok().and_then(|v| v.warning.as_deref());
     events.extend(transitions(&previous.conditions, &status.conditions, warning));
     Outcome { status, events, action: requeue(pass, resync) }

@@ -162,16 +162,20 @@ fn key_of<K: Resource>(obj: &K) -> String {
     format!("{}/{}", obj.meta().namespace.as_deref().unwrap_or(""), obj.meta().name.as_deref().unwrap_or(""))
 }
 
-/// The ResilientApp controlling a child. Cluster-scoped, so the reference carries no namespace
-/// (kube's `owns` would put the child's namespace in it and split one app into two queue entries).
+/// The ResilientApp controlling a child: its controller reference (cluster-scoped, so the reference
+/// carries no namespace: kube's `owns` would put the child's namespace in it and split one app into
+/// two queue entries), or, for the Namespace, which has no owner reference, its app label.
 pub fn owner<K: Resource>(child: K) -> Option<ObjectRef<ResilientApp>> {
-    child
-        .meta()
-        .owner_references
-        .as_ref()?
-        .iter()
-        .find(|o| o.controller == Some(true) && o.kind == "ResilientApp" && o.api_version == "resilient.dev/v1alpha1")
-        .map(|o| ObjectRef::new(&o.name))
+    let meta = child.meta();
+    let controller =
+        meta.owner_references.iter().flatten().find(|o| {
+            o.controller == Some(true) && o.kind == "ResilientApp" && o.api_version == "resilient.dev/v1alpha1"
+        });
+    match controller {
+        Some(o) => Some(ObjectRef::new(&o.name)),
+        None if meta.namespace.is_none() => meta.labels.as_ref()?.get(LABEL_APP).map(|app| ObjectRef::new(app)),
+        None => None,
+    }
 }
 
 /// The apps whose usable zones a node change can affect: those allowing the node's zone.

@@ -223,14 +223,10 @@ impl<'a> RenderContext<'a> {
         }
     }
 
-    /// Metadata of the Namespace itself (cluster-scoped).
+    /// Metadata of the Namespace itself (cluster-scoped). No owner reference: deleting the app
+    /// follows its deletionPolicy, and garbage collection must never take the app's data with it.
     pub fn namespace_meta(&self, labels: BTreeMap<String, String>) -> ObjectMeta {
-        ObjectMeta {
-            name: Some(self.namespace.clone()),
-            labels: Some(labels),
-            owner_references: self.owner.clone().map(|o| vec![o]),
-            ..Default::default()
-        }
+        ObjectMeta { name: Some(self.namespace.clone()), labels: Some(labels), ..Default::default() }
     }
 }
 

@@ -50,7 +50,7 @@ fn observed(pods: Vec<Arc<Pod>>) -> Observed {
 }
 
 fn ok(a: &ResilientApp, zones: &[String]) -> Gate {
-    Ok(Validated { plan: Plan::for_zones(a, zones), warning: None })
+    Ok(Validated { plan: Plan::for_zones(a, zones), warning: None, create_namespace: false, adopting: false })
 }
 
 /// The outcome of one pass that wrote `writes` changes, from an empty previous status.
@@ -179,7 +179,11 @@ fn rebalancing_only_in_a_settled_pass() {
     assert!(!may_rebalance(&a, &good, 1), "not in a pass that wrote");
     let mut fallback = Plan::for_zones(&a, &zones());
     fallback.no_usable_zones = true;
-    assert!(!may_rebalance(&a, &Ok(Validated { plan: fallback, warning: None }), 0));
+    assert!(!may_rebalance(
+        &a,
+        &Ok(Validated { plan: fallback, warning: None, create_namespace: false, adopting: false }),
+        0
+    ));
     let waiting = Err(Blocked { plan: Plan::for_zones(&a, &zones()), why: Blocker::Waiting("w".into()) });
     assert!(!may_rebalance(&a, &waiting, 0));
     a.spec.resilience.rebalance = false;
