@@ -30,6 +30,12 @@ pub const LABEL_RETAINED_FROM: &str = "resilient.dev/retained-from";
 
 /// Upper bounds keep the CEL cost estimate of the validation rules bounded.
 const MAX_COMPONENTS: u32 = 32;
+/// The largest minAvailable and replicas of a component. The API server does not enforce
+/// `format: int32` for custom resources: without a maximum, a value past i32 is stored and then
+/// cannot be read, and huge values size quotas of hundreds of thousands of pods.
+pub const MAX_REPLICAS: i32 = 10_000;
+/// The largest explicit `quota.pods`.
+pub const MAX_QUOTA_PODS: i32 = 1_000_000;
 
 /// A whole application: its namespace, guardrails and zone-spread workloads.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -192,7 +198,7 @@ pub struct Quota {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<Quantity>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = MAX_QUOTA_PODS))]
     pub pods: Option<i32>,
 }
 
@@ -264,11 +270,11 @@ pub struct Component {
     #[schemars(length(min = 1))]
     pub image: String,
     /// Ready pods guaranteed even while zoneFailuresTolerated zones are down.
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = MAX_REPLICAS))]
     pub min_available: i32,
     /// Replica count. When absent it is computed from minAvailable and the usable zones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = MAX_REPLICAS))]
     pub replicas: Option<i32>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,

@@ -49,6 +49,21 @@ pub enum Error {
 }
 
 impl Error {
+    /// The API server's message when this is a write it refuses for good (bad request,
+    /// forbidden by RBAC or an admission policy, invalid): retrying the same write cannot help
+    /// until something else changes. `None` for everything transient (timeouts, 404, 409, 429, 5xx).
+    pub fn rejection(&self) -> Option<String> {
+        let (what, source) = match self {
+            Self::Apply { kind, name, source } => (format!("applying {kind} {name}"), source),
+            Self::Delete { kind, name, source } => (format!("deleting {kind} {name}"), source),
+            _ => return None,
+        };
+        match source {
+            kube::Error::Api(s) if matches!(s.code, 400 | 403 | 422) => Some(format!("{what}: {}", s.message)),
+            _ => None,
+        }
+    }
+
     /// A small fixed set of categories, for metrics labels.
     pub fn category(&self) -> &'static str {
         match self {

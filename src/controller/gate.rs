@@ -2,6 +2,7 @@
 //! namespace and the nodes, this decides.
 
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{Resource, ResourceExt};
 
 use crate::api::{LABEL_APP, LABEL_MANAGED_BY, LABEL_RETAINED_FROM, MANAGER, ResilientApp};
@@ -18,6 +19,10 @@ pub enum Blocker {
     QuotaTooSmall(String),
     /// Something must finish first (the namespace is being deleted): look again shortly.
     Waiting(String),
+    /// The namespace has been terminating for longer than a deletion should take.
+    NamespaceStuck(String),
+    /// The API server refused a write for good (admission, validation, authorization).
+    Rejected(String),
 }
 
 impl Blocker {
@@ -27,13 +32,19 @@ impl Blocker {
             Self::NamespaceConflict(_) => "NamespaceConflict",
             Self::QuotaTooSmall(_) => "QuotaTooSmall",
             Self::Waiting(_) => "Waiting",
+            Self::NamespaceStuck(_) => "NamespaceStuck",
+            Self::Rejected(_) => "Rejected",
         }
     }
 
     pub fn message(&self) -> String {
         match self {
             Self::InvalidSpec(errors) => errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
-            Self::NamespaceConflict(m) | Self::QuotaTooSmall(m) | Self::Waiting(m) => m.clone(),
+            Self::NamespaceConflict(m)
+            | Self::QuotaTooSmall(m)
+            | Self::Waiting(m)
+            | Self::NamespaceStuck(m)
+            | Self::Rejected(m) => m.clone(),
         }
     }
 
@@ -134,8 +145,37 @@ pub fn namespace_verdict(namespace: Option<&Namespace>, app: &ResilientApp) -> N
     ))
 }
 
+/// A namespace deleted longer ago than this is reported as stuck instead of waited for quietly.
+pub const NAMESPACE_STUCK_AFTER: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Why a terminating namespace is still there, if it has been for longer than
+/// [`NAMESPACE_STUCK_AFTER`]: its finalizers and what the namespace controller says is left.
+pub fn stuck_namespace(ns: &Namespace, now: &Time) -> Option<String> {
+    let since = ns.meta().deletion_timestamp.as_ref()?;
+    let waited = now.0.duration_since(since.0);
+    if waited < jiff::SignedDuration::try_from(NAMESPACE_STUCK_AFTER).ok()? {
+        return None;
+    }
+    let finalizers = ns.spec.as_ref().and_then(|s| s.finalizers.clone()).unwrap_or_default();
+    let mut why: Vec<String> = Vec::new();
+    if !finalizers.is_empty() {
+        why.push(format!("finalizers {}", finalizers.join(", ")));
+    }
+    for c in ns.status.as_ref().and_then(|s| s.conditions.as_ref()).into_iter().flatten() {
+        if c.status == "True" {
+            why.push(format!("{}: {}", c.type_, c.message.as_deref().unwrap_or_default()));
+        }
+    }
+    Some(format!(
+        "namespace {} has been terminating for {}s; something keeps it ({}); the app is recreated once it is gone",
+        ns.name_any(),
+        waited.as_secs(),
+        if why.is_empty() { "nothing reported".to_string() } else { why.join("; ") }
+    ))
+}
+
 /// Validation, the namespace verdict and the quota fit, in that order: the first problem blocks.
-pub fn gate(app: &ResilientApp, plan: Plan, namespace: Option<&Namespace>) -> Gate {
+pub fn gate(app: &ResilientApp, plan: Plan, namespace: Option<&Namespace>, now: &Time) -> Gate {
     let errors = render::validate(app);
     if !errors.is_empty() {
         return Err(Blocked { plan, why: Blocker::InvalidSpec(errors) });
@@ -146,7 +186,13 @@ pub fn gate(app: &ResilientApp, plan: Plan, namespace: Option<&Namespace>) -> Ga
         NamespaceVerdict::Ours => (false, false),
         NamespaceVerdict::Retained => (false, true),
         NamespaceVerdict::Conflict(m) => return Err(Blocked { plan, why: Blocker::NamespaceConflict(m) }),
-        NamespaceVerdict::Wait(m) => return Err(Blocked { plan, why: Blocker::Waiting(m) }),
+        NamespaceVerdict::Wait(m) => {
+            let why = match namespace.and_then(|ns| stuck_namespace(ns, now)) {
+                Some(stuck) => Blocker::NamespaceStuck(stuck),
+                None => Blocker::Waiting(m),
+            };
+            return Err(Blocked { plan, why });
+        }
     };
     let warning = match render::quota_fit(app, &plan) {
         QuotaFit::TooSmall(m) => return Err(Blocked { plan, why: Blocker::QuotaTooSmall(m) }),
@@ -201,6 +247,43 @@ mod tests {
 
     const MANAGED: (&str, &str) = (LABEL_MANAGED_BY, MANAGER);
 
+    /// Deleted at the epoch (see `ns`): "now" a minute later.
+    fn now() -> Time {
+        Time(jiff::Timestamp::from_second(60).unwrap())
+    }
+
+    #[test]
+    fn a_namespace_terminating_for_too_long_is_reported_with_what_keeps_it() {
+        let a = app();
+        let plan = Plan::for_zones(&a, &["zone-a".to_string()]);
+        let mut terminating = labelled(&[MANAGED, (LABEL_APP, "shop")], true);
+        terminating.spec =
+            Some(k8s_openapi::api::core::v1::NamespaceSpec { finalizers: Some(vec!["kubernetes".into()]) });
+        terminating.status = Some(k8s_openapi::api::core::v1::NamespaceStatus {
+            conditions: Some(vec![k8s_openapi::api::core::v1::NamespaceCondition {
+                type_: "NamespaceContentRemaining".into(),
+                status: "True".into(),
+                message: Some("Some resources are remaining: persistentvolumeclaims. has 1 resource instances".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        // A minute: still waiting quietly.
+        assert_eq!(gate(&a, plan.clone(), Some(&terminating), &now()).unwrap_err().why.reason(), "Waiting");
+        // Past the limit: stuck, Stalled, with the finalizer and what is left.
+        let later = Time(jiff::Timestamp::from_second(60 * 10).unwrap());
+        let stuck = gate(&a, plan, Some(&terminating), &later).unwrap_err().why;
+        assert!(stuck.is_stalled());
+        assert_eq!(stuck.reason(), "NamespaceStuck");
+        let m = stuck.message();
+        assert!(
+            m.contains("terminating for 600s")
+                && m.contains("finalizers kubernetes")
+                && m.contains("persistentvolumeclaims"),
+            "{m}"
+        );
+    }
+
     #[test]
     fn namespace_verdicts() {
         use NamespaceVerdict::*;
@@ -252,24 +335,25 @@ mod tests {
         let zones = ["zone-a", "zone-b", "zone-c"].map(String::from);
         let mut a = app();
         let plan = Plan::for_zones(&a, &zones);
-        let ok = gate(&a, plan.clone(), None).unwrap();
+        let ok = gate(&a, plan.clone(), None, &now()).unwrap();
         assert_eq!((ok.plan.replicas["web"].replicas, ok.warning, ok.create_namespace), (3, None, true));
         let retained = labelled(&[MANAGED, (LABEL_RETAINED_FROM, "shop")], false);
-        let adopt = gate(&a, plan.clone(), Some(&retained)).unwrap();
+        let adopt = gate(&a, plan.clone(), Some(&retained), &now()).unwrap();
         assert_eq!((adopt.create_namespace, adopt.adopting), (false, true));
-        let conflict = gate(&a, plan.clone(), Some(&ns(None, false))).unwrap_err();
+        let conflict = gate(&a, plan.clone(), Some(&ns(None, false)), &now()).unwrap_err();
         assert_eq!(conflict.why.reason(), "NamespaceConflict");
         assert!(conflict.why.is_stalled());
-        let waiting = gate(&a, plan.clone(), Some(&labelled(&[MANAGED, (LABEL_APP, "shop")], true))).unwrap_err();
+        let waiting =
+            gate(&a, plan.clone(), Some(&labelled(&[MANAGED, (LABEL_APP, "shop")], true)), &now()).unwrap_err();
         assert!(!waiting.why.is_stalled());
         // Quota: too small blocks, no surge room only warns.
         a.spec.quota = Some(crate::api::Quota { cpu: None, memory: None, pods: Some(2) });
-        assert_eq!(gate(&a, plan.clone(), None).unwrap_err().why.reason(), "QuotaTooSmall");
+        assert_eq!(gate(&a, plan.clone(), None, &now()).unwrap_err().why.reason(), "QuotaTooSmall");
         a.spec.quota = Some(crate::api::Quota { cpu: None, memory: None, pods: Some(3) });
-        assert!(gate(&a, plan.clone(), None).unwrap().warning.is_some_and(|w| w.contains("spec.quota.pods")));
+        assert!(gate(&a, plan.clone(), None, &now()).unwrap().warning.is_some_and(|w| w.contains("spec.quota.pods")));
         // An invalid spec wins over everything else.
         a.spec.limits = Some(serde_json::from_value(serde_json::json!({"defaultRequest": {"cpu": "2"}})).unwrap());
-        let invalid = gate(&a, plan, Some(&ns(None, false))).unwrap_err();
+        let invalid = gate(&a, plan, Some(&ns(None, false)), &now()).unwrap_err();
         assert!(matches!(invalid.why, Blocker::InvalidSpec(ref e) if e[0].field == "spec.limits.defaultRequest.cpu"));
     }
 }

@@ -30,13 +30,13 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use tracing::{debug, info, warn};
 
 use self::index::Cache;
-use crate::api::{LABEL_APP, LABEL_MANAGED_BY, MANAGER, ResilientApp, ResilientAppStatus};
+use crate::api::{LABEL_MANAGED_BY, MANAGER, ResilientApp, ResilientAppStatus};
 use crate::metrics::Metrics;
 use crate::render::child_kinds;
 use crate::telemetry::Health;
@@ -90,6 +90,11 @@ macro_rules! define_stores {
     };
 }
 child_kinds!(define_stores);
+
+/// A ResilientApp as the watch delivers it: decoded, or, for one that cannot be (a value stored
+/// under an older, looser CRD), its metadata and the error. One undecodable app must never stop
+/// the list and watch of all the others.
+pub type GuardedApp = kube::core::DeserializeGuard<ResilientApp>;
 
 /// Apps whose children changed, from the watches of every child kind.
 type ChildTriggers = futures::stream::SelectAll<watch::AppTriggers>;
@@ -171,6 +176,11 @@ impl Memory {
 }
 
 impl Context {
+    /// Count one more consecutive failure of the app, and how long to wait before the next try.
+    fn backoff(&self, name: &str) -> Duration {
+        backoff_delay(self.memory.lock().expect("memory lock").failed(name))
+    }
+
     /// Forget a deleted app: its status, failures and metrics.
     fn forget(&self, name: &str) {
         self.memory.lock().expect("memory lock").forget(name);
@@ -199,8 +209,10 @@ pub async fn run(
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     reporter: Reporter,
+    leading: impl std::future::Future<Output = ()>,
+    shutdown: crate::shutdown::Shutdown,
 ) -> anyhow::Result<()> {
-    let apps: Api<ResilientApp> = Api::all(client.clone());
+    let apps: Api<GuardedApp> = Api::all(client.clone());
     let (stores, child_triggers, node_stream, pod_stream) = Stores::watch(&client);
     let (synced_tx, synced_rx) = tokio::sync::watch::channel(false);
     {
@@ -222,15 +234,24 @@ pub async fn run(
         memory: Mutex::new(Memory::default()),
     });
 
+    // The caches run (and /readyz turns true once they are synced) whether or not this replica
+    // leads; reconciling starts with the lead.
+    tokio::select! {
+        () = leading => {}
+        () = shutdown.clone().requested() => {
+            info!("shut down before leading");
+            return Ok(());
+        }
+    }
     let controller = Controller::new(apps, watcher::Config::default());
     let app_store = controller.store();
     let forget = ctx.clone();
     controller
         .with_config(controller::Config::default().concurrency(settings.concurrency))
         .reconcile_on(child_triggers)
-        .watches_stream(pod_stream, |pod| pod.labels().get(LABEL_APP).map(|app| ObjectRef::<ResilientApp>::new(app)))
+        .watches_stream(pod_stream, watch::app_of_pod)
         .watches_stream(node_stream, move |node| watch::apps_in_zone_of(&app_store, &node))
-        .shutdown_on_signal()
+        .graceful_shutdown_on(shutdown.requested())
         .run(reconcile::reconcile, error_policy, ctx)
         .for_each(|result| {
             match result {
@@ -250,14 +271,17 @@ pub async fn run(
     Ok(())
 }
 
-fn error_policy(app: Arc<ResilientApp>, error: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy(app: Arc<GuardedApp>, error: &Error, ctx: Arc<Context>) -> Action {
     let name = app.name_any();
-    let attempt = ctx.memory.lock().expect("memory lock").failed(&name);
+    let delay = ctx.backoff(&name);
     ctx.metrics.reconcile_failed(error.category());
-    // 1s, 2s, 4s ... capped at 5 minutes.
-    let delay = Duration::from_secs(1u64 << attempt.min(9).saturating_sub(1)).min(Duration::from_secs(300));
-    warn!(app = %name, attempt, retry_in = ?delay, error = %error_chain(error), "reconcile failed");
+    warn!(app = %name, retry_in = ?delay, error = %error_chain(error), "reconcile failed");
     Action::requeue(delay)
+}
+
+/// 1s, 2s, 4s ... capped at 5 minutes, after the `attempt`-th consecutive failure.
+pub fn backoff_delay(attempt: u32) -> Duration {
+    Duration::from_secs(1u64 << attempt.clamp(1, 10).saturating_sub(1)).min(Duration::from_secs(300))
 }
 
 #[cfg(test)]
@@ -279,5 +303,11 @@ mod tests {
         m.forget("other");
         assert!(m.is_empty());
         assert_eq!(m.failed("other"), 1, "backoff starts over for a new app of the same name");
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_five_minutes() {
+        let delays: Vec<u64> = [1, 2, 3, 4, 9, 10, 40].map(|a| backoff_delay(a).as_secs()).to_vec();
+        assert_eq!(delays, [1, 2, 4, 8, 256, 300, 300]);
     }
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{EvictParams, Patch, PatchParams};
+use kube::core::error_boundary::InvalidObject;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{self, Event as FinalizerEvent, finalizer};
@@ -16,10 +17,11 @@ use serde_json::json;
 use tracing::{debug, field, info, instrument, warn};
 
 use super::Context;
+use super::GuardedApp;
 use super::apply::{Applied, apply};
 use super::cleanup::cleanup;
 use super::error::{Error, Result, error_chain};
-use super::gate::{Gate, gate, plan_of};
+use super::gate::{Blocked, Blocker, Gate, gate, plan_of};
 use super::status::{self, Notice, Observed, Pass, may_rebalance};
 use crate::api::{FINALIZER, LABEL_COMPONENT, MANAGER, ResilientApp, ResilientAppStatus};
 use crate::render::Plan;
@@ -30,10 +32,14 @@ use crate::resilience::{
 /// How long to wait for the caches before giving up on a pass (and retrying with backoff).
 const CACHE_SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 
-#[instrument(skip_all, fields(app = %app.name_any(), generation = app.metadata.generation, writes = field::Empty))]
-pub(super) async fn reconcile(app: Arc<ResilientApp>, ctx: Arc<Context>) -> Result<Action> {
+#[instrument(skip_all, fields(app = %guarded.name_any(), generation = guarded.meta().generation, writes = field::Empty))]
+pub(super) async fn reconcile(guarded: Arc<GuardedApp>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
     ctx.synced.wait(CACHE_SYNC_TIMEOUT).await?;
+    let app = match &guarded.0 {
+        Ok(app) => Arc::new(app.clone()),
+        Err(invalid) => return undecodable(&guarded, invalid, &ctx).await,
+    };
     let api: Api<ResilientApp> = Api::all(ctx.client.clone());
     let result = finalizer(&api, FINALIZER, app.clone(), |event| async {
         match event {
@@ -50,19 +56,54 @@ pub(super) async fn reconcile(app: Arc<ResilientApp>, ctx: Arc<Context>) -> Resu
     });
     ctx.metrics.reconciled(started.elapsed());
     debug!(took_ms = started.elapsed().as_millis() as u64, ok = result.is_ok(), "reconciled");
-    match &result {
-        Ok(_) => ctx.memory.lock().expect("memory lock").succeeded(&app.name_any()),
-        Err(e) => {
-            let notice = Notice {
-                type_: EventType::Warning,
-                reason: "ReconcileError".into(),
-                action: e.category(),
-                note: error_chain(e),
-            };
-            publish(&ctx, &app, &notice).await;
-        }
+    if let Err(e) = &result {
+        let notice = Notice {
+            type_: EventType::Warning,
+            reason: "ReconcileError".into(),
+            action: e.category(),
+            note: error_chain(e),
+        };
+        publish(&ctx, app.as_ref(), &notice).await;
     }
     result
+}
+
+/// An app whose stored object cannot be decoded (stored under an older, looser CRD): say so in
+/// its status and an Event, touch nothing else, and wait until someone fixes the object. An app
+/// being deleted is let go (its finalizer removed), with its namespace left as it is.
+async fn undecodable(guarded: &GuardedApp, invalid: &InvalidObject, ctx: &Context) -> Result<Action> {
+    let (name, uid) = (guarded.name_any(), guarded.uid().unwrap_or_default());
+    let message = format!("the stored ResilientApp cannot be read, so nothing is reconciled for it: {}", invalid.error);
+    warn!(app = %name, error = %invalid.error, "undecodable ResilientApp");
+    let api: Api<ResilientApp> = Api::all(ctx.client.clone());
+    let finalizers = guarded.finalizers();
+    if guarded.meta().deletion_timestamp.is_some() && finalizers.iter().any(|f| f == FINALIZER) {
+        let kept: Vec<&String> = finalizers.iter().filter(|f| *f != FINALIZER).collect();
+        let patch = json!({"metadata": {"finalizers": kept, "resourceVersion": guarded.resource_version()}});
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|e| Error::Finalizer(e.to_string()))?;
+        let note = format!("{message}; it is deleted without cleanup: its namespace is left as it is");
+        publish(
+            ctx,
+            guarded,
+            &Notice { type_: EventType::Warning, reason: "InvalidObject".into(), action: "Cleanup", note },
+        )
+        .await;
+        return Ok(Action::await_change());
+    }
+    let previous = ctx.memory.lock().expect("memory lock").last_status(&name, &uid).cloned().unwrap_or_default();
+    let status = status::undecodable(&previous, guarded.meta().generation, &message, &Time(jiff::Timestamp::now()));
+    if status != previous {
+        write_status_of(ctx, &name, &uid, &status).await?;
+        publish(
+            ctx,
+            guarded,
+            &Notice { type_: EventType::Warning, reason: "InvalidObject".into(), action: "Decode", note: message },
+        )
+        .await;
+    }
+    Ok(Action::await_change())
 }
 
 async fn reconcile_app(app: &ResilientApp, ctx: &Context) -> Result<Action> {
@@ -70,12 +111,26 @@ async fn reconcile_app(app: &ResilientApp, ctx: &Context) -> Result<Action> {
     let nodes: Vec<Arc<Node>> = ctx.stores.nodes.state();
     let last_zones = app.status.as_ref().map(|s| s.zones.as_slice()).unwrap_or_default();
     let plan = Plan::new(app, plan_zones(nodes.iter().map(AsRef::as_ref), &app.spec.resilience.zones, last_zones));
-    let gate = gate(app, plan, read_namespace(ctx, &namespace).await?.as_deref());
+    let now = Time(jiff::Timestamp::now());
+    let gate = gate(app, plan, read_namespace(ctx, &namespace).await?.as_deref(), &now);
     let applied = match &gate {
-        Ok(validated) => apply(ctx, app, validated).await?,
+        Ok(validated) => apply(ctx, app, validated).await,
         Err(blocked) => {
             info!(app = %name, reason = blocked.why.reason(), "not applying: {}", blocked.why.message());
-            Applied::default()
+            Ok(Applied::default())
+        }
+    };
+    // A write the API server refuses for good (admission, validation, RBAC) stalls the app with
+    // its message; anything else (timeouts, 429, 5xx) is retried as an error.
+    let (gate, applied) = match applied {
+        Ok(applied) => (gate, applied),
+        Err(e) => (Err(rejected(gate, e)?), Applied::default()),
+    };
+    let attempt = match &gate {
+        Err(b) if matches!(b.why, Blocker::Rejected(_)) => ctx.memory.lock().expect("memory lock").failed(&name),
+        _ => {
+            ctx.memory.lock().expect("memory lock").succeeded(&name);
+            0
         }
     };
     tracing::Span::current().record("writes", applied.writes);
@@ -85,17 +140,31 @@ async fn reconcile_app(app: &ResilientApp, ctx: &Context) -> Result<Action> {
     } else {
         None
     };
-    let pass = Pass { app, gate: &gate, observed: &observed, writes: applied.writes, rebalanced };
+    let pass = Pass { app, gate: &gate, observed: &observed, writes: applied.writes, rebalanced, attempt };
     let previous = previous_status(ctx, app);
-    let outcome = status::compute(&pass, &previous, &Time(jiff::Timestamp::now()), ctx.resync);
+    let outcome = status::compute(&pass, &previous, &now, ctx.resync);
     if outcome.status != previous {
-        write_status(ctx, app, &outcome.status).await?;
+        write_status_of(ctx, &name, &app.uid().unwrap_or_default(), &outcome.status).await?;
     }
     for notice in &outcome.events {
         publish(ctx, app, notice).await;
     }
     ctx.metrics.observe_app(&name, &outcome.status);
     Ok(outcome.action)
+}
+
+/// The gate's verdict turned into `Rejected` when `error` is a write the API server refuses for
+/// good; the error itself otherwise.
+fn rejected(gate: Gate, error: Error) -> Result<Blocked> {
+    let Some(message) = error.rejection() else {
+        return Err(error);
+    };
+    let plan = match gate {
+        Ok(v) => v.plan,
+        Err(b) => b.plan,
+    };
+    warn!(error = %error_chain(&error), "the API server refused a write");
+    Ok(Blocked { plan, why: Blocker::Rejected(message) })
 }
 
 /// The app's namespace: from the cache of ours, else (someone else's, or the cache lags) from the
@@ -199,23 +268,20 @@ async fn rebalance(
     Ok(None)
 }
 
-async fn write_status(ctx: &Context, app: &ResilientApp, status: &ResilientAppStatus) -> Result<()> {
+async fn write_status_of(ctx: &Context, name: &str, uid: &str, status: &ResilientAppStatus) -> Result<()> {
     let api: Api<ResilientApp> = Api::all(ctx.client.clone());
     let patch = json!({
         "apiVersion": ResilientApp::api_version(&()),
         "kind": ResilientApp::kind(&()),
         "status": status,
     });
-    api.patch_status(&app.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
-        .await
-        .map_err(Error::Status)?;
+    api.patch_status(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await.map_err(Error::Status)?;
     ctx.metrics.api_write("apply", "ResilientApp/status");
-    let mut memory = ctx.memory.lock().expect("memory lock");
-    memory.wrote_status(&app.name_any(), &app.uid().unwrap_or_default(), status.clone());
+    ctx.memory.lock().expect("memory lock").wrote_status(name, uid, status.clone());
     Ok(())
 }
 
-pub(super) async fn publish(ctx: &Context, app: &ResilientApp, notice: &Notice) {
+pub(super) async fn publish<K: Resource<DynamicType = ()>>(ctx: &Context, app: &K, notice: &Notice) {
     let event = Event {
         type_: notice.type_,
         reason: notice.reason.clone(),

@@ -43,6 +43,8 @@ pub struct Pass<'a> {
     pub writes: usize,
     /// What rebalancing moved in this pass, if anything.
     pub rebalanced: Option<String>,
+    /// Consecutive passes whose writes were rejected (0 when this one was not), for the backoff.
+    pub attempt: u32,
 }
 
 /// An Event to publish on the app.
@@ -98,10 +100,30 @@ pub fn compute(pass: &Pass, previous: &ResilientAppStatus, now: &Time, resync: D
     Outcome { status, events, action: requeue(pass, resync) }
 }
 
+/// The status of an app whose stored object cannot be decoded.
+pub fn undecodable(
+    previous: &ResilientAppStatus,
+    generation: Option<i64>,
+    message: &str,
+    now: &Time,
+) -> ResilientAppStatus {
+    let mut c = Conditions::default();
+    for t in [ConditionType::Ready, ConditionType::ZoneFailureTolerant] {
+        c.set(t, false, "InvalidObject", message);
+    }
+    c.set(ConditionType::Stalled, true, "InvalidObject", message);
+    ResilientAppStatus {
+        observed_generation: generation,
+        conditions: c.into_status(&previous.conditions, generation, now),
+        ..previous.clone()
+    }
+}
+
 /// When to look at the app again. An invalid spec waits for a change of the app.
 pub fn requeue(pass: &Pass, resync: Duration) -> Action {
     match pass.gate {
         Err(b) if matches!(b.why, Blocker::InvalidSpec(_)) => Action::await_change(),
+        Err(b) if matches!(b.why, Blocker::Rejected(_)) => Action::requeue(super::backoff_delay(pass.attempt)),
         Err(b) if b.why.is_stalled() => Action::requeue(STALLED_RETRY),
         Err(_) => Action::requeue(WAITING_RETRY),
         Ok(_) if pass.rebalanced.is_some() => Action::requeue(REBALANCE_RETRY),

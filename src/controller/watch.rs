@@ -14,12 +14,16 @@ use kube::{Api, Client, Resource, ResourceExt as _};
 use serde::de::DeserializeOwned;
 use tracing::warn;
 
+use super::GuardedApp;
 use super::index::{AppIndex, Cache};
-use crate::api::{LABEL_APP, ResilientApp};
+use crate::api::LABEL_APP;
+
+/// The reference the controller queues apps by.
+pub type AppRef = ObjectRef<GuardedApp>;
 use crate::resilience::{node_usable, node_zone};
 
 /// The apps whose children changed.
-pub type AppTriggers = BoxStream<'static, ObjectRef<ResilientApp>>;
+pub type AppTriggers = BoxStream<'static, AppRef>;
 /// Nodes whose usability or zone changed.
 pub type NodeStream = BoxStream<'static, Result<Node, watcher::Error>>;
 /// Pods of apps whose placement or readiness changed.
@@ -165,7 +169,7 @@ fn key_of<K: Resource>(obj: &K) -> String {
 /// The ResilientApp controlling a child: its controller reference (cluster-scoped, so the reference
 /// carries no namespace: kube's `owns` would put the child's namespace in it and split one app into
 /// two queue entries), or, for the Namespace, which has no owner reference, its app label.
-pub fn owner<K: Resource>(child: K) -> Option<ObjectRef<ResilientApp>> {
+pub fn owner<K: Resource>(child: K) -> Option<AppRef> {
     let meta = child.meta();
     let controller =
         meta.owner_references.iter().flatten().find(|o| {
@@ -178,14 +182,23 @@ pub fn owner<K: Resource>(child: K) -> Option<ObjectRef<ResilientApp>> {
     }
 }
 
-/// The apps whose usable zones a node change can affect: those allowing the node's zone.
-pub fn apps_in_zone_of(apps: &Store<ResilientApp>, node: &Node) -> Vec<ObjectRef<ResilientApp>> {
+/// The app of a pod, by its app label.
+pub fn app_of_pod(pod: Pod) -> Option<AppRef> {
+    pod.labels().get(LABEL_APP).map(|app| ObjectRef::new(app))
+}
+
+/// The apps whose usable zones a node change can affect: those allowing the node's zone (and
+/// every app that cannot be decoded, which is reported on every pass).
+pub fn apps_in_zone_of(apps: &Store<GuardedApp>, node: &Node) -> Vec<AppRef> {
     let Some(zone) = node_zone(node) else {
         return Vec::new();
     };
     apps.state()
         .iter()
-        .filter(|app| app.spec.resilience.zones.is_empty() || app.spec.resilience.zones.iter().any(|z| z == zone))
+        .filter(|app| match &app.0 {
+            Ok(app) => app.spec.resilience.zones.is_empty() || app.spec.resilience.zones.iter().any(|z| z == zone),
+            Err(_) => false,
+        })
         .map(|app| ObjectRef::from_obj(app.as_ref()))
         .collect()
 }

@@ -264,3 +264,17 @@ fn ports_survive_into_container() {
     let c = &d.deployments[0].spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0];
     assert_eq!(c.ports.as_ref().unwrap().len(), 2);
 }
+
+#[test]
+fn quota_at_the_crd_maximums_neither_overflows_nor_panics() {
+    let max = crate::api::MAX_REPLICAS;
+    let components: Vec<Component> = (0..32).map(|i| component(&format!("c{i}"), max)).collect();
+    let mut a = app(components);
+    a.spec.resilience.zone_failures_tolerated = 2;
+    let plan = Plan::for_zones(&a, &zones(3));
+    assert_eq!(plan.replicas["c0"].replicas, 3 * max);
+    let hard = super::render(&a, &plan).resource_quota.spec.unwrap().hard.unwrap();
+    // (30,000 replicas + 7,500 surge + 20,000 failover headroom) x 32 components.
+    assert_eq!(hard["pods"], Quantity("1840000".into()));
+    assert_eq!(quota_fit(&a, &plan), QuotaFit::Fits);
+}

@@ -15,8 +15,8 @@ use crate::api::ZONE_LABEL;
 
 /// Pods one zone holds at most under an even spread with max skew 1: `ceil(replicas / zones)`.
 pub fn per_zone_ceiling(replicas: i32, zones: usize) -> i32 {
-    let z = zones as i32;
-    (replicas + z - 1) / z
+    let z = zones.max(1) as i64;
+    ((i64::from(replicas) + z - 1) / z) as i32
 }
 
 /// Pods per zone of an even spread (max skew 1) of `replicas` over `zones` zones, fullest first:
@@ -32,21 +32,26 @@ pub fn guaranteed_after_zone_loss(replicas: i32, zones: usize, tolerated: u8) ->
     if zones <= tolerated as usize || replicas <= 0 {
         return 0;
     }
-    (replicas - i32::from(tolerated) * per_zone_ceiling(replicas, zones)).max(0)
+    let lost = i64::from(tolerated) * i64::from(per_zone_ceiling(replicas, zones));
+    (i64::from(replicas) - lost).max(0) as i32
 }
 
 /// The smallest replica count `r` with `r - f * ceil(r / Z) >= m`, or `None` when `Z <= f`
-/// (no count can survive losing every zone).
+/// (no count can survive losing every zone). O(Z), whatever `m`.
 pub fn replicas_for(min_available: i32, zones: usize, tolerated: u8) -> Option<i32> {
     if zones <= tolerated as usize {
         return None;
     }
-    let m = min_available.max(1);
-    // r - f*ceil(r/Z) >= r - f*(r/Z + 1) = r(Z-f)/Z - f, so r = ceil((m + f) * Z / (Z - f)) always
-    // works; the search from m stops at or before it.
-    let (z, f) = (zones as i64, i64::from(tolerated));
-    let upper = ((i64::from(m) + f) * z + (z - f - 1)) / (z - f);
-    (m..=upper as i32).find(|&r| guaranteed_after_zone_loss(r, zones, tolerated) >= m)
+    let (m, z, f) = (i64::from(min_available.max(1)), zones as i64, i64::from(tolerated));
+    // With r = q*Z + s (0 <= s < Z) the pods left are q*(Z-f) at s = 0 and q*(Z-f) + s - f
+    // otherwise, always below (q+1)*(Z-f). So the answer lies in the blocks q with
+    // (q+1)*(Z-f) > m and q <= ceil(m/(Z-f)): at most two blocks of Z counts each.
+    let d = z - f;
+    let first_block = ((m + d) / d - 1).max(0); // smallest q with (q+1)*d > m
+    let last = z * ((m + d - 1) / d); // r = Z*ceil(m/d) always works
+    let guaranteed = |r: i64| r - f * ((r + z - 1) / z);
+    let r = (first_block * z..=last).find(|&r| r >= m && guaranteed(r) >= m).unwrap_or(last);
+    i32::try_from(r).ok()
 }
 
 /// Why a component cannot be guaranteed `minAvailable` through a zone loss.

@@ -55,7 +55,7 @@ fn ok(a: &ResilientApp, zones: &[String]) -> Gate {
 
 /// The outcome of one pass that wrote `writes` changes, from an empty previous status.
 fn outcome(a: &ResilientApp, gate: &Gate, obs: &Observed, writes: usize) -> Outcome {
-    let pass = Pass { app: a, gate, observed: obs, writes, rebalanced: None };
+    let pass = Pass { app: a, gate, observed: obs, writes, rebalanced: None, attempt: 0 };
     compute(&pass, &ResilientAppStatus::default(), &t(1), Duration::from_secs(300))
 }
 
@@ -160,13 +160,16 @@ fn the_requeue_is_chosen_in_one_place() {
     let plan = Plan::for_zones(&a, &zones());
     let resync = Duration::from_secs(300);
     let action = |gate: &Gate, rebalanced: Option<String>| {
-        requeue(&Pass { app: &a, gate, observed: &obs, writes: 0, rebalanced }, resync)
+        requeue(&Pass { app: &a, gate, observed: &obs, writes: 0, rebalanced, attempt: 3 }, resync)
     };
     let blocked = |why| Err(Blocked { plan: plan.clone(), why });
     assert_eq!(action(&blocked(Blocker::InvalidSpec(vec![])), None), Action::await_change());
     assert_eq!(action(&blocked(Blocker::QuotaTooSmall("q".into())), None), Action::requeue(STALLED_RETRY));
     assert_eq!(action(&blocked(Blocker::NamespaceConflict("n".into())), None), Action::requeue(STALLED_RETRY));
     assert_eq!(action(&blocked(Blocker::Waiting("w".into())), None), Action::requeue(WAITING_RETRY));
+    assert_eq!(action(&blocked(Blocker::NamespaceStuck("s".into())), None), Action::requeue(STALLED_RETRY));
+    // A rejected write backs off with the number of consecutive rejections (3 here).
+    assert_eq!(action(&blocked(Blocker::Rejected("r".into())), None), Action::requeue(Duration::from_secs(4)));
     assert_eq!(action(&ok(&a, &zones()), Some("moved".into())), Action::requeue(REBALANCE_RETRY));
     assert_eq!(action(&ok(&a, &zones()), None), Action::requeue(resync));
 }
@@ -243,9 +246,31 @@ fn a_rebalance_is_an_event_and_a_quick_look_again() {
     let a = app(2);
     let gate = ok(&a, &zones());
     let obs = observed(vec![]);
-    let pass = Pass { app: &a, gate: &gate, observed: &obs, writes: 0, rebalanced: Some("web: evicted p".into()) };
+    let pass =
+        Pass { app: &a, gate: &gate, observed: &obs, writes: 0, rebalanced: Some("web: evicted p".into()), attempt: 0 };
     let o = compute(&pass, &ResilientAppStatus::default(), &t(1), Duration::from_secs(300));
     assert_eq!(o.events[0].reason, "Rebalanced");
     assert_eq!(o.events[0].note, "web: evicted p");
     assert_eq!(o.action, Action::requeue(REBALANCE_RETRY));
+}
+
+#[test]
+fn a_rejected_write_stalls_with_the_api_servers_message() {
+    let a = app(2);
+    let why = Blocker::Rejected("applying Deployment web: denied by policy no-web".into());
+    let gate = Err(Blocked { plan: Plan::for_zones(&a, &zones()), why });
+    let o = outcome(&a, &gate, &observed(vec![]), 0);
+    let stalled = cond(&o, ConditionType::Stalled).unwrap();
+    assert_eq!(stalled.reason, "Rejected");
+    assert!(stalled.message.contains("denied by policy no-web"));
+    assert!(cond(&o, ConditionType::Reconciling).is_none());
+    assert_eq!(cond(&o, ConditionType::Ready).unwrap().status, "False");
+}
+
+#[test]
+fn an_undecodable_app_is_stalled_and_keeps_transition_times() {
+    let first = undecodable(&ResilientAppStatus::default(), Some(1), "cannot read", &t(10));
+    assert_eq!(find(&first.conditions, ConditionType::Stalled).unwrap().reason, "InvalidObject");
+    let again = undecodable(&first, Some(1), "cannot read", &t(20));
+    assert_eq!(again, first, "nothing changed: no second write");
 }
