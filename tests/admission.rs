@@ -36,12 +36,20 @@ fn must(args: &[&str], stdin: Option<&str>) -> String {
 }
 
 /// Retry `attempt` until it returns Ok, or panic after DEADLINE with the last error.
-fn eventually(what: &str, mut attempt: impl FnMut() -> Result<(), String>) {
+fn eventually(what: &str, attempt: impl FnMut() -> Result<(), String>) {
+    if let Err(e) = poll(what, attempt) {
+        panic!("{e}");
+    }
+}
+
+fn poll(what: &str, mut attempt: impl FnMut() -> Result<(), String>) -> Result<(), String> {
     let deadline = Instant::now() + DEADLINE;
     loop {
         match attempt() {
-            Ok(()) => return,
-            Err(last) if Instant::now() >= deadline => panic!("{what}: not so after {DEADLINE:?}; last: {last}"),
+            Ok(()) => return Ok(()),
+            Err(last) if Instant::now() >= deadline => {
+                return Err(format!("{what}: not so after {DEADLINE:?}; last: {last}"));
+            }
             Err(_) => std::thread::sleep(Duration::from_millis(300)),
         }
     }
@@ -137,23 +145,34 @@ impl Drop for Cleanup {
 /// config/rbac and config/admission on the cluster (as config/default installs them), and both
 /// policies answering: the CRD too, since its CEL rules are part of what is tested.
 fn ensure_installed() {
-    static ONCE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    ONCE.get_or_init(|| {
+    static INSTALLED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let installed = INSTALLED.get_or_init(|| {
         let crd = root().join("config/crd");
-        must(&["apply", "--server-side", "--force-conflicts", "-k", crd.to_str().unwrap()], None);
-        must(&["wait", "--for=condition=Established", "crd/resilientapps.resilient.dev", "--timeout=30s"], None);
+        run(&["apply", "--server-side", "--force-conflicts", "-k", crd.to_str().unwrap()], None)?;
+        run(&["wait", "--for=condition=Established", "crd/resilientapps.resilient.dev", "--timeout=30s"], None)?;
         operator_kubeconfig();
-        eventually("the app policy to deny the operator's namespace", || {
-            expect_denied(run(&create_dry_run(), Some(&app(&unique("probe"), json!({"namespace": "resilient-system"})))), &[
-                "namespace of resilient-operator",
-            ])
-        });
-        eventually("the operator policy to deny a Service in default", || {
+        poll("the app policy to deny the operator's namespace", || {
+            let probe = app(&unique("probe"), json!({"namespace": "resilient-system"}));
+            expect_denied(run(&create_dry_run(), Some(&probe)), &["namespace of resilient-operator"])
+        })?;
+        poll("the operator policy to deny a Service in default", || {
             let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "probe", "namespace": "default"},
                 "spec": {"ports": [{"port": 80}]}});
             expect_denied(as_operator(&create_dry_run(), Some(&svc.to_string())), &["resilient-operator may not create"])
-        });
+        })?;
+        // A field name the type checker does not know (a typo) would make an expression fail at
+        // run time, and with failurePolicy Fail deny everything it matches.
+        for policy in ["resilient-app-requests", "resilient-operator-scope"] {
+            let status = run(&["get", "validatingadmissionpolicy", policy, "-o", "jsonpath={.status.typeChecking}"], None)?;
+            if status.contains("expressionWarnings") {
+                return Err(format!("{policy} does not type-check: {status}"));
+            }
+        }
+        Ok(())
     });
+    if let Err(e) = installed {
+        panic!("config/admission is not working: {e}");
+    }
 }
 
 fn create_dry_run() -> Vec<&'static str> {
