@@ -68,7 +68,7 @@ impl Author {
         let user = unique(prefix);
         let author = Author { group: format!("{user}-team"), cleanup: Cleanup::new(&user), user };
         let binding = format!("{}-author", author.user);
-        author.cleanup.labelled(&["clusterrolebinding", &binding]);
+        author.cleanup.delete_later(&["clusterrolebinding", &binding]);
         must(
             &[
                 "create",
@@ -102,8 +102,8 @@ impl Author {
             "rules": rules,
         });
         must(&["apply", "-f", "-"], Some(&manifest.to_string()));
-        self.cleanup.labelled(&["clusterrole", &role]);
-        self.cleanup.labelled(&["clusterrolebinding", &role]);
+        self.cleanup.delete_later(&["clusterrole", &role]);
+        self.cleanup.delete_later(&["clusterrolebinding", &role]);
         must(
             &[
                 "create",
@@ -127,7 +127,7 @@ impl Cleanup {
     fn new(label: &str) -> Self {
         Cleanup { label: label.to_string(), objects: Default::default() }
     }
-    fn labelled(&self, kind_name_and_flags: &[&str]) {
+    fn delete_later(&self, kind_name_and_flags: &[&str]) {
         self.objects.lock().unwrap().push(kind_name_and_flags.iter().map(|s| s.to_string()).collect());
     }
 }
@@ -245,7 +245,7 @@ async fn pod_security_above_restricted_needs_use_on_the_level() {
 
     // Updates: only a raise needs the permission; lowering and unchanged levels pass.
     let name = unique("psa-upd");
-    alice.cleanup.labelled(&["rapp", &name]);
+    alice.cleanup.delete_later(&["rapp", &name]);
     alice.kubectl(&["create", "-f", "-"], Some(&app(&name, json!({"podSecurity": "baseline"})))).unwrap();
     let set_level = |level: &str| {
         let patch = json!({"spec": {"podSecurity": level}}).to_string();
@@ -257,7 +257,7 @@ async fn pod_security_above_restricted_needs_use_on_the_level() {
 
     // An app an admin made privileged stays editable by its author, as long as the level stays.
     let approved = unique("psa-approved");
-    alice.cleanup.labelled(&["rapp", &approved]);
+    alice.cleanup.delete_later(&["rapp", &approved]);
     must(&["create", "-f", "-"], Some(&app(&approved, json!({"podSecurity": "privileged"}))));
     let edit = json!({"spec": {"resilience": {"failoverSeconds": 20}}}).to_string();
     expect_allowed(alice.kubectl(&["patch", "rapp", &approved, "--type=merge", "-p", &edit], None)).unwrap();
@@ -298,10 +298,10 @@ async fn access_groups_need_bind_on_the_cluster_role() {
     // As in RBAC, bind is checked in the app's namespace: a RoleBinding there is enough, there only.
     let carol = Author::new("carol");
     let namespace = unique("acc-ns");
-    carol.cleanup.labelled(&["namespace", &namespace]);
+    carol.cleanup.delete_later(&["namespace", &namespace]);
     must(&["create", "namespace", &namespace], None);
     let role = format!("{}-bind-view", carol.user);
-    carol.cleanup.labelled(&["clusterrole", &role]);
+    carol.cleanup.delete_later(&["clusterrole", &role]);
     must(
         &[
             "create",
@@ -336,7 +336,7 @@ async fn access_groups_need_bind_on_the_cluster_role() {
 
     // Updates: keeping or removing groups someone else added needs nothing; adding one does.
     let name = unique("acc-upd");
-    bob.cleanup.labelled(&["rapp", &name]);
+    bob.cleanup.delete_later(&["rapp", &name]);
     must(&["create", "-f", "-"], Some(&app(&name, json!({"access": {"admins": ["ops"]}}))));
     let set_admins = |groups: Value| {
         let patch = json!({"spec": {"access": {"admins": groups}, "resilience": {"failoverSeconds": 25}}}).to_string();
@@ -396,8 +396,8 @@ async fn reserved_namespaces_are_refused() {
 fn namespaces(cleanup: &Cleanup) -> (String, String) {
     let managed = unique("op-managed");
     let foreign = unique("op-foreign");
-    cleanup.labelled(&["namespace", &managed]);
-    cleanup.labelled(&["namespace", &foreign]);
+    cleanup.delete_later(&["namespace", &managed]);
+    cleanup.delete_later(&["namespace", &foreign]);
     let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": managed, "labels": {MANAGED_BY: "resilient-operator"}}});
     eventually("the operator creates a labelled namespace", || {
         expect_allowed(as_operator(&["create", "-f", "-"], Some(&ns.to_string())))
@@ -454,7 +454,7 @@ async fn the_operator_token_does_its_normal_work() {
 
     // Its leader Lease, in its own namespace.
     let lease_name = unique("op-lease");
-    cleanup.labelled(&["lease", &lease_name, "-n", "resilient-system"]);
+    cleanup.delete_later(&["lease", &lease_name, "-n", "resilient-system"]);
     let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": lease_name, "namespace": "resilient-system"}, "spec": {"holderIdentity": "tests"}});
     as_operator(&create, Some(&lease.to_string())).unwrap();
     as_operator(
@@ -474,7 +474,7 @@ async fn the_operator_token_does_its_normal_work() {
 
     // The status of a ResilientApp (cluster-scoped).
     let name = unique("op-status");
-    cleanup.labelled(&["rapp", &name]);
+    cleanup.delete_later(&["rapp", &name]);
     must(&create, Some(&app(&name, json!({}))));
     let status = json!({"status": {"zones": ["zone-a"]}});
     Api::<ResilientApp>::all(operator_client().await)
@@ -570,8 +570,8 @@ async fn the_policy_refuses_binding_cluster_admin_even_if_rbac_allowed_it() {
     let cleanup = Cleanup::new("op-widened");
     let (managed, _) = namespaces(&cleanup);
     let widened = unique("op-widened");
-    cleanup.labelled(&["clusterrole", &widened]);
-    cleanup.labelled(&["clusterrolebinding", &widened]);
+    cleanup.delete_later(&["clusterrole", &widened]);
+    cleanup.delete_later(&["clusterrolebinding", &widened]);
     must(
         &[
             "create",
