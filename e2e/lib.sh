@@ -55,7 +55,8 @@ start_operator() { # binary log-file metrics-port [extra run arguments...]
   echo "$OPERATOR_PID" >"$pidfile"
 }
 
-# Install the CRD and the operator's RBAC (config/crd, config/rbac), and write
+# Install the CRD, the operator's RBAC and the admission policies (config/crd, config/rbac,
+# config/admission: config/default without the manager Deployment), and write
 # .cluster/operator.kubeconfig, which authenticates as the operator's ServiceAccount: the operator
 # then runs with exactly the permissions config/default grants it in a real cluster.
 install_operator_identity() {
@@ -63,6 +64,7 @@ install_operator_identity() {
   kubectl wait --for condition=Established crd/resilientapps.resilient.dev --timeout=30s >/dev/null
   kubectl get namespace resilient-system >/dev/null 2>&1 || kubectl create namespace resilient-system >/dev/null
   kubectl apply --server-side --force-conflicts -k config/rbac >/dev/null
+  kubectl apply --server-side --force-conflicts -k config/admission >/dev/null
   local token server
   token=$(kubectl create token resilient-operator -n resilient-system --duration=24h)
   server=$(kubectl config view --minify -o jsonpath='{.clusters[0].cluster.server}')

@@ -36,6 +36,33 @@ const MAX_COMPONENTS: u32 = 32;
 pub const MAX_REPLICAS: i32 = 10_000;
 /// The largest explicit `quota.pods`.
 pub const MAX_QUOTA_PODS: i32 = 1_000_000;
+const MAX_GROUPS: u32 = 64;
+
+/// `default` and `kube-*` belong to the cluster; no app may claim them. (The operator's own
+/// namespace is refused by a ValidatingAdmissionPolicy in config/admission: its name is not known
+/// to the CRD.)
+const RESERVED_NAMESPACE_RULE: &str = "!((has(self.spec.__namespace__) ? self.spec.__namespace__ : self.metadata.name) == 'default' || (has(self.spec.__namespace__) ? self.spec.__namespace__ : self.metadata.name).startsWith('kube-'))";
+const RESERVED_NAMESPACE_MESSAGE: &str = "'spec.namespace (or metadata.name when spec.namespace is absent) may not be ' + (has(self.spec.__namespace__) ? self.spec.__namespace__ : self.metadata.name) + ': default and kube-* belong to the cluster, choose another namespace'";
+
+/// Groups no access list may name, whoever asks: `system:` groups are Kubernetes' own
+/// (`system:authenticated` / `system:unauthenticated`: everyone; `system:masters`: cluster-admin;
+/// `system:serviceaccounts`: every ServiceAccount; `system:nodes`: every kubelet). Only
+/// `system:serviceaccounts:<namespace>`, the ServiceAccounts of one namespace, may be listed.
+macro_rules! group_rule {
+    () => {
+        "self.all(g, !g.startsWith('system:') || g.matches('^system:serviceaccounts:[a-z0-9]([-a-z0-9]*[a-z0-9])?$'))"
+    };
+}
+macro_rules! group_message {
+    ($field:literal) => {
+        concat!(
+            $field,
+            " may not name system:authenticated, system:unauthenticated, system:masters, system:serviceaccounts ",
+            "or any other system: group: those belong to Kubernetes (everyone, cluster-admins, every ServiceAccount, ",
+            "every node); only system:serviceaccounts:<namespace> may be listed"
+        )
+    };
+}
 
 /// A whole application: its namespace, guardrails and zone-spread workloads.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -60,6 +87,9 @@ pub const MAX_QUOTA_PODS: i32 = 1_000_000;
         .message("metadata.name names the app namespace, so it must be a DNS label (lowercase letters, digits, '-'), or set spec.namespace"),
     validation = Rule::new("(has(self.spec.__namespace__) ? self.spec.__namespace__ : self.metadata.name) == (has(oldSelf.spec.__namespace__) ? oldSelf.spec.__namespace__ : oldSelf.metadata.name)")
         .message("spec.namespace is immutable: create a new ResilientApp to move an app to another namespace")
+        .field_path(".spec.namespace"),
+    validation = Rule::new(RESERVED_NAMESPACE_RULE)
+        .message(Message::Expression(RESERVED_NAMESPACE_MESSAGE.into()))
         .field_path(".spec.namespace"),
 )]
 #[x_kube(
@@ -242,16 +272,24 @@ pub enum Isolation {
     None,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+/// Who may add a group here is decided at admission (config/admission): the requester must be
+/// allowed to `bind` the ClusterRole, as Kubernetes requires for a RoleBinding.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 pub struct Access {
     /// Groups bound to the `admin` ClusterRole in the app namespace.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_GROUPS), inner(length(min = 1, max = 256)))]
+    #[x_kube(validation = Rule::new(group_rule!()).message(group_message!("spec.access.admins")))]
     pub admins: Vec<String>,
     /// Groups bound to the `edit` ClusterRole in the app namespace.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_GROUPS), inner(length(min = 1, max = 256)))]
+    #[x_kube(validation = Rule::new(group_rule!()).message(group_message!("spec.access.editors")))]
     pub editors: Vec<String>,
     /// Groups bound to the `view` ClusterRole in the app namespace.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_GROUPS), inner(length(min = 1, max = 256)))]
+    #[x_kube(validation = Rule::new(group_rule!()).message(group_message!("spec.access.viewers")))]
     pub viewers: Vec<String>,
 }
 

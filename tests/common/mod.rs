@@ -111,14 +111,19 @@ static METRICS_PORT: OnceLock<u16> = OnceLock::new();
 
 /// A kubeconfig that authenticates as the operator's own ServiceAccount (config/rbac), with a
 /// token from `kubectl create token`: every operator the tests start runs with exactly the
-/// permissions the manifests grant, so a missing or wrong rule fails the tests.
+/// permissions the manifests grant, and within the admission policies of config/admission, so a
+/// missing or wrong rule fails the tests.
 pub fn operator_kubeconfig() -> &'static PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
         let _ = kubectl(&["create", "namespace", "resilient-system"], None);
-        let rbac = root().join("config/rbac");
-        let applied = kubectl(&["apply", "--server-side", "--force-conflicts", "-k", rbac.to_str().unwrap()], None);
-        assert!(applied.status.success(), "applying config/rbac: {}", String::from_utf8_lossy(&applied.stderr));
+        // config/rbac and config/admission, as config/default installs them: the operator also
+        // runs inside the ValidatingAdmissionPolicy that confines its ServiceAccount.
+        for dir in ["config/rbac", "config/admission"] {
+            let path = root().join(dir);
+            let applied = kubectl(&["apply", "--server-side", "--force-conflicts", "-k", path.to_str().unwrap()], None);
+            assert!(applied.status.success(), "applying {dir}: {}", String::from_utf8_lossy(&applied.stderr));
+        }
         let token = kubectl(&["create", "token", "resilient-operator", "-n", "resilient-system", "--duration=24h"], None);
         assert!(token.status.success(), "kubectl create token: {}", String::from_utf8_lossy(&token.stderr));
         let token = String::from_utf8(token.stdout).unwrap().trim().to_string();
