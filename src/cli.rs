@@ -133,7 +133,7 @@ fn init_logging(format: LogFormat) {
 }
 
 /// How long a graceful shutdown may take before the process exits anyway.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
     init_logging(args.log_format);
