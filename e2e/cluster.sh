@@ -147,6 +147,7 @@ component_pid() { # component
 }
 
 restart_component() { # component
+  ensure_bin_var
   local name pid
   read -r name pid < <(component_pid "${1:?usage: cluster.sh restart etcd|apiserver|controller-manager|scheduler|kwok}")
   log "kill -9 $name (pid $pid)"
@@ -163,6 +164,7 @@ restart_component() { # component
 }
 
 pause_component() { # component seconds
+  ensure_bin_var
   local name pid secs=${2:?usage: cluster.sh pause COMPONENT SECONDS}
   read -r name pid < <(component_pid "$1")
   log "SIGSTOP $name for ${secs}s"

@@ -39,4 +39,4 @@ trap cleanup EXIT
 
 step "running every test"
 # Integration tests mostly wait on the cluster, so more threads than cores is fine.
-cargo test --locked --all-targets -- --test-threads="${TEST_THREADS:-6}"
+cargo test --locked --all-targets --no-fail-fast -- --test-threads="${TEST_THREADS:-6}"

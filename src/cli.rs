@@ -171,7 +171,12 @@ fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
         let elect = {
             let metrics = metrics.clone();
             tokio::spawn(async move {
-                let mut leadership = crate::leader::acquire(lease_client.clone(), &lease).await;
+                let mut stop_rx = stop_rx;
+                let mut leadership = tokio::select! {
+                    leadership = crate::leader::acquire(lease_client.clone(), &lease) => leadership,
+                    // Shut down as a standby: nothing to release.
+                    _ = &mut stop_rx => return,
+                };
                 let watchdog = crate::leader::watchdog(lease_client, lease.clone(), fence.clone());
                 metrics.set_leader(true);
                 let _ = leading_tx.send(true);

@@ -7,7 +7,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -18,13 +17,10 @@ use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, Pat
 use kube::{Api, Client, ResourceExt};
 use resilient_operator::api::ResilientApp;
 use serde_json::{Value, json};
+use tokio::sync::Mutex;
 
 /// One scenario at a time: they restart the API server and etcd, and each runs its own operator.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+static SERIAL: Mutex<()> = Mutex::const_new(());
 
 const READY: Duration = Duration::from_secs(180);
 
@@ -103,12 +99,14 @@ async fn operator(identity: &str) -> OperatorProcess {
 }
 
 fn writes_of(op: &OperatorProcess, since: &str, filter: impl Fn(&Value) -> bool) -> BTreeMap<String, u64> {
-    audited_requests(&op.user_agent(), since, |e| WRITE_VERBS.contains(&e["verb"].as_str().unwrap_or_default()) && filter(e))
+    audited_requests(&op.user_agent(), since, |e| {
+        WRITE_VERBS.contains(&e["verb"].as_str().unwrap_or_default()) && filter(e)
+    })
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn api_server_killed_while_apps_are_created() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let client = client().await;
     ensure_crd(&client).await;
     let mut op = operator(&unique("faults-apiserver")).await;
@@ -127,7 +125,7 @@ async fn api_server_killed_while_apps_are_created() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn etcd_restarted_and_history_compacted() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let client = client().await;
     ensure_crd(&client).await;
     let mut op = operator(&unique("faults-etcd")).await;
@@ -190,7 +188,7 @@ fn not_lease_or_event(e: &Value) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_paused_leader_writes_nothing_after_the_takeover() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let client = client().await;
     ensure_crd(&client).await;
     let lease = unique("pause-lease");
@@ -240,7 +238,7 @@ async fn a_paused_leader_writes_nothing_after_the_takeover() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_replicas_started_together_never_both_write() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let client = client().await;
     ensure_crd(&client).await;
     let mut names = Vec::new();
@@ -269,8 +267,8 @@ async fn two_replicas_started_together_never_both_write() {
 /// The CRD with the maximums of minAvailable and replicas taken out, like an older, looser version.
 fn looser_crd() -> CustomResourceDefinition {
     let mut crd = serde_json::to_value(<ResilientApp as kube::CustomResourceExt>::crd()).unwrap();
-    let component = &mut crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
-        ["components"]["items"]["properties"];
+    let component = &mut crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["components"]
+        ["items"]["properties"];
     for field in ["minAvailable", "replicas"] {
         component[field].as_object_mut().unwrap().remove("maximum");
     }
@@ -279,7 +277,7 @@ fn looser_crd() -> CustomResourceDefinition {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_poison_app_is_reported_and_stops_no_other_app() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let client = client().await;
     ensure_crd(&client).await;
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
@@ -329,7 +327,7 @@ async fn a_poison_app_is_reported_and_stops_no_other_app() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn operator_killed_while_applying_converges_and_rewrites_nothing_in_sync() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let client = client().await;
     ensure_crd(&client).await;
     let mut first = operator(&unique("faults-kill")).await;
@@ -365,7 +363,7 @@ async fn operator_killed_while_applying_converges_and_rewrites_nothing_in_sync()
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_write_rejected_by_admission_stalls_that_app_only() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let client = client().await;
     ensure_crd(&client).await;
     let victim = unique("denied");
@@ -379,7 +377,7 @@ spec:
   matchConstraints:
     resourceRules: [{{apiGroups: [apps], apiVersions: [v1], operations: [CREATE, UPDATE], resources: [deployments]}}]
   validations:
-    - expression: "request.namespace != '{victim}'"
+    - expression: "!has(object.metadata.labels) || !('resilient.dev/app' in object.metadata.labels) || object.metadata.labels['resilient.dev/app'] != '{victim}'"
       message: "deployments are frozen in {victim} by policy {policy}"
 ---
 apiVersion: admissionregistration.k8s.io/v1
@@ -390,7 +388,16 @@ spec: {{policyName: {policy}, validationActions: [Deny]}}
     );
     let out = kubectl(&["apply", "-f", "-"], Some(&manifests));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    // The policy is in force once a plain Deployment there is refused.
+    // The policy is in force once a (dry-run) Deployment with the app's label is refused.
+    let probe = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "probe", "namespace": "default", "labels": {"resilient.dev/app": victim}},
+        "spec": {"selector": {"matchLabels": {"a": "b"}}, "template": {"metadata": {"labels": {"a": "b"}},
+                 "spec": {"containers": [{"name": "c", "image": "x"}]}}}});
+    wait_for("the admission policy to be in force", Duration::from_secs(60), || async {
+        let out = kubectl(&["create", "--dry-run=server", "-f", "-"], Some(&probe.to_string()));
+        (!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("frozen")).then_some(())
+    })
+    .await;
     let _op = operator(&unique("faults-denied")).await;
     let others: Vec<String> = (0..3).map(|_| unique("allowed")).collect();
     apply_retrying(&client, &app(&victim)).await;
@@ -448,7 +455,7 @@ async fn stops_soon_after_sigterm(op: &mut OperatorProcess, state: &str) -> Dura
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_stops_the_operator_within_seconds_in_every_state() {
-    let _serial = serial();
+    let _serial = SERIAL.lock().await;
     let client = client().await;
     ensure_crd(&client).await;
     // Caches never synced: the API server is unreachable.
@@ -492,8 +499,10 @@ async fn sigterm_stops_the_operator_within_seconds_in_every_state() {
     // Let this operator clean the apps up before it goes.
     let api: Api<ResilientApp> = Api::all(client.clone());
     wait_for("the apps to be cleaned up", Duration::from_secs(120), || async {
-        let left = api.list(&ListParams::default()).await.ok()?;
-        (!left.items.iter().any(|a| names.contains(&a.name_any()))).then_some(())
+        for name in &names {
+            api.get_opt(name).await.ok()?.is_none().then_some(())?;
+        }
+        Some(())
     })
     .await;
     drop(next);
