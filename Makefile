@@ -27,9 +27,10 @@ lint: ## rustfmt and clippy, as CI runs them
 fmt: ## format the code
 	$(CARGO) fmt
 
-crd: ## regenerate crds/ from the Rust types
+crd: ## regenerate crds/ from the Rust types (and its copies in config/crd and the Helm chart)
 	$(CARGO) run --locked -q -- crd > crds/resilientapps.resilient.dev.yaml
 	cp crds/resilientapps.resilient.dev.yaml config/crd/
+	cp crds/resilientapps.resilient.dev.yaml charts/resilient-operator/crds/
 
 build: ## build the operator (debug)
 	$(CARGO) build --locked
