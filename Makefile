@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 
-.PHONY: help demo test test-unit bench lint fmt crd cluster cluster-down cluster-status build
+.PHONY: help demo test test-unit bench lint fmt crd cluster cluster-down cluster-status build install-plugin
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -34,6 +34,12 @@ crd: ## regenerate crds/ from the Rust types (and its copies in config/crd and t
 
 build: ## build the operator (debug)
 	$(CARGO) build --locked
+
+PLUGIN_DIR ?= $(HOME)/.local/bin
+install-plugin: ## build (release) and install the kubectl plugin as $(PLUGIN_DIR)/kubectl-resilient
+	$(CARGO) build --locked --release --bin resilient-operator
+	install -D -m 0755 $(CARGO_TARGET_DIR)/release/resilient-operator $(PLUGIN_DIR)/kubectl-resilient
+	@echo "kubectl resilient status   # with $(PLUGIN_DIR) on PATH"
 
 cluster: ## start the local 3-zone control plane (builds it on first use)
 	e2e/cluster.sh up
