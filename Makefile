@@ -36,7 +36,7 @@ build: ## build the operator (debug)
 	$(CARGO) build --locked
 
 PLUGIN_DIR ?= $(HOME)/.local/bin
-install-plugin: ## build (release) and install the kubectl plugin as $(PLUGIN_DIR)/kubectl-resilient
+install-plugin: ## the kubectl plugin: release build copied to ~/.local/bin/kubectl-resilient (PLUGIN_DIR=...)
 	$(CARGO) build --locked --release --bin resilient-operator
 	install -D -m 0755 $(CARGO_TARGET_DIR)/release/resilient-operator $(PLUGIN_DIR)/kubectl-resilient
 	@echo "kubectl resilient status   # with $(PLUGIN_DIR) on PATH"

@@ -24,7 +24,7 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::PostParams;
 use kube::{Api, ResourceExt};
 use resilient_operator::api::ResilientApp;
 use serde_json::{Value, json};
@@ -297,10 +297,29 @@ fn can_i(verb_resource: &[&str], user: &str) -> bool {
     String::from_utf8_lossy(&out.stdout).trim() == "yes"
 }
 
+/// Whatever the test leaves, even when it fails half-way: a left-over release (its pods and PDB)
+/// would block `kubectl drain` in tests/zones.rs.
+struct CleanUp {
+    release_namespace: String,
+    app: String,
+}
+
+impl Drop for CleanUp {
+    fn drop(&mut self) {
+        let _ = helm(&["uninstall", "resilient-operator", "-n", &self.release_namespace, "--wait"]);
+        let _ = kubectl(&["delete", "resilientapp", &self.app, "--ignore-not-found", "--wait=false"], None);
+        for ns in [&self.app, &self.release_namespace] {
+            let _ = kubectl(&["delete", "namespace", ns, "--ignore-not-found", "--wait=false"], None);
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn helm_install_upgrade_and_uninstall_keep_every_app_namespace() {
     let client = client().await;
     let ns = unique("helm-rop");
+    let app_name = unique("helm-app");
+    let _clean_up = CleanUp { release_namespace: ns.clone(), app: app_name.clone() };
     let release = "resilient-operator";
     let user = format!("system:serviceaccount:{ns}:{ns}");
     // Helm stores the release in its namespace, so the namespace exists first; the chart adopts it
@@ -365,7 +384,6 @@ async fn helm_install_upgrade_and_uninstall_keep_every_app_namespace() {
     assert_eq!(history.as_array().map(Vec::len), Some(2), "{history}");
 
     // An app with data in its namespace (no operator runs in this test binary: the app only exists).
-    let app_name = unique("helm-app");
     apply_app(
         &client,
         &json!({"apiVersion": "resilient.dev/v1alpha1", "kind": "ResilientApp", "metadata": {"name": app_name},
@@ -403,11 +421,5 @@ async fn helm_install_upgrade_and_uninstall_keep_every_app_namespace() {
         .expect("the CRD is kept (Helm never deletes crds/)");
     let operator_ns = Api::<Namespace>::all(client.clone()).get(&ns).await.expect("the operator namespace is kept");
     assert!(operator_ns.metadata.deletion_timestamp.is_none());
-
-    // Clean up (no operator runs here, so the app has no finalizer to wait for).
-    let _ = Api::<ResilientApp>::all(client.clone()).delete(&app_name, &DeleteParams::default()).await;
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    for n in [&app_name, &ns] {
-        let _ = namespaces.delete(n, &DeleteParams::default()).await;
-    }
+    // CleanUp deletes the app (no operator runs here, so it has no finalizer) and both namespaces.
 }
