@@ -37,14 +37,21 @@ export GOFLAGS="${GOFLAGS:-} -buildvcs=false"
 
 log() { printf '[cluster %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
+# shellcheck source=e2e/helm.sh
+. "$ROOT/e2e/helm.sh"
 
 go_version() { command -v go >/dev/null || die "Go is required to build the control plane (go not found on PATH)"; go env GOVERSION; }
 
 # Binaries live outside the repo so clean clones on the same machine reuse them.
 cache_root() { echo "${RESILIENT_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/resilient-operator}"; }
 bin_dir() {
-  local sum
-  sum=$(cat "$TOOLS"/*/go.mod "$TOOLS"/*/go.sum "$TOOLS"/*/*.go 2>/dev/null | sha256sum | cut -c1-12)
+  local sum m f
+  # Only the control plane's modules (the real nodes' modules have keys of their own, see
+  # e2e/nodes.sh), in the order a glob over e2e/tools gave before those existed.
+  sum=$({
+    for f in go.mod go.sum; do for m in etcd k8s kstatus kwok; do cat "$TOOLS/$m/$f"; done; done
+    cat "$TOOLS"/{etcd,k8s,kstatus,kwok}/*.go 2>/dev/null || true
+  } | sha256sum | cut -c1-12)
   echo "$(cache_root)/bin/k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_$(go_version)_${sum}"
 }
 BIN=""
@@ -52,6 +59,7 @@ KUBECTL=""
 ensure_bin_var() { [ -n "$BIN" ] || { BIN=$(bin_dir); KUBECTL="$BIN/kubectl --kubeconfig=$W/kubeconfig"; }; }
 
 build() {
+  build_helm
   ensure_bin_var
   local all=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok kstatus) missing=() b
   for b in "${all[@]}"; do [ -x "$BIN/$b" ] || missing+=("$b"); done
@@ -249,6 +257,7 @@ print_env() {
   ensure_bin_var
   echo "export KUBECONFIG=$W/kubeconfig"
   echo "export PATH=$BIN:\$PATH"
+  echo "export HELM=$(helm_bin_dir)/helm"
 }
 
 up() {
