@@ -277,6 +277,28 @@ fn simulate_cmd(args: &SimulateArgs) -> anyhow::Result<ExitCode> {
     Ok(if report.all_hold() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
+/// Every ResilientApp that can be decoded; one that cannot (stored under an older, looser CRD)
+/// is named on standard error and left out, so it never hides all the others.
+pub async fn list_readable_apps(client: &kube::Client) -> anyhow::Result<Vec<ResilientApp>> {
+    use kube::api::{Api, ListParams};
+    let listed = Api::<crate::controller::GuardedApp>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .context("listing ResilientApps")?;
+    Ok(listed
+        .items
+        .into_iter()
+        .filter_map(|guarded| match guarded.0 {
+            Ok(app) => Some(app),
+            Err(invalid) => {
+                let name = invalid.metadata.name.unwrap_or_default();
+                eprintln!("warning: ResilientApp {name} cannot be read and is left out: {}", invalid.error);
+                None
+            }
+        })
+        .collect())
+}
+
 /// List what `simulate` needs and simulate the loss of `zones`, for every app or only those whose
 /// namespace is `namespace`.
 pub async fn simulation(
@@ -286,9 +308,7 @@ pub async fn simulation(
 ) -> anyhow::Result<crate::simulate::SimulationReport> {
     use k8s_openapi::api::core::v1::{Node, Pod, ResourceQuota};
     use kube::api::{Api, ListParams};
-    let apps =
-        Api::<ResilientApp>::all(client.clone()).list(&ListParams::default()).await.context("listing ResilientApps")?;
-    let apps = crate::status::in_namespace(apps.items, namespace);
+    let apps = crate::status::in_namespace(list_readable_apps(client).await?, namespace);
     let nodes = Api::<Node>::all(client.clone()).list(&ListParams::default()).await.context("listing nodes")?;
     let pods = Api::<Pod>::all(client.clone()).list(&ListParams::default()).await.context("listing pods")?;
     let managed = ListParams::default().labels(&controller::managed_selector());

@@ -149,9 +149,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 async fn list_apps(client: &kube::Client, namespace: Option<&str>) -> anyhow::Result<Vec<ResilientApp>> {
-    let apps =
-        Api::<ResilientApp>::all(client.clone()).list(&ListParams::default()).await.context("listing ResilientApps")?;
-    Ok(in_namespace(apps.items, namespace))
+    Ok(in_namespace(crate::cli::list_readable_apps(client).await?, namespace))
 }
 
 fn print_structured<T: Serialize>(value: &T, output: Output) -> anyhow::Result<()> {
