@@ -1,6 +1,7 @@
 use super::*;
 use crate::api::ResilientAppSpec;
 use crate::controller::gate::{Blocked, Validated};
+use crate::render::Warning;
 use k8s_openapi::api::core::v1::{Node, PodCondition, PodSpec, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -50,7 +51,7 @@ fn observed(pods: Vec<Arc<Pod>>) -> Observed {
 }
 
 fn ok(a: &ResilientApp, zones: &[String]) -> Gate {
-    Ok(Validated { plan: Plan::for_zones(a, zones), warning: None, create_namespace: false, adopting: false })
+    Ok(Validated { plan: Plan::for_zones(a, zones), warnings: vec![], create_namespace: false, adopting: false })
 }
 
 /// The outcome of one pass that wrote `writes` changes, from an empty previous status.
@@ -184,7 +185,7 @@ fn rebalancing_only_in_a_settled_pass() {
     fallback.no_usable_zones = true;
     assert!(!may_rebalance(
         &a,
-        &Ok(Validated { plan: fallback, warning: None, create_namespace: false, adopting: false }),
+        &Ok(Validated { plan: fallback, warnings: vec![], create_namespace: false, adopting: false }),
         0
     ));
     let waiting = Err(Blocked { plan: Plan::for_zones(&a, &zones()), why: Blocker::Waiting("w".into()) });
@@ -214,31 +215,31 @@ fn transitions_publish_flips_not_steady_states() {
     let ready = c(Ready, "True", "MinAvailableMet");
     let tolerant = c(ZoneFailureTolerant, "True", "ZoneLossSurvivable");
     // Nothing changed: no Event.
-    assert!(transitions(&[ready.clone(), tolerant.clone()], &[ready.clone(), tolerant.clone()], None).is_empty());
+    assert!(transitions(&[ready.clone(), tolerant.clone()], &[ready.clone(), tolerant.clone()], &[]).is_empty());
     // A new app's first status is not a transition.
-    assert!(transitions(&[], &[ready.clone(), tolerant.clone()], None).is_empty());
+    assert!(transitions(&[], &[ready.clone(), tolerant.clone()], &[]).is_empty());
     // Losing availability and tolerance: two warnings; getting them back: two normal Events.
     let down = [c(Ready, "False", "MinAvailableNotMet"), c(ZoneFailureTolerant, "False", "PlacementAtRisk")];
     assert_eq!(
-        reasons(&transitions(&[ready.clone(), tolerant.clone()], &down, None)),
+        reasons(&transitions(&[ready.clone(), tolerant.clone()], &down, &[])),
         [(EventType::Warning, "PlacementAtRisk"), (EventType::Warning, "MinAvailableNotMet")]
     );
     assert_eq!(
-        reasons(&transitions(&down, &[ready.clone(), tolerant.clone()], None)),
+        reasons(&transitions(&down, &[ready.clone(), tolerant.clone()], &[])),
         [(EventType::Normal, "ZoneLossSurvivable"), (EventType::Normal, "MinAvailableMet")]
     );
     // A changed reason with the same status is a transition too.
     let other = c(ZoneFailureTolerant, "False", "InsufficientZones");
-    assert_eq!(reasons(&transitions(&[down[1].clone()], &[other], None)), [(EventType::Warning, "InsufficientZones")]);
+    assert_eq!(reasons(&transitions(&[down[1].clone()], &[other], &[])), [(EventType::Warning, "InsufficientZones")]);
     // Stalled is reported even on the first status.
     let stalled = c(Stalled, "True", "QuotaTooSmall");
-    assert_eq!(reasons(&transitions(&[], &[stalled], None)), [(EventType::Warning, "QuotaTooSmall")]);
+    assert_eq!(reasons(&transitions(&[], &[stalled], &[])), [(EventType::Warning, "QuotaTooSmall")]);
     // A quota warning once: not again while the Ready message already carries it.
-    let w = "spec.quota.pods leaves no room";
-    assert_eq!(reasons(&transitions(&[], &[], Some(w))), [(EventType::Warning, "QuotaNoSurgeRoom")]);
+    let w = [Warning { reason: "QuotaNoSurgeRoom", message: "spec.quota.pods leaves no room".into() }];
+    assert_eq!(reasons(&transitions(&[], &[], &w)), [(EventType::Warning, "QuotaNoSurgeRoom")]);
     let mut with_warning = ready.clone();
-    with_warning.message = format!("ok; warning: {w}");
-    assert!(transitions(&[with_warning.clone()], &[with_warning], Some(w)).is_empty());
+    with_warning.message = format!("ok; warning: {}", w[0].message);
+    assert!(transitions(&[with_warning.clone()], &[with_warning], &w).is_empty());
 }
 
 #[test]
