@@ -45,6 +45,10 @@ pub struct Pass<'a> {
     pub rebalanced: Option<String>,
     /// Consecutive passes whose writes were rejected (0 when this one was not), for the backoff.
     pub attempt: u32,
+    /// What failing over a lost zone did in this pass, if anything.
+    pub failed_over: Option<String>,
+    /// When a zone that is down will have been down for failoverSeconds: look again then.
+    pub failover_in: Option<Duration>,
 }
 
 /// An Event to publish on the app.
@@ -84,6 +88,9 @@ pub fn compute(pass: &Pass, previous: &ResilientAppStatus, now: &Time, resync: D
     let mut events = Vec::new();
     if let Some(moved) = &pass.rebalanced {
         events.push(Notice::new(EventType::Normal, "Rebalanced", "Rebalance", moved));
+    }
+    if let Some(deleted) = &pass.failed_over {
+        events.push(Notice::new(EventType::Warning, "ZoneFailover", "FailOver", deleted));
     }
     if let Ok(v) = pass.gate
         && v.adopting
@@ -127,7 +134,7 @@ pub fn requeue(pass: &Pass, resync: Duration) -> Action {
         Err(b) if b.why.is_stalled() => Action::requeue(STALLED_RETRY),
         Err(_) => Action::requeue(WAITING_RETRY),
         Ok(_) if pass.rebalanced.is_some() => Action::requeue(REBALANCE_RETRY),
-        Ok(_) => Action::requeue(resync),
+        Ok(_) => Action::requeue(pass.failover_in.map_or(resync, |f| f.min(resync))),
     }
 }
 

@@ -56,7 +56,16 @@ fn ok(a: &ResilientApp, zones: &[String]) -> Gate {
 
 /// The outcome of one pass that wrote `writes` changes, from an empty previous status.
 fn outcome(a: &ResilientApp, gate: &Gate, obs: &Observed, writes: usize) -> Outcome {
-    let pass = Pass { app: a, gate, observed: obs, writes, rebalanced: None, attempt: 0 };
+    let pass = Pass {
+        app: a,
+        gate,
+        observed: obs,
+        writes,
+        rebalanced: None,
+        attempt: 0,
+        failed_over: None,
+        failover_in: None,
+    };
     compute(&pass, &ResilientAppStatus::default(), &t(1), Duration::from_secs(300))
 }
 
@@ -161,7 +170,19 @@ fn the_requeue_is_chosen_in_one_place() {
     let plan = Plan::for_zones(&a, &zones());
     let resync = Duration::from_secs(300);
     let action = |gate: &Gate, rebalanced: Option<String>| {
-        requeue(&Pass { app: &a, gate, observed: &obs, writes: 0, rebalanced, attempt: 3 }, resync)
+        requeue(
+            &Pass {
+                app: &a,
+                gate,
+                observed: &obs,
+                writes: 0,
+                rebalanced,
+                attempt: 3,
+                failed_over: None,
+                failover_in: None,
+            },
+            resync,
+        )
     };
     let blocked = |why| Err(Blocked { plan: plan.clone(), why });
     assert_eq!(action(&blocked(Blocker::InvalidSpec(vec![])), None), Action::await_change());
@@ -173,6 +194,19 @@ fn the_requeue_is_chosen_in_one_place() {
     assert_eq!(action(&blocked(Blocker::Rejected("r".into())), None), Action::requeue(Duration::from_secs(4)));
     assert_eq!(action(&ok(&a, &zones()), Some("moved".into())), Action::requeue(REBALANCE_RETRY));
     assert_eq!(action(&ok(&a, &zones()), None), Action::requeue(resync));
+    // A zone down everywhere for less than failoverSeconds: look again when it will be time.
+    let gate = ok(&a, &zones());
+    let soon = Pass {
+        app: &a,
+        gate: &gate,
+        observed: &obs,
+        writes: 0,
+        rebalanced: None,
+        attempt: 0,
+        failed_over: None,
+        failover_in: Some(Duration::from_secs(12)),
+    };
+    assert_eq!(requeue(&soon, resync), Action::requeue(Duration::from_secs(12)));
 }
 
 #[test]
@@ -247,8 +281,16 @@ fn a_rebalance_is_an_event_and_a_quick_look_again() {
     let a = app(2);
     let gate = ok(&a, &zones());
     let obs = observed(vec![]);
-    let pass =
-        Pass { app: &a, gate: &gate, observed: &obs, writes: 0, rebalanced: Some("web: evicted p".into()), attempt: 0 };
+    let pass = Pass {
+        app: &a,
+        gate: &gate,
+        observed: &obs,
+        writes: 0,
+        rebalanced: Some("web: evicted p".into()),
+        attempt: 0,
+        failed_over: None,
+        failover_in: None,
+    };
     let o = compute(&pass, &ResilientAppStatus::default(), &t(1), Duration::from_secs(300));
     assert_eq!(o.events[0].reason, "Rebalanced");
     assert_eq!(o.events[0].note, "web: evicted p");
