@@ -194,12 +194,7 @@ async fn a_lost_zone_is_survived_replaced_fast_and_rebalanced_when_it_returns() 
     eprintln!("outage: replacements Running in the surviving zones after {took:?}");
     // The operator failed the whole zone over once it had been down for failoverSeconds, without
     // waiting for the node lifecycle controller to taint the zone's nodes one at a time (10 s apart).
-    let events: Api<Event> = Api::all(client.clone());
-    let failover = wait_for("a ZoneFailover Event", Duration::from_secs(30), || async {
-        let list = events.list(&ListParams::default().fields(&format!("involvedObject.name={name}"))).await.ok()?;
-        list.items.into_iter().find(|e| e.reason.as_deref() == Some("ZoneFailover")).and_then(|e| e.message)
-    })
-    .await;
+    let failover = event_message(&client, &name, "ZoneFailover", Duration::from_secs(30)).await;
     assert!(failover.starts_with("zone-a lost for failoverSeconds: deleted"), "{failover}");
 
     // The status says what happened.
