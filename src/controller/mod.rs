@@ -31,8 +31,8 @@ use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::Store;
-use kube::runtime::watcher;
-use kube::{Api, Client, ResourceExt};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
 use self::index::Cache;
@@ -216,11 +216,23 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let apps: Api<GuardedApp> = Api::all(client.clone());
     let (stores, child_triggers, node_stream, pod_stream) = Stores::watch(&client);
+    // The apps themselves: cached without managedFields (most of a stored app's bytes).
+    let (app_store, app_writer) = kube::runtime::reflector::store::<GuardedApp>();
+    let mut app_stream = watcher(apps, watcher::Config::default())
+        .default_backoff()
+        .modify(|app: &mut GuardedApp| app.meta_mut().managed_fields = None)
+        .reflect(app_writer)
+        .applied_objects()
+        .boxed();
     let (synced_tx, synced_rx) = tokio::sync::watch::channel(false);
     {
         let stores = stores.clone();
+        let app_store = app_store.clone();
         tokio::spawn(async move {
             stores.wait_until_ready().await;
+            if app_store.wait_until_ready().await.is_ok() {
+                debug!(cache = "apps", "cache synced");
+            }
             info!("caches synced");
             let _ = synced_tx.send(true);
             health.ready.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -238,8 +250,8 @@ pub async fn run(
     });
 
     // The caches run (and /readyz turns true once they are synced) whether or not this replica
-    // leads: until it does, their streams are drained here and nothing is reconciled. The
-    // controller lists every app when it starts, so nothing seen meanwhile is missed.
+    // leads: until it does, their streams are drained here and nothing is reconciled. Once it
+    // leads, every app in the cache is reconciled, so nothing seen meanwhile is missed.
     let (mut child_triggers, mut node_stream, mut pod_stream) = (child_triggers, node_stream, pod_stream);
     let mut leading = std::pin::pin!(leading);
     let mut stop = std::pin::pin!(shutdown.clone().requested());
@@ -253,13 +265,14 @@ pub async fn run(
             Some(_) = child_triggers.next() => {}
             Some(_) = node_stream.next() => {}
             Some(_) = pod_stream.next() => {}
+            Some(_) = app_stream.next() => {}
         }
     }
-    let controller = Controller::new(apps, watcher::Config::default());
-    let app_store = controller.store();
+    let controller = Controller::for_stream(app_stream, app_store.clone());
     let forget = ctx.clone();
     controller
         .with_config(controller::Config::default().concurrency(settings.concurrency))
+        .reconcile_all_on(futures::stream::once(async {}))
         .reconcile_on(child_triggers)
         .watches_stream(pod_stream, watch::app_of_pod)
         .watches_stream(node_stream, move |node| watch::apps_in_zone_of(&app_store, &node))
