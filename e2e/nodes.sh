@@ -471,13 +471,22 @@ real_nodes_up() {
     name=$(real_node_name "$i")
     start_kubelet "$i"
     start_node_proc "$i" "$name-kube-proxy" "$(tool_bin_dir node)/kube-proxy" --config="$n/kube-proxy.yaml"
+  done
+  wait_for "real nodes Ready" 180 real_nodes_ready
+  # kube-router finds its node object at start: start it once the kubelets registered.
+  for i in $(seq 1 "$count"); do
+    n=$(real_node_dir "$i")
+    name=$(real_node_name "$i")
     start_node_proc "$i" "$name-kube-router" "$(tool_bin_dir kube-router)/kube-router" \
       --kubeconfig="$n/kube-router.kubeconfig" --hostname-override="$name" \
       --run-firewall=true --run-router=false --run-service-proxy=false --run-loadbalancer=false \
       --enable-cni=false --enable-pod-egress=false --enable-ipv6=false --bgp-graceful-restart=false \
       --service-cluster-ip-range="$SERVICE_CIDR" --health-port=20244 --metrics-port=0
   done
-  wait_for "real nodes Ready" 180 real_nodes_ready
+  for i in $(seq 1 "$count"); do
+    wait_for "kube-router of $(real_node_name "$i") healthy" 60 \
+      nsenter --net="/run/netns/$(real_node_netns "$i")" curl -fsS http://127.0.0.1:20244/healthz
+  done
   log "real nodes Ready in $(($(date +%s) - t0))s"
 }
 
@@ -493,11 +502,15 @@ real_node_processes() { echo kube-router kube-proxy kubelet containerd; }
 real_nodes_down() {
   local i name c
   [ -d "$W/nodes" ] || [ -f "$W/host-objects" ] || return 0
+  # The nodes stop side by side (each process gets up to 10 s to exit on SIGTERM).
   for i in $(seq 1 "$(real_node_count)"); do
-    name=$(real_node_name "$i")
-    for c in $(real_node_processes); do stop_pid "$name-$c"; done
-    kill_cgroup_tree "$(real_node_cgroup "$i")"
+    (
+      name=$(real_node_name "$i")
+      for c in $(real_node_processes); do stop_pid "$name-$c"; done
+      kill_cgroup_tree "$(real_node_cgroup "$i")"
+    ) &
   done
+  wait
   stop_pid apiserver-forwarder
   undo_host_objects
 }
