@@ -429,9 +429,10 @@ case $cmd in
   down) down ;;
   build) build; build_nodes ;;
   build-nodes) build_nodes ;;
+  operator-image) ensure_bin_var; [ -n "${1:-}" ] || die "usage: cluster.sh operator-image BINARY"; operator_image "$1" ;;
   load-image) ensure_bin_var; [ -n "${1:-}" ] || die "usage: cluster.sh load-image ARCHIVE"; load_image "$1" ;;
   status) status ;;
   zone-down) zone_down "$@" ;;
   zone-up) zone_up "$@" ;;
-  *) echo "usage: $0 up|env|down|status|build|build-nodes|load-image ARCHIVE|zone-down ZONE|zone-up ZONE" >&2; exit 2 ;;
+  *) echo "usage: $0 up|env|down|status|build|build-nodes|load-image ARCHIVE|operator-image BINARY|zone-down ZONE|zone-up ZONE" >&2; exit 2 ;;
 esac

@@ -648,3 +648,27 @@ spec:
   - {name: dns-tcp, port: 53, protocol: TCP}
 EOM
 }
+
+# ---------------------------------------------------------------------------------------------
+# The operator's image, from a built binary: the binary (debug symbols stripped) and the shared
+# libraries it links (glibc of this machine), user 65532, entrypoint and command as in the
+# Dockerfile. Named as config/manager names it, so `kubectl apply -k config/default` runs it.
+operator_image() { # binary
+  local bin=$1 image tmp lib args=() out
+  [ -x "$bin" ] || die "no operator binary at $bin (cargo build first)"
+  image=$(sed -n 's/^ *image: *\([^ ]*resilient-operator[^ ]*\)$/\1/p' "$ROOT/config/manager/manager.yaml" | head -1)
+  [ -n "$image" ] || die "no operator image in config/manager/manager.yaml"
+  tmp=$(mktemp -d)
+  strip -o "$tmp/resilient-operator" "$bin" 2>/dev/null || cp "$bin" "$tmp/resilient-operator"
+  for lib in $(ldd "$bin" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'); do
+    args+=(-file "$lib=$lib:0755")
+  done
+  mkdir -p "$W/images"
+  out=$W/images/operator.tar
+  "$(tool_bin_dir images)/ociimage" -o "$out" -name "$image" -user 65532:65532 -entrypoint /resilient-operator \
+    -cmd "run --metrics-address=0.0.0.0:8080 --log-format=json --leader-elect" \
+    -file "/resilient-operator=$tmp/resilient-operator" "${args[@]}" -dir /tmp:1777 -expose 8080/tcp
+  rm -rf "$tmp"
+  load_image "$out"
+  echo "$image"
+}
