@@ -430,6 +430,7 @@ case $cmd in
   build) build; build_nodes ;;
   build-nodes) build_nodes ;;
   operator-image) ensure_bin_var; [ -n "${1:-}" ] || die "usage: cluster.sh operator-image BINARY"; operator_image "$1" ;;
+  images) ensure_bin_var; build_images; for a in "${IMAGE_ARCHIVES[@]}"; do load_image "$a"; done ;;
   load-image) ensure_bin_var; [ -n "${1:-}" ] || die "usage: cluster.sh load-image ARCHIVE"; load_image "$1" ;;
   status) status ;;
   zone-down) zone_down "$@" ;;

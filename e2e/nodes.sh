@@ -26,7 +26,7 @@ CLUSTER_DNS=10.96.0.10
 REAL_TAINT=resilient.dev/real-node
 PAUSE_IMAGE=localhost/resilient-dev/pause:1.0
 COREDNS_IMAGE=localhost/resilient-dev/coredns:$COREDNS_VERSION
-HTTP_ECHO_IMAGE=hashicorp/http-echo:${HTTP_ECHO_VERSION#v}
+HTTP_ECHO_IMAGE=docker.io/hashicorp/http-echo:${HTTP_ECHO_VERSION#v}
 CGROUP_HIERARCHIES=(cpu cpuacct cpuset memory devices freezer blkio pids systemd unified)
 
 # Binaries of one tool module, keyed by the module's files and the Go version.
