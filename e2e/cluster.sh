@@ -303,8 +303,9 @@ EOA
   wait_for "the default ServiceAccount" 60 $KUBECTL get serviceaccount default -n default
   if [ "$(real_node_count)" -gt 0 ]; then
     start_apiserver_forwarder
-    real_node_addons
     real_nodes_up
+    # After the nodes registered, so the scheduler spreads CoreDNS over them.
+    real_node_addons
     wait_for "CoreDNS Ready" 120 $KUBECTL -n kube-system wait --for=condition=Available deployment/coredns --timeout=5s
   fi
   log "cluster up in $(($(date +%s) - t0))s"
