@@ -21,7 +21,7 @@ e2e/cluster.sh up >/dev/null
 eval "$(e2e/cluster.sh env)"
 kubectl get nodes -L topology.kubernetes.io/zone --no-headers | awk '{printf "   %-10s %-6s %s\n", $1, $2, $6}'
 
-bold "3/7 installing the operator: config/crd and config/rbac, then the operator as its ServiceAccount"
+bold "3/7 installing the operator: config/crd, config/rbac and config/admission, then the operator as its ServiceAccount"
 say "(no container engine here, so the operator runs as a local process instead of the config/manager Deployment)"
 mkdir -p .cluster/logs
 # shellcheck source=e2e/lib.sh

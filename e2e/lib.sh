@@ -38,16 +38,25 @@ skew() { # "line" zone...
   for z in "$@"; do zone_count "$line" "$z"; done | sort -n | awk 'NR == 1 {min = $1} {max = $1} END {print max - min}'
 }
 
-# Start the operator in the background; sets OPERATOR_PID.
+# Start the operator in the background; sets OPERATOR_PID and records it in .cluster/pids. An
+# operator that an earlier, interrupted run left on the same port is stopped by its recorded pid.
 start_operator() { # binary log-file metrics-port [extra run arguments...]
-  local bin=$1 log=$2 port=$3
+  local bin=$1 log=$2 port=$3 pidfile old
   shift 3
-  pkill -f "resilient-operator run --metrics-address 127.0.0.1:$port" 2>/dev/null || true
+  pidfile=.cluster/pids/operator-$port.pid
+  if [ -f "$pidfile" ]; then
+    old=$(cat "$pidfile")
+    if [ "$(cat /proc/"$old"/comm 2>/dev/null)" = resilient-opera ]; then kill "$old" 2>/dev/null || true; fi
+    rm -f "$pidfile"
+  fi
   "$bin" run --metrics-address "127.0.0.1:$port" "$@" >"$log" 2>&1 &
   OPERATOR_PID=$!
+  mkdir -p .cluster/pids
+  echo "$OPERATOR_PID" >"$pidfile"
 }
 
-# Install the CRD and the operator's RBAC (config/crd, config/rbac), and write
+# Install the CRD, the operator's RBAC and the admission policies (config/crd, config/rbac,
+# config/admission: config/default without the manager Deployment), and write
 # .cluster/operator.kubeconfig, which authenticates as the operator's ServiceAccount: the operator
 # then runs with exactly the permissions config/default grants it in a real cluster.
 install_operator_identity() {
@@ -55,6 +64,7 @@ install_operator_identity() {
   kubectl wait --for condition=Established crd/resilientapps.resilient.dev --timeout=30s >/dev/null
   kubectl get namespace resilient-system >/dev/null 2>&1 || kubectl create namespace resilient-system >/dev/null
   kubectl apply --server-side --force-conflicts -k config/rbac >/dev/null
+  kubectl apply --server-side --force-conflicts -k config/admission >/dev/null
   local token server
   token=$(kubectl create token resilient-operator -n resilient-system --duration=24h)
   server=$(kubectl config view --minify -o jsonpath='{.clusters[0].cluster.server}')

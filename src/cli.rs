@@ -1,4 +1,4 @@
-//! Command line: `run`, `crd`, `render`.
+//! Command line: `run`, `crd`, `render`, `simulate`.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::api::ResilientApp;
 use crate::controller::{self, Settings};
 use crate::metrics::Metrics;
-use crate::render::{self, Desired};
+use crate::render::{self, Plan};
 use crate::resilience::Shortfall;
 
 /// A Kubernetes operator that turns one ResilientApp into a namespace with guardrails and
@@ -132,11 +132,15 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// How long a graceful shutdown may take before the process exits anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
     init_logging(args.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
-        let client = operator_client().await?;
+        // First, so that a signal is honoured in every state, caches never synced included.
+        let shutdown = crate::shutdown::on_signals(SHUTDOWN_GRACE)?;
         let metrics = Arc::new(Metrics::default());
         let health = Arc::new(crate::telemetry::Health::default());
         crate::telemetry::serve(args.metrics_address, metrics.clone(), health.clone())
@@ -147,10 +151,10 @@ fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
             kube::runtime::events::Reporter { controller: crate::api::MANAGER.to_string(), instance: Some(identity()) };
         if !args.leader_elect {
             metrics.set_leader(true);
-            return controller::run(client, settings, metrics, health, reporter).await;
+            let client = operator_client(crate::leader::Fence::open()).await?;
+            let leading = std::future::ready(());
+            return controller::run(client, settings, metrics, health, reporter, leading, shutdown).await;
         }
-        // A standby is healthy and ready: it only waits.
-        health.ready.store(true, std::sync::atomic::Ordering::Relaxed);
         let lease = crate::leader::LeaseSettings {
             namespace: args.leader_election_namespace.clone(),
             name: args.lease_name.clone(),
@@ -158,21 +162,46 @@ fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
             duration: Duration::from_secs(args.lease_duration_seconds),
             grace: Duration::from_secs(args.lease_grace_seconds),
         };
-        let mut leadership = crate::leader::acquire(client.clone(), &lease).await;
-        metrics.set_leader(true);
-        tokio::select! {
-            result = controller::run(client, settings, metrics.clone(), health, reporter) => {
-                metrics.set_leader(false);
-                leadership.release().await;
-                result
-            }
-            () = leadership.lost() => {
-                // Another instance may already be reconciling: stop at once, a restart makes this
-                // one a standby again.
-                tracing::error!("lost the leader lease; exiting");
-                std::process::exit(1);
-            }
+        // Writes stay fenced off until the lease is held and confirmed.
+        let fence = crate::leader::Fence::closed();
+        let client = operator_client(fence.clone()).await?;
+        let lease_client = lease_client().await?;
+        let (leading_tx, mut leading_rx) = tokio::sync::watch::channel(false);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let elect = {
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                let mut leadership = crate::leader::acquire(lease_client.clone(), &lease).await;
+                let watchdog = crate::leader::watchdog(lease_client, lease.clone(), fence.clone());
+                metrics.set_leader(true);
+                let _ = leading_tx.send(true);
+                tokio::select! {
+                    () = leadership.lost() => {
+                        // Another instance may already be reconciling: stop at once; a restart
+                        // makes this one a standby again.
+                        fence.close();
+                        tracing::error!("lost the leader lease; exiting");
+                        std::process::exit(1);
+                    }
+                    _ = stop_rx => {
+                        watchdog.abort();
+                        fence.close();
+                        metrics.set_leader(false);
+                        leadership.release().await;
+                    }
+                }
+            })
+        };
+        let leading = async move {
+            let _ = leading_rx.wait_for(|leading| *leading).await;
+        };
+        let result = controller::run(client, settings, metrics.clone(), health, reporter, leading, shutdown).await;
+        // Release the lease at once (if held), so that a standby takes over without waiting.
+        let _ = stop_tx.send(());
+        if !elect.is_finished() {
+            let _ = tokio::time::timeout(Duration::from_secs(3), elect).await;
         }
+        result
     })?;
     Ok(ExitCode::SUCCESS)
 }
@@ -189,17 +218,45 @@ pub fn identity() -> String {
 /// can tell its requests apart.
 pub const USER_AGENT: &str = concat!("resilient-operator/", env!("CARGO_PKG_VERSION"));
 
-/// A client from KUBECONFIG or the in-cluster config, identified by [`USER_AGENT`] and the
-/// instance [`identity`].
-pub async fn operator_client() -> anyhow::Result<kube::Client> {
+/// The client configuration from KUBECONFIG or the in-cluster config, identified by
+/// [`USER_AGENT`] and the instance [`identity`].
+async fn client_config() -> anyhow::Result<kube::Config> {
     let mut config = kube::Config::infer().await.context("loading the Kubernetes client configuration")?;
     // No blanket retry of 429: for evictions it means "the PodDisruptionBudget says no" and the
     // answer must come back at once; reconciles and watches have their own backoff.
     config.default_retry = false;
+    config.connect_timeout = Some(Duration::from_secs(10));
     let agent = format!("{USER_AGENT} ({})", identity());
     let agent = http::HeaderValue::from_str(&agent).unwrap_or(http::HeaderValue::from_static(USER_AGENT));
     config.headers.push((http::header::USER_AGENT, agent));
-    kube::Client::try_from(config).context("creating the Kubernetes client")
+    Ok(config)
+}
+
+/// The operator's client. Every request but a read passes the `fence`: a replica that may no
+/// longer hold the leader lease sends no write at all.
+pub async fn operator_client(fence: Arc<crate::leader::Fence>) -> anyhow::Result<kube::Client> {
+    let config = client_config().await?;
+    let fenced = tower::filter::FilterLayer::new(move |req: http::Request<kube::client::Body>| {
+        let read = matches!(*req.method(), http::Method::GET | http::Method::HEAD);
+        if read || fence.allows_writes() {
+            Ok(req)
+        } else {
+            Err(tower::BoxError::from("not the leader (or the lease could not be confirmed): write refused"))
+        }
+    });
+    let builder = kube::client::ClientBuilder::try_from(config).context("creating the Kubernetes client")?;
+    Ok(builder.with_layer(&fenced).build())
+}
+
+/// A client for the leader Lease alone, with short timeouts: a renewal must fail fast on a dead
+/// connection, never hang while the other connections keep writing.
+async fn lease_client() -> anyhow::Result<kube::Client> {
+    let mut config = client_config().await?;
+    config.connect_timeout = Some(Duration::from_secs(3));
+    config.read_timeout = Some(Duration::from_secs(5));
+    config.write_timeout = Some(Duration::from_secs(5));
+    config.reset_reader_on_write = true;
+    kube::Client::try_from(config).context("creating the lease client")
 }
 
 fn simulate_cmd(args: &SimulateArgs) -> anyhow::Result<ExitCode> {
@@ -207,7 +264,7 @@ fn simulate_cmd(args: &SimulateArgs) -> anyhow::Result<ExitCode> {
     use kube::api::{Api, ListParams};
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let report = runtime.block_on(async {
-        let client = operator_client().await?;
+        let client = operator_client(crate::leader::Fence::open()).await?;
         let apps = Api::<ResilientApp>::all(client.clone())
             .list(&ListParams::default())
             .await
@@ -275,8 +332,9 @@ pub fn render_yaml(app: &ResilientApp, zones: &[String]) -> anyhow::Result<Strin
     let f = app.spec.resilience.zone_failures_tolerated;
     let mut out =
         format!("# ResilientApp {} over zones [{}], tolerating {f} zone failure(s)\n", app.name(), zones.join(", "));
-    for (name, plan) in render::replica_plans(app, zones) {
-        let note = match plan.shortfall {
+    let plan = Plan::for_zones(app, zones);
+    for (name, replicas) in &plan.replicas {
+        let note = match replicas.shortfall {
             None => "keeps minAvailable through the loss".to_string(),
             Some(Shortfall::InsufficientZones { .. }) => {
                 "NOT zone-failure tolerant: too few zones (best effort)".to_string()
@@ -285,37 +343,11 @@ pub fn render_yaml(app: &ResilientApp, zones: &[String]) -> anyhow::Result<Strin
                 format!("NOT zone-failure tolerant: needs {needed} replicas")
             }
         };
-        out.push_str(&format!("# component {name}: {} replicas, {note}\n", plan.replicas));
+        out.push_str(&format!("# component {name}: {} replicas, {note}\n", replicas.replicas));
     }
-    let Desired {
-        namespace,
-        resource_quota,
-        limit_range,
-        network_policies,
-        role_bindings,
-        deployments,
-        pod_disruption_budgets,
-        services,
-    } = render::render(app, zones);
-    let mut docs = vec![to_yaml(&namespace)?, to_yaml(&resource_quota)?, to_yaml(&limit_range)?];
-    for o in &network_policies {
-        docs.push(to_yaml(o)?);
-    }
-    for o in &role_bindings {
-        docs.push(to_yaml(o)?);
-    }
-    for o in &services {
-        docs.push(to_yaml(o)?);
-    }
-    for o in &pod_disruption_budgets {
-        docs.push(to_yaml(o)?);
-    }
-    for o in &deployments {
-        docs.push(to_yaml(o)?);
-    }
-    for d in docs {
+    for child in render::render(app, &plan).into_steps().into_iter().flatten() {
         out.push_str("---\n");
-        out.push_str(&d);
+        out.push_str(&to_yaml(&child)?);
     }
     Ok(out)
 }

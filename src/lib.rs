@@ -13,5 +13,6 @@ pub mod leader;
 pub mod metrics;
 pub mod render;
 pub mod resilience;
+pub mod shutdown;
 pub mod simulate;
 pub mod telemetry;

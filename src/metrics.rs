@@ -11,7 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::api::ResilientAppStatus;
+use crate::api::{ConditionType, ResilientAppStatus};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CategoryLabels {
@@ -96,7 +96,7 @@ impl Metrics {
         let tolerant = status
             .conditions
             .iter()
-            .find(|c| c.type_ == "ZoneFailureTolerant")
+            .find(|c| c.type_ == ConditionType::ZoneFailureTolerant.as_str())
             .map_or("Unknown", |c| c.status.as_str())
             .to_string();
         self.usable_zones.set(status.zones.len() as i64);

@@ -4,13 +4,14 @@
 use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::core::v1::{Node, Pod, ResourceQuota};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::ResourceExt;
 use serde::Serialize;
 
 use crate::api::{LABEL_APP, LABEL_COMPONENT, ResilientApp};
-use crate::render::quota::{effective_defaults, pod_resources, quantity_value};
-use crate::resilience::{node_usable, node_zone, plan_replicas, pod_ready, usable_zones};
+use crate::resilience::{
+    ContainerDefaults, Dimension, Footprint, PodResources, ZoneMap, even_spread, footprint_of, node_usable,
+    plan_replicas, pod_ready, usable_zones,
+};
 
 /// The cluster as listed, and the zones to lose.
 pub struct SimulationInput<'a> {
@@ -63,58 +64,54 @@ fn live(pod: &Pod) -> bool {
     pod.metadata.deletion_timestamp.is_none() && phase != "Succeeded" && phase != "Failed"
 }
 
-/// Free CPU (cores), memory (bytes) and pod slots of every usable node, by node name.
-fn free_capacity(nodes: &[Node], pods: &[Pod]) -> BTreeMap<String, [f64; 3]> {
-    let mut free: BTreeMap<String, [f64; 3]> = nodes
+/// What a live pod requests: the sum of its containers' requests, and one pod slot.
+fn pod_requests(pod: &Pod) -> Footprint {
+    let containers = pod.spec.as_ref().map(|s| s.containers.as_slice()).unwrap_or_default();
+    let requested: Footprint = containers
+        .iter()
+        .filter_map(|c| c.resources.as_ref().and_then(|r| r.requests.as_ref()))
+        .map(|r| footprint_of(r, ["cpu", "memory", "pods"], 0.0))
+        .sum();
+    requested.with(Dimension::Pods, 1.0)
+}
+
+/// Free capacity of every usable node, by node name.
+fn free_capacity(nodes: &[Node], pods: &[Pod]) -> BTreeMap<String, Footprint> {
+    let mut free: BTreeMap<String, Footprint> = nodes
         .iter()
         .filter(|n| node_usable(n))
         .map(|n| {
             let alloc = n.status.as_ref().and_then(|s| s.allocatable.clone()).unwrap_or_default();
-            let get = |k: &str| alloc.get(k).map_or(0.0, quantity_value);
-            (n.name_any(), [get("cpu"), get("memory"), get("pods")])
+            (n.name_any(), footprint_of(&alloc, ["cpu", "memory", "pods"], 0.0))
         })
         .collect();
     for pod in pods.iter().filter(|p| live(p)) {
-        let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_ref()) else {
+        let Some(slot) = pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).and_then(|n| free.get_mut(n)) else {
             continue;
         };
-        let Some(slot) = free.get_mut(node) else {
-            continue;
-        };
-        let (mut cpu, mut mem) = (0.0, 0.0);
-        for c in pod.spec.as_ref().map(|s| s.containers.as_slice()).unwrap_or_default() {
-            let req = c.resources.as_ref().and_then(|r| r.requests.as_ref());
-            cpu += req.and_then(|r| r.get("cpu")).map_or(0.0, quantity_value);
-            mem += req.and_then(|r| r.get("memory")).map_or(0.0, quantity_value);
-        }
-        slot[0] -= cpu;
-        slot[1] -= mem;
-        slot[2] -= 1.0;
+        *slot -= pod_requests(pod);
     }
     free
 }
 
-fn quota_headroom(quotas: &[ResourceQuota], namespace: &str) -> Option<BTreeMap<String, f64>> {
+/// Room left in a namespace's quota (`pods`, `requests.cpu`, `requests.memory`; unbounded where the
+/// quota sets no limit), or `None` without a quota.
+fn quota_headroom(quotas: &[ResourceQuota], namespace: &str) -> Option<Footprint> {
     let quota = quotas.iter().find(|q| q.namespace().as_deref() == Some(namespace))?;
     let status = quota.status.as_ref()?;
-    let hard = status.hard.clone().unwrap_or_default();
-    let used = status.used.clone().unwrap_or_default();
-    let zero = Quantity("0".into());
-    Some(
-        hard.iter()
-            .map(|(k, h)| (k.clone(), quantity_value(h) - quantity_value(used.get(k).unwrap_or(&zero))))
-            .collect(),
-    )
+    let keys = ["requests.cpu", "requests.memory", "pods"];
+    let hard = footprint_of(&status.hard.clone().unwrap_or_default(), keys, f64::INFINITY);
+    let used = footprint_of(&status.used.clone().unwrap_or_default(), keys, 0.0);
+    Some(hard - used)
 }
 
 /// Simulate the loss of `lost_zones` for every component of every app.
 pub fn simulate(input: &SimulationInput) -> SimulationReport {
-    let node_zone_of: HashMap<String, String> =
-        input.nodes.iter().filter_map(|n| node_zone(n).map(|z| (n.name_any(), z.to_string()))).collect();
+    let node_zones = ZoneMap::of(input.nodes);
     let mut free = free_capacity(input.nodes, input.pods);
     // Lost zones take no new pods.
-    free.retain(|node, _| node_zone_of.get(node).is_none_or(|z| !input.lost_zones.contains(z)));
-    let mut quota_left: HashMap<String, Option<BTreeMap<String, f64>>> = HashMap::new();
+    free.retain(|node, _| node_zones.zone_of_node(node).is_none_or(|z| !input.lost_zones.contains(z)));
+    let mut quota_left: HashMap<String, Option<Footprint>> = HashMap::new();
     let mut components = Vec::new();
     let all_surviving: Vec<String> =
         usable_zones(input.nodes, &[]).into_iter().filter(|z| !input.lost_zones.contains(z)).collect();
@@ -128,7 +125,7 @@ pub fn simulate(input: &SimulationInput) -> SimulationReport {
         let tolerated = app.spec.resilience.zone_failures_tolerated;
         let surviving: Vec<String> =
             usable_zones(input.nodes, allow).into_iter().filter(|z| !input.lost_zones.contains(z)).collect();
-        let defaults = effective_defaults(app);
+        let defaults = ContainerDefaults::of(app);
         let headroom = quota_left.entry(namespace.clone()).or_insert_with(|| quota_headroom(input.quotas, &namespace));
         for component in &app.spec.components {
             let ours: Vec<&Pod> = input
@@ -139,12 +136,10 @@ pub fn simulate(input: &SimulationInput) -> SimulationReport {
                 .filter(|p| p.labels().get(LABEL_COMPONENT) == Some(&component.name))
                 .filter(|p| live(p))
                 .collect();
-            let zone_of =
-                |p: &Pod| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).and_then(|n| node_zone_of.get(n)).cloned();
             let ready_now = ours.iter().filter(|p| pod_ready(p)).count() as i32;
             let ready_after_loss = ours
                 .iter()
-                .filter(|p| pod_ready(p) && zone_of(p).is_some_and(|z| !input.lost_zones.contains(&z)))
+                .filter(|p| pod_ready(p) && node_zones.zone_of(p).is_some_and(|z| !input.lost_zones.contains(z)))
                 .count() as i32;
             let plan = plan_replicas(component.replicas, component.min_available, surviving.len(), tolerated);
             let mut notes = Vec::new();
@@ -159,22 +154,17 @@ pub fn simulate(input: &SimulationInput) -> SimulationReport {
             // that survive there (the extra pod of an uneven split goes where pods already are).
             let mut current: Vec<(String, i32)> = surviving
                 .iter()
-                .map(|z| (z.clone(), ours.iter().filter(|p| zone_of(p).as_ref() == Some(z)).count() as i32))
+                .map(|z| (z.clone(), ours.iter().filter(|p| node_zones.zone_of(p) == Some(z)).count() as i32))
                 .collect();
             current.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-            let mut needed_by_zone: Vec<(String, i32)> = Vec::new();
-            if !current.is_empty() {
-                let z = current.len() as i32;
-                for (i, (zone, have)) in current.iter().enumerate() {
-                    let target = plan.replicas / z + i32::from((i as i32) < plan.replicas % z);
-                    if target > *have {
-                        needed_by_zone.push((zone.clone(), target - have));
-                    }
-                }
-            }
+            let needed_by_zone: Vec<(String, i32)> = current
+                .iter()
+                .zip(even_spread(plan.replicas, current.len()))
+                .filter(|((_, have), target)| target > have)
+                .map(|((zone, have), target)| (zone.clone(), target - have))
+                .collect();
             let replacements: i32 = needed_by_zone.iter().map(|(_, n)| n).sum();
-            let per_pod = pod_resources(component, &defaults);
-            let (cpu, mem) = (per_pod[0].1, per_pod[1].1);
+            let per_pod = PodResources::of(component, &defaults).requests;
             let mut fits = true;
             if surviving.is_empty() {
                 fits = false;
@@ -185,21 +175,17 @@ pub fn simulate(input: &SimulationInput) -> SimulationReport {
                 for _ in 0..*n {
                     let best = free
                         .iter_mut()
-                        .filter(|(node, _)| node_zone_of.get(*node) == Some(zone))
-                        .filter(|(_, f)| f[0] + 1e-9 >= cpu && f[1] + 1e-9 >= mem && f[2] >= 1.0)
-                        .max_by(|a, b| a.1[0].total_cmp(&b.1[0]));
+                        .filter(|(node, _)| node_zones.zone_of_node(node) == Some(zone))
+                        .filter(|(_, f)| per_pod.fits_in(f))
+                        .max_by(|a, b| a.1.cpu.total_cmp(&b.1.cpu));
                     match best {
-                        Some((_, f)) => {
-                            f[0] -= cpu;
-                            f[1] -= mem;
-                            f[2] -= 1.0;
-                        }
+                        Some((_, f)) => *f -= per_pod,
                         None => {
                             fits = false;
                             notes.push(format!(
                                 "{zone} has no node with room for another pod ({}m CPU, {}Mi)",
-                                (cpu * 1000.0).round(),
-                                (mem / 1048576.0).round()
+                                (per_pod.cpu * 1000.0).round(),
+                                (per_pod.memory / 1048576.0).round()
                             ));
                             break;
                         }
@@ -208,19 +194,22 @@ pub fn simulate(input: &SimulationInput) -> SimulationReport {
             }
             // Quota: terminating pods of the lost zones still count until they are gone.
             if let Some(left) = headroom.as_mut() {
-                for (key, need) in [
-                    ("pods", f64::from(replacements)),
-                    ("requests.cpu", cpu * f64::from(replacements)),
-                    ("requests.memory", mem * f64::from(replacements)),
-                ] {
-                    if let Some(room) = left.get_mut(key) {
-                        if *room + 1e-9 < need {
-                            fits = false;
-                            notes.push(format!("quota {key} in {namespace} has room for {room:.3} more, the replacements need {need:.3}"));
-                        }
-                        *room -= need;
+                let need = per_pod.times(replacements);
+                for d in [Dimension::Pods, Dimension::Cpu, Dimension::Memory] {
+                    let (room, needed) = (left.get(d), need.get(d));
+                    if room + 1e-9 < needed {
+                        fits = false;
+                        let key = match d {
+                            Dimension::Pods => "pods",
+                            Dimension::Cpu => "requests.cpu",
+                            Dimension::Memory => "requests.memory",
+                        };
+                        notes.push(format!(
+                            "quota {key} in {namespace} has room for {room:.3} more, the replacements need {needed:.3}"
+                        ));
                     }
                 }
+                *left -= need;
             }
             components.push(ComponentOutcome {
                 app: name.clone(),

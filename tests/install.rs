@@ -22,6 +22,9 @@ async fn config_default_renders_and_passes_a_server_side_dry_run() {
         "kind: Deployment",
         "kind: PodDisruptionBudget",
         "kind: Namespace",
+        "kind: ValidatingAdmissionPolicy\n",
+        "kind: ValidatingAdmissionPolicyBinding",
+        "name: resilient-app-author",
     ] {
         assert!(text.contains(kind), "config/default lacks {kind:?}");
     }
@@ -33,5 +36,13 @@ async fn config_default_renders_and_passes_a_server_side_dry_run() {
     );
     assert!(dry_run.status.success(), "{}", String::from_utf8_lossy(&dry_run.stderr));
     let out = String::from_utf8_lossy(&dry_run.stdout);
-    assert!(out.contains("deployment.apps/resilient-operator serverside-applied (server dry run)"), "{out}");
+    for object in [
+        "deployment.apps/resilient-operator",
+        "validatingadmissionpolicy.admissionregistration.k8s.io/resilient-app-requests",
+        "validatingadmissionpolicy.admissionregistration.k8s.io/resilient-operator-scope",
+        "validatingadmissionpolicybinding.admissionregistration.k8s.io/resilient-operator-scope",
+        "clusterrole.rbac.authorization.k8s.io/resilient-app-author",
+    ] {
+        assert!(out.contains(&format!("{object} serverside-applied (server dry run)")), "{object} missing in:\n{out}");
+    }
 }

@@ -23,9 +23,46 @@ pub const MANAGER: &str = "resilient-operator";
 pub const LABEL_APP: &str = "resilient.dev/app";
 pub const LABEL_COMPONENT: &str = "resilient.dev/component";
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+/// Put on every ResilientApp: the operator deletes (or keeps) what the app owns itself.
+pub const FINALIZER: &str = "resilient.dev/cleanup";
+/// On a namespace kept after its app was deleted: the name of that app, which may adopt it again.
+pub const LABEL_RETAINED_FROM: &str = "resilient.dev/retained-from";
 
 /// Upper bounds keep the CEL cost estimate of the validation rules bounded.
 const MAX_COMPONENTS: u32 = 32;
+/// The largest minAvailable and replicas of a component. The API server does not enforce
+/// `format: int32` for custom resources: without a maximum, a value past i32 is stored and then
+/// cannot be read, and huge values size quotas of hundreds of thousands of pods.
+pub const MAX_REPLICAS: i32 = 10_000;
+/// The largest explicit `quota.pods`.
+pub const MAX_QUOTA_PODS: i32 = 1_000_000;
+const MAX_GROUPS: u32 = 64;
+
+/// `default` and `kube-*` belong to the cluster; no app may claim them. (The operator's own
+/// namespace is refused by a ValidatingAdmissionPolicy in config/admission: its name is not known
+/// to the CRD.)
+const RESERVED_NAMESPACE_RULE: &str = "!((has(self.spec.__namespace__) ? self.spec.__namespace__ : self.metadata.name) == 'default' || (has(self.spec.__namespace__) ? self.spec.__namespace__ : self.metadata.name).startsWith('kube-'))";
+const RESERVED_NAMESPACE_MESSAGE: &str = "'spec.namespace (or metadata.name when spec.namespace is absent) may not be ' + (has(self.spec.__namespace__) ? self.spec.__namespace__ : self.metadata.name) + ': default and kube-* belong to the cluster, choose another namespace'";
+
+/// Groups no access list may name, whoever asks: `system:` groups are Kubernetes' own
+/// (`system:authenticated` / `system:unauthenticated`: everyone; `system:masters`: cluster-admin;
+/// `system:serviceaccounts`: every ServiceAccount; `system:nodes`: every kubelet). Only
+/// `system:serviceaccounts:<namespace>`, the ServiceAccounts of one namespace, may be listed.
+macro_rules! group_rule {
+    () => {
+        "self.all(g, !g.startsWith('system:') || g.matches('^system:serviceaccounts:[a-z0-9]([-a-z0-9]*[a-z0-9])?$'))"
+    };
+}
+macro_rules! group_message {
+    ($field:literal) => {
+        concat!(
+            $field,
+            " may not name system:authenticated, system:unauthenticated, system:masters, system:serviceaccounts ",
+            "or any other system: group: those belong to Kubernetes (everyone, cluster-admins, every ServiceAccount, ",
+            "every node); only system:serviceaccounts:<namespace> may be listed"
+        )
+    };
+}
 
 /// A whole application: its namespace, guardrails and zone-spread workloads.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -51,6 +88,9 @@ const MAX_COMPONENTS: u32 = 32;
     validation = Rule::new("(has(self.spec.__namespace__) ? self.spec.__namespace__ : self.metadata.name) == (has(oldSelf.spec.__namespace__) ? oldSelf.spec.__namespace__ : oldSelf.metadata.name)")
         .message("spec.namespace is immutable: create a new ResilientApp to move an app to another namespace")
         .field_path(".spec.namespace"),
+    validation = Rule::new(RESERVED_NAMESPACE_RULE)
+        .message(Message::Expression(RESERVED_NAMESPACE_MESSAGE.into()))
+        .field_path(".spec.namespace"),
 )]
 #[x_kube(
     validation = Rule::new("self.components.all(c, !has(c.allowFrom) || c.allowFrom.all(a, self.components.exists(d, d.name == a)))")
@@ -70,6 +110,13 @@ pub struct ResilientAppSpec {
     /// Pod Security Standard enforced on the namespace (enforce, warn and audit labels).
     #[serde(default)]
     pub pod_security: PodSecurityLevel,
+
+    /// What deleting the app does to its namespace. Retain (default): the operator's children go,
+    /// the namespace goes only if nothing else is left in it, else it is kept and labelled
+    /// resilient.dev/retained-from. Delete: the namespace and everything in it. Orphan: everything
+    /// keeps running, without the operator.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
 
     /// How many zones may be lost at once, and how fast pods fail over.
     #[serde(default)]
@@ -95,6 +142,18 @@ pub struct ResilientAppSpec {
     #[schemars(length(min = 1, max = MAX_COMPONENTS))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub components: Vec<Component>,
+}
+
+/// What deleting a ResilientApp does to what it owns.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Delete the operator's children; delete the namespace only when nothing else is left in it.
+    #[default]
+    Retain,
+    /// Delete the namespace and everything in it.
+    Delete,
+    /// Leave everything running and drop the operator's ownership.
+    Orphan,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -169,7 +228,7 @@ pub struct Quota {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<Quantity>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = MAX_QUOTA_PODS))]
     pub pods: Option<i32>,
 }
 
@@ -213,16 +272,24 @@ pub enum Isolation {
     None,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+/// Who may add a group here is decided at admission (config/admission): the requester must be
+/// allowed to `bind` the ClusterRole, as Kubernetes requires for a RoleBinding.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 pub struct Access {
     /// Groups bound to the `admin` ClusterRole in the app namespace.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_GROUPS), inner(length(min = 1, max = 256)))]
+    #[x_kube(validation = Rule::new(group_rule!()).message(group_message!("spec.access.admins")))]
     pub admins: Vec<String>,
     /// Groups bound to the `edit` ClusterRole in the app namespace.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_GROUPS), inner(length(min = 1, max = 256)))]
+    #[x_kube(validation = Rule::new(group_rule!()).message(group_message!("spec.access.editors")))]
     pub editors: Vec<String>,
     /// Groups bound to the `view` ClusterRole in the app namespace.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_GROUPS), inner(length(min = 1, max = 256)))]
+    #[x_kube(validation = Rule::new(group_rule!()).message(group_message!("spec.access.viewers")))]
     pub viewers: Vec<String>,
 }
 
@@ -241,11 +308,11 @@ pub struct Component {
     #[schemars(length(min = 1))]
     pub image: String,
     /// Ready pods guaranteed even while zoneFailuresTolerated zones are down.
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = MAX_REPLICAS))]
     pub min_available: i32,
     /// Replica count. When absent it is computed from minAvailable and the usable zones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = MAX_REPLICAS))]
     pub replicas: Option<i32>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,

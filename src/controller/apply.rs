@@ -2,11 +2,11 @@
 
 use std::collections::BTreeSet;
 use std::fmt::Debug;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures::future::try_join_all;
-
-use kube::api::{DeleteParams, Patch, PatchParams};
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
@@ -16,39 +16,135 @@ use tracing::{debug, info};
 use super::Context;
 use super::diff;
 use super::error::{Error, Result};
+use super::gate::Validated;
 use super::index::Cache;
-use crate::api::MANAGER;
+use crate::api::{LABEL_RETAINED_FROM, MANAGER, ResilientApp};
+use crate::render::{Child, Desired, child_kinds};
 
-/// Applies children of one app and counts the writes it made. Shared by the concurrent applies
-/// of one reconcile.
-pub(super) struct Applier<'a> {
-    pub ctx: &'a Context,
-    pub app: String,
-    writes: AtomicUsize,
+/// Whether `meta`'s controller owner reference points at the object with `uid`.
+pub(super) fn controlled_by(meta: &ObjectMeta, uid: &str) -> bool {
+    meta.owner_references.iter().flatten().any(|o| o.controller == Some(true) && o.uid == uid)
 }
 
-impl<'a> Applier<'a> {
-    pub fn new(ctx: &'a Context, app: String) -> Self {
-        Self { ctx, app, writes: AtomicUsize::new(0) }
+/// How to reach objects of a scope: the app's namespace for namespaced kinds, the cluster for the
+/// Namespace itself.
+pub(super) trait Scoped {
+    fn api<K: Resource<Scope = Self, DynamicType = ()>>(client: kube::Client, namespace: &str) -> Api<K>;
+}
+
+impl Scoped for k8s_openapi::NamespaceResourceScope {
+    fn api<K: Resource<Scope = Self, DynamicType = ()>>(client: kube::Client, namespace: &str) -> Api<K> {
+        Api::namespaced(client, namespace)
+    }
+}
+
+impl Scoped for k8s_openapi::ClusterResourceScope {
+    fn api<K: Resource<Scope = Self, DynamicType = ()>>(client: kube::Client, _: &str) -> Api<K> {
+        Api::all(client)
+    }
+}
+
+/// What applying an app's desired state did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Children created, updated or deleted.
+    pub writes: usize,
+}
+
+/// Render the app and apply every child in the order of [`Desired::into_steps`] (each step
+/// concurrently), then delete the children of the app that no longer belong.
+pub(super) async fn apply(ctx: &Context, app: &ResilientApp, validated: &Validated) -> Result<Applied> {
+    let (name, namespace, uid) = (app.name_any(), app.target_namespace(), app.uid().unwrap_or_default());
+    let applier =
+        Applier { ctx, app: &name, namespace: &namespace, uid: &uid, create_namespace: validated.create_namespace };
+    let desired: Desired = validated.render(app);
+    let mut writes = 0;
+    let mut keep: Vec<Child> = Vec::new();
+    for step in desired.into_steps() {
+        writes += try_join_all(step.iter().map(|child| applier.apply_child(child))).await?.iter().sum::<usize>();
+        keep.extend(step);
+    }
+    writes += applier.prune(&keep).await?;
+    Ok(Applied { writes })
+}
+
+struct Applier<'a> {
+    ctx: &'a Context,
+    app: &'a str,
+    /// The app's namespace: where every namespaced child lives.
+    namespace: &'a str,
+    /// The app's uid: its children, and only they, carry a controller reference to it.
+    uid: &'a str,
+    /// The namespace does not exist yet: create it.
+    create_namespace: bool,
+}
+
+impl Applier<'_> {
+    async fn apply_child(&self, child: &Child) -> Result<usize> {
+        if let Child::Namespace(ns) = child {
+            return self.apply_namespace(ns).await;
+        }
+        macro_rules! dispatch {
+            ($($kind:ident: $field:ident,)*) => {
+                match child {
+                    $(Child::$kind(o) => self.apply(&self.ctx.stores.$field, o).await,)*
+                }
+            };
+        }
+        child_kinds!(dispatch)
     }
 
-    /// Writes sent so far.
-    pub fn writes(&self) -> usize {
-        self.writes.load(Ordering::Relaxed)
+    /// Create the namespace if it does not exist (one that appears meanwhile is someone else's: it
+    /// is never applied over), else apply it; drop the owner reference earlier versions put on it.
+    async fn apply_namespace(&self, desired: &Namespace) -> Result<usize> {
+        let api: Api<Namespace> = Api::all(self.ctx.client.clone());
+        let name = desired.name_any();
+        if self.create_namespace {
+            info!(app = %self.app, name, "creating namespace");
+            return match api
+                .create(&PostParams { field_manager: Some(MANAGER.into()), ..Default::default() }, desired)
+                .await
+            {
+                Ok(_) => {
+                    self.ctx.metrics.api_write("create", "Namespace");
+                    Ok(1)
+                }
+                Err(kube::Error::Api(s)) if s.is_already_exists() => Err(Error::NamespaceTaken(name)),
+                Err(source) => Err(Error::Apply { kind: "Namespace".into(), name, source }),
+            };
+        }
+        let mut writes = self.apply(&self.ctx.stores.namespaces, desired).await?;
+        let Some(live) = self.ctx.stores.namespaces.get(&ObjectRef::new(&name)) else {
+            return Ok(writes);
+        };
+        // Garbage collection must never delete the namespace (and the app's data) with the app:
+        // drop the owner reference earlier versions put there. An adopted namespace is no longer
+        // "retained".
+        let owned = live.owner_references().iter().any(|o| o.kind == "ResilientApp");
+        let retained = live.labels().contains_key(LABEL_RETAINED_FROM);
+        if owned || retained {
+            info!(app = %self.app, name, owned, retained, "taking the namespace over from an earlier version or app");
+            let mut patch = serde_json::json!({"metadata": {"labels": {LABEL_RETAINED_FROM: null}}});
+            if owned {
+                patch["metadata"]["ownerReferences"] = serde_json::Value::Null;
+            }
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await.map_err(|source| Error::Apply {
+                kind: "Namespace".into(),
+                name: name.clone(),
+                source,
+            })?;
+            self.ctx.metrics.api_write("patch", "Namespace");
+            writes += 1;
+        }
+        Ok(writes)
     }
 
-    /// Apply every object of `desired` concurrently (see [`Self::apply`]).
-    pub async fn apply_each<K>(&self, api: &Api<K>, store: &Cache<K>, desired: &[K]) -> Result<()>
+    /// Apply `desired` unless the cached live object already contains all of it. Returns the
+    /// number of writes (0 or 1).
+    async fn apply<K>(&self, store: &Cache<K>, desired: &K) -> Result<usize>
     where
         K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned,
-    {
-        try_join_all(desired.iter().map(|d| self.apply(api, store, d))).await.map(|_| ())
-    }
-
-    /// Apply `desired` unless the cached live object already contains all of it.
-    pub async fn apply<K>(&self, api: &Api<K>, store: &Cache<K>, desired: &K) -> Result<()>
-    where
-        K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned,
+        K::Scope: Scoped,
     {
         let kind = K::kind(&()).to_string();
         let name = desired.name_any();
@@ -61,46 +157,71 @@ impl<'a> Applier<'a> {
             let have = serde_json::to_value(live.as_ref())
                 .map_err(|source| Error::Serialize { kind: kind.clone(), source })?;
             if diff::contains(&have, &want) {
-                return Ok(());
+                return Ok(0);
             }
             info!(app = %self.app, %kind, name, "putting back drifted object");
         } else {
             debug!(app = %self.app, %kind, name, "creating object");
         }
-        api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(desired))
+        K::Scope::api::<K>(self.ctx.client.clone(), self.namespace)
+            .patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(desired))
             .await
             .map_err(|source| Error::Apply { kind: kind.clone(), name: name.clone(), source })?;
-        self.writes.fetch_add(1, Ordering::Relaxed);
         self.ctx.metrics.api_write("apply", &kind);
-        Ok(())
+        Ok(1)
     }
 
-    /// Delete cached children of this app in `namespace` that are not in `keep`.
-    pub async fn prune<K>(&self, api: &Api<K>, store: &Cache<K>, namespace: &str, keep: &[K]) -> Result<()>
+    /// Delete the app's cached children in its namespace that are not in `keep`. Returns the
+    /// number of deletions. (The Namespace itself is cluster-scoped and never pruned.)
+    async fn prune(&self, keep: &[Child]) -> Result<usize> {
+        let mut writes = 0;
+        macro_rules! each_kind {
+            ($($kind:ident: $field:ident,)*) => {
+                $(writes += self.prune_kind(&self.ctx.stores.$field, keep).await?;)*
+            };
+        }
+        child_kinds!(each_kind);
+        Ok(writes)
+    }
+
+    /// Delete the app's cached children of kind `K` in its namespace that are not in `keep`.
+    async fn prune_kind<K>(&self, store: &Cache<K>, keep: &[Child]) -> Result<usize>
     where
         K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned,
+        K::Scope: Scoped,
     {
-        let keep: BTreeSet<String> = keep.iter().map(ResourceExt::name_any).collect();
-        let stale: Vec<String> = store
-            .of_app(&self.app)
+        let kind = K::kind(&()).to_string();
+        let keep: BTreeSet<&str> = keep
             .iter()
-            .filter(|o| o.namespace().as_deref() == Some(namespace))
-            .filter(|o| o.meta().deletion_timestamp.is_none())
-            .map(|o| o.name_any())
-            .filter(|n| !keep.contains(n))
+            .map(Child::kind_and_meta)
+            .filter(|(k, _)| *k == kind)
+            .filter_map(|(_, meta)| meta.name.as_deref())
             .collect();
-        for name in stale {
-            info!(app = %self.app, kind = %K::kind(&()), name, "deleting object that no longer belongs");
-            match api.delete(&name, &DeleteParams::background()).await {
+        // Only what this app controls (a look-alike with the same labels is someone else's), and
+        // only that very object (the uid precondition), never one re-created under its name.
+        let stale: Vec<(String, String)> = store
+            .of_app(self.app)
+            .iter()
+            .filter(|o| o.namespace().as_deref() == Some(self.namespace))
+            .filter(|o| o.meta().deletion_timestamp.is_none())
+            .filter(|o| controlled_by(o.meta(), self.uid))
+            .filter(|o| !keep.contains(o.name_any().as_str()))
+            .filter_map(|o| Some((o.name_any(), o.uid()?)))
+            .collect();
+        for (name, uid) in &stale {
+            info!(app = %self.app, %kind, name, "deleting object that no longer belongs");
+            let params = DeleteParams {
+                preconditions: Some(Preconditions { uid: Some(uid.clone()), resource_version: None }),
+                ..DeleteParams::background()
+            };
+            match K::Scope::api::<K>(self.ctx.client.clone(), self.namespace).delete(name, &params).await {
                 Ok(_) => {}
-                Err(kube::Error::Api(status)) if status.is_not_found() => {}
-                Err(source) => {
-                    return Err(Error::Delete { kind: K::kind(&()).to_string(), name, source });
-                }
+                // Gone already, or replaced by another object of that name (uid precondition).
+                Err(kube::Error::Api(status)) if status.is_not_found() || status.code == 409 => {}
+                Err(source) => return Err(Error::Delete { kind, name: name.clone(), source }),
             }
-            self.writes.fetch_add(1, Ordering::Relaxed);
-            self.ctx.metrics.api_write("delete", &K::kind(&()));
+            self.ctx.metrics.api_write("delete", &kind);
         }
-        Ok(())
+        Ok(stale.len())
     }
 }

@@ -32,6 +32,12 @@ pub enum Error {
     },
     #[error("writing status")]
     Status(#[source] kube::Error),
+    #[error("namespace {0} appeared before the operator could create it; it is not adopted")]
+    NamespaceTaken(String),
+    #[error("cleaning up after the deleted app: {0}")]
+    Cleanup(String),
+    #[error("{0}")]
+    Finalizer(String),
     #[error("caches did not sync within {0:?}")]
     CachesNotReady(Duration),
     #[error("serializing {kind}")]
@@ -43,6 +49,21 @@ pub enum Error {
 }
 
 impl Error {
+    /// The API server's message when this is a write it refuses for good (bad request,
+    /// forbidden by RBAC or an admission policy, invalid): retrying the same write cannot help
+    /// until something else changes. `None` for everything transient (timeouts, 404, 409, 429, 5xx).
+    pub fn rejection(&self) -> Option<String> {
+        let (what, source) = match self {
+            Self::Apply { kind, name, source } => (format!("applying {kind} {name}"), source),
+            Self::Delete { kind, name, source } => (format!("deleting {kind} {name}"), source),
+            _ => return None,
+        };
+        match source {
+            kube::Error::Api(s) if matches!(s.code, 400 | 403 | 422) => Some(format!("{what}: {}", s.message)),
+            _ => None,
+        }
+    }
+
     /// A small fixed set of categories, for metrics labels.
     pub fn category(&self) -> &'static str {
         match self {
@@ -51,6 +72,9 @@ impl Error {
             Self::Evict { .. } => "evict",
             Self::ReadNamespace { .. } => "read",
             Self::Status(_) => "status",
+            Self::NamespaceTaken(_) => "namespace",
+            Self::Cleanup(_) => "cleanup",
+            Self::Finalizer(_) => "finalizer",
             Self::CachesNotReady(_) => "cache",
             Self::Serialize { .. } => "internal",
         }

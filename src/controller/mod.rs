@@ -1,9 +1,16 @@
-//! The ResilientApp controller: watches, caches, and the reconcile pipeline
-//! (validate -> observe -> render -> apply + prune -> status).
+//! The ResilientApp controller: watches and caches, and one reconcile per app, a pipeline of typed
+//! steps (`reconcile.rs` reads top to bottom):
+//! 1. plan (pure): the zones to plan for and every component's replicas ([`crate::render::Plan`]);
+//! 2. gate (pure, `gate.rs`): spec, namespace and quota checks -> `Validated` or `Blocked`;
+//! 3. render (pure) and apply (`apply.rs`): server-side apply of what differs, prune -> `Applied`;
+//! 4. observe the pods, maybe rebalance one, then status (pure, `status.rs`): the status, the
+//!    Events of its transitions and the requeue, written only when the status changed.
 
 mod apply;
+mod cleanup;
 pub mod diff;
 mod error;
+pub mod gate;
 mod index;
 mod reconcile;
 pub mod status;
@@ -23,61 +30,74 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use tracing::{debug, info, warn};
 
 use self::index::Cache;
-use crate::api::{LABEL_APP, LABEL_MANAGED_BY, MANAGER, ResilientApp};
+use crate::api::{LABEL_MANAGED_BY, MANAGER, ResilientApp, ResilientAppStatus};
 use crate::metrics::Metrics;
+use crate::render::child_kinds;
 use crate::telemetry::Health;
 
-/// Read-only caches of everything the operator owns or observes, kept by watches. Children and
-/// pods are indexed by app.
-#[derive(Clone)]
-pub struct Stores {
-    pub namespaces: Cache<Namespace>,
-    pub resource_quotas: Cache<ResourceQuota>,
-    pub limit_ranges: Cache<LimitRange>,
-    pub network_policies: Cache<NetworkPolicy>,
-    pub role_bindings: Cache<RoleBinding>,
-    pub deployments: Cache<Deployment>,
-    pub pod_disruption_budgets: Cache<PodDisruptionBudget>,
-    pub services: Cache<Service>,
-    pub nodes: Store<Node>,
-    pub pods: Cache<Pod>,
-}
+macro_rules! define_stores {
+    ($($kind:ident: $field:ident,)*) => {
+        /// Read-only caches of everything the operator owns or observes, kept by watches. Children
+        /// and pods are indexed by app.
+        #[derive(Clone)]
+        pub struct Stores {
+            $(pub $field: Cache<$kind>,)*
+            pub nodes: Store<Node>,
+            pub pods: Cache<Pod>,
+        }
 
-impl Stores {
-    /// Wait until every cache has finished its first list, logging each one.
-    ///
-    /// kube's `Store::wait_until_ready` wakes only the last task that polled it, so exactly one
-    /// task calls this; everyone else waits on the [`Synced`] signal it sets.
-    async fn wait_until_ready(&self) {
-        macro_rules! each {
-            ($($field:ident),*) => {$(
-                if self.$field.store.wait_until_ready().await.is_ok() {
-                    debug!(cache = stringify!($field), "cache synced");
+        impl Stores {
+            /// Wait until every cache has finished its first list, logging each one.
+            ///
+            /// kube's `Store::wait_until_ready` wakes only the last task that polled it, so exactly
+            /// one task calls this; everyone else waits on the [`Synced`] signal it sets.
+            async fn wait_until_ready(&self) {
+                $(
+                    if self.$field.store.wait_until_ready().await.is_ok() {
+                        debug!(cache = stringify!($field), "cache synced");
+                    }
+                )*
+                if self.pods.store.wait_until_ready().await.is_ok() {
+                    debug!(cache = "pods", "cache synced");
                 }
-            )*};
+                if self.nodes.wait_until_ready().await.is_ok() {
+                    debug!(cache = "nodes", "cache synced");
+                }
+            }
+
+            /// Start a cached, label-selected watch of every child kind, plus nodes and pods.
+            /// Returns the stores and the stream of apps whose children or pods changed, and of
+            /// the node changes (mapped to apps by the controller).
+            fn watch(client: &Client) -> (Self, ChildTriggers, watch::NodeStream, watch::PodStream) {
+                let managed = watcher::Config::default().labels(&managed_selector());
+                let mut triggers = Vec::new();
+                $(
+                    let ($field, stream) = watch::owned::<$kind>(client, managed.clone());
+                    triggers.push(stream);
+                )*
+                let (nodes, node_stream) = watch::nodes(client);
+                let (pods, pod_stream) = watch::pods(client);
+                let stores = Self { $($field,)* nodes, pods };
+                (stores, futures::stream::select_all(triggers), node_stream, pod_stream)
+            }
         }
-        each!(
-            namespaces,
-            resource_quotas,
-            limit_ranges,
-            network_policies,
-            role_bindings,
-            deployments,
-            pod_disruption_budgets,
-            services,
-            pods
-        );
-        if self.nodes.wait_until_ready().await.is_ok() {
-            debug!(cache = "nodes", "cache synced");
-        }
-    }
+    };
 }
+child_kinds!(define_stores);
+
+/// A ResilientApp as the watch delivers it: decoded, or, for one that cannot be (a value stored
+/// under an older, looser CRD), its metadata and the error. One undecodable app must never stop
+/// the list and watch of all the others.
+pub type GuardedApp = kube::core::DeserializeGuard<ResilientApp>;
+
+/// Apps whose children changed, from the watches of every child kind.
+type ChildTriggers = futures::stream::SelectAll<watch::AppTriggers>;
 
 /// Set once every cache has synced; any number of tasks can wait for it.
 #[derive(Clone)]
@@ -103,11 +123,69 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Re-check every app this often even without events.
     pub resync: Duration,
-    /// Consecutive failures per app, for exponential backoff.
-    failures: Mutex<HashMap<String, u32>>,
-    /// The status last written per app uid. The watch cache can lag behind our own writes; this
-    /// keeps a lagging cache from causing a second identical write or a duplicate Event.
-    last_status: Mutex<HashMap<String, crate::api::ResilientAppStatus>>,
+    /// What the controller remembers per app, forgotten when the app is deleted.
+    memory: Mutex<Memory>,
+}
+
+/// Per-app state kept between reconciles, by app name.
+#[derive(Default)]
+pub struct Memory {
+    /// Consecutive failures, for exponential backoff.
+    failures: HashMap<String, u32>,
+    /// The status last written, with the uid of the app it was written for. The watch cache can
+    /// lag behind our own writes; this keeps a lagging cache from causing a second identical
+    /// write or a duplicate Event.
+    last_status: HashMap<String, (String, ResilientAppStatus)>,
+}
+
+impl Memory {
+    /// The status last written for this app (this uid), if any.
+    pub fn last_status(&self, name: &str, uid: &str) -> Option<&ResilientAppStatus> {
+        self.last_status.get(name).filter(|(u, _)| u == uid).map(|(_, s)| s)
+    }
+
+    pub fn wrote_status(&mut self, name: &str, uid: &str, status: ResilientAppStatus) {
+        self.last_status.insert(name.to_string(), (uid.to_string(), status));
+    }
+
+    /// One more consecutive failure; returns how many there are now.
+    pub fn failed(&mut self, name: &str) -> u32 {
+        let n = self.failures.entry(name.to_string()).or_insert(0);
+        *n += 1;
+        *n
+    }
+
+    pub fn succeeded(&mut self, name: &str) {
+        self.failures.remove(name);
+    }
+
+    /// Forget everything about a deleted app.
+    pub fn forget(&mut self, name: &str) {
+        self.failures.remove(name);
+        self.last_status.remove(name);
+    }
+
+    /// Apps anything is remembered about.
+    pub fn len(&self) -> usize {
+        self.failures.keys().chain(self.last_status.keys()).collect::<std::collections::BTreeSet<_>>().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Context {
+    /// Count one more consecutive failure of the app, and how long to wait before the next try.
+    fn backoff(&self, name: &str) -> Duration {
+        backoff_delay(self.memory.lock().expect("memory lock").failed(name))
+    }
+
+    /// Forget a deleted app: its status, failures and metrics.
+    fn forget(&self, name: &str) {
+        self.memory.lock().expect("memory lock").forget(name);
+        self.metrics.forget_app(name);
+    }
 }
 
 /// Options of `resilient-operator run` that reach the controller.
@@ -131,35 +209,11 @@ pub async fn run(
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     reporter: Reporter,
+    leading: impl std::future::Future<Output = ()>,
+    shutdown: crate::shutdown::Shutdown,
 ) -> anyhow::Result<()> {
-    let managed = watcher::Config::default().labels(&managed_selector());
-    let apps: Api<ResilientApp> = Api::all(client.clone());
-
-    // Children: cached (without managedFields) and mapped to their owner by ownerReference.
-    let (namespaces, ns_stream) = watch::owned::<Namespace>(&client, managed.clone());
-    let (resource_quotas, rq_stream) = watch::owned::<ResourceQuota>(&client, managed.clone());
-    let (limit_ranges, lr_stream) = watch::owned::<LimitRange>(&client, managed.clone());
-    let (network_policies, np_stream) = watch::owned::<NetworkPolicy>(&client, managed.clone());
-    let (role_bindings, rb_stream) = watch::owned::<RoleBinding>(&client, managed.clone());
-    let (deployments, dep_stream) = watch::owned::<Deployment>(&client, managed.clone());
-    let (pod_disruption_budgets, pdb_stream) = watch::owned::<PodDisruptionBudget>(&client, managed.clone());
-    let (services, svc_stream) = watch::owned::<Service>(&client, managed);
-    // Nodes and pods: trimmed to what placement needs, and filtered to the changes that matter.
-    let (nodes, node_stream) = watch::nodes(&client);
-    let (pods, pod_stream) = watch::pods(&client);
-
-    let stores = Stores {
-        namespaces,
-        resource_quotas,
-        limit_ranges,
-        network_policies,
-        role_bindings,
-        deployments,
-        pod_disruption_budgets,
-        services,
-        nodes,
-        pods,
-    };
+    let apps: Api<GuardedApp> = Api::all(client.clone());
+    let (stores, child_triggers, node_stream, pod_stream) = Stores::watch(&client);
     let (synced_tx, synced_rx) = tokio::sync::watch::channel(false);
     {
         let stores = stores.clone();
@@ -177,50 +231,83 @@ pub async fn run(
         synced: Synced(synced_rx),
         metrics,
         resync: settings.resync,
-        failures: Mutex::new(HashMap::new()),
-        last_status: Mutex::new(HashMap::new()),
+        memory: Mutex::new(Memory::default()),
     });
 
+    // The caches run (and /readyz turns true once they are synced) whether or not this replica
+    // leads; reconciling starts with the lead.
+    tokio::select! {
+        () = leading => {}
+        () = shutdown.clone().requested() => {
+            info!("shut down before leading");
+            return Ok(());
+        }
+    }
     let controller = Controller::new(apps, watcher::Config::default());
     let app_store = controller.store();
+    let forget = ctx.clone();
     controller
         .with_config(controller::Config::default().concurrency(settings.concurrency))
-        .watches_stream(ns_stream, watch::owner)
-        .watches_stream(rq_stream, watch::owner)
-        .watches_stream(lr_stream, watch::owner)
-        .watches_stream(np_stream, watch::owner)
-        .watches_stream(rb_stream, watch::owner)
-        .watches_stream(dep_stream, watch::owner)
-        .watches_stream(pdb_stream, watch::owner)
-        .watches_stream(svc_stream, watch::owner)
-        .watches_stream(pod_stream, |pod| pod.labels().get(LABEL_APP).map(|app| ObjectRef::<ResilientApp>::new(app)))
+        .reconcile_on(child_triggers)
+        .watches_stream(pod_stream, watch::app_of_pod)
         .watches_stream(node_stream, move |node| watch::apps_in_zone_of(&app_store, &node))
-        .shutdown_on_signal()
+        .graceful_shutdown_on(shutdown.requested())
         .run(reconcile::reconcile, error_policy, ctx)
-        .for_each(|result| async move {
+        .for_each(|result| {
             match result {
                 Ok(_) => {}
-                // An app deleted while it was queued: nothing to do.
-                Err(controller::Error::ObjectNotFound(obj)) => debug!(app = %obj.name, "deleted before its reconcile"),
+                // Without a finalizer kube does not reconcile a deleted app: this is where the
+                // controller learns it is gone, so forget it here.
+                Err(controller::Error::ObjectNotFound(obj)) => {
+                    debug!(app = %obj.name, "deleted; forgetting it");
+                    forget.forget(&obj.name);
+                }
                 Err(e) => warn!(error = %e, "controller event"),
             }
+            futures::future::ready(())
         })
         .await;
     info!("controller stopped");
     Ok(())
 }
 
-fn error_policy(app: Arc<ResilientApp>, error: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy(app: Arc<GuardedApp>, error: &Error, ctx: Arc<Context>) -> Action {
     let name = app.name_any();
-    let attempt = {
-        let mut failures = ctx.failures.lock().expect("failures lock");
-        let n = failures.entry(name.clone()).or_insert(0);
-        *n += 1;
-        *n
-    };
+    let delay = ctx.backoff(&name);
     ctx.metrics.reconcile_failed(error.category());
-    // 1s, 2s, 4s ... capped at 5 minutes.
-    let delay = Duration::from_secs(1u64 << attempt.min(9).saturating_sub(1)).min(Duration::from_secs(300));
-    warn!(app = %name, attempt, retry_in = ?delay, error = %error_chain(error), "reconcile failed");
+    warn!(app = %name, retry_in = ?delay, error = %error_chain(error), "reconcile failed");
     Action::requeue(delay)
+}
+
+/// 1s, 2s, 4s ... capped at 5 minutes, after the `attempt`-th consecutive failure.
+pub fn backoff_delay(attempt: u32) -> Duration {
+    Duration::from_secs(1u64 << attempt.clamp(1, 10).saturating_sub(1)).min(Duration::from_secs(300))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deleted_app_is_forgotten() {
+        let mut m = Memory::default();
+        m.wrote_status("shop", "uid-1", ResilientAppStatus::default());
+        m.failed("shop");
+        m.failed("other");
+        assert_eq!(m.failed("other"), 2);
+        assert_eq!(m.len(), 2);
+        // A new app of the same name (another uid) does not inherit the old status.
+        assert!(m.last_status("shop", "uid-2").is_none());
+        assert!(m.last_status("shop", "uid-1").is_some());
+        m.forget("shop");
+        m.forget("other");
+        assert!(m.is_empty());
+        assert_eq!(m.failed("other"), 1, "backoff starts over for a new app of the same name");
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_five_minutes() {
+        let delays: Vec<u64> = [1, 2, 3, 4, 9, 10, 40].map(|a| backoff_delay(a).as_secs()).to_vec();
+        assert_eq!(delays, [1, 2, 4, 8, 256, 300, 300]);
+    }
 }

@@ -1,280 +1,221 @@
-//! One reconcile of one ResilientApp: validate -> observe -> render -> apply + prune -> status.
+//! One reconcile of one ResilientApp: plan -> gate -> render + apply -> observe (+ rebalance) ->
+//! status. The pure steps live in `gate.rs`, `crate::render` and `status.rs`; this file does the I/O.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{EvictParams, Patch, PatchParams};
+use kube::core::error_boundary::InvalidObject;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
+use kube::runtime::finalizer::{self, Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
-use tracing::{field, info, instrument, warn};
+use tracing::{debug, field, info, instrument, warn};
 
 use super::Context;
-use super::apply::Applier;
+use super::GuardedApp;
+use super::apply::{Applied, apply};
+use super::cleanup::cleanup;
 use super::error::{Error, Result, error_chain};
-use super::status::{Blocker, Observed, PassOutcome, component_statuses, conditions};
-use crate::api::{LABEL_COMPONENT, MANAGER, ResilientApp, ResilientAppStatus};
-use crate::render::{self, Desired, QuotaFit};
+use super::gate::{Blocked, Blocker, Gate, gate, plan_of};
+use super::status::{self, Notice, Observed, Pass, may_rebalance};
+use crate::api::{FINALIZER, LABEL_COMPONENT, MANAGER, ResilientApp, ResilientAppStatus};
+use crate::render::Plan;
 use crate::resilience::{
-    PodPlacement, RebalanceInput, allowed_zones_healthy, choose_move, node_zone, pod_ready, usable_zones,
+    PodPlacement, RebalanceInput, ZoneMap, allowed_zones_healthy, choose_move, plan_zones, pod_ready,
 };
 
 /// How long to wait for the caches before giving up on a pass (and retrying with backoff).
 const CACHE_SYNC_TIMEOUT: Duration = Duration::from_secs(60);
-/// After an eviction, look again this soon (pod events usually come first).
-const REBALANCE_RETRY: Duration = Duration::from_secs(5);
-/// A namespace being deleted is checked again after this long.
-const NAMESPACE_TERMINATING_RETRY: Duration = Duration::from_secs(5);
 
-#[instrument(skip_all, fields(app = %app.name_any(), generation = app.metadata.generation, writes = field::Empty))]
-pub(super) async fn reconcile(app: Arc<ResilientApp>, ctx: Arc<Context>) -> Result<Action> {
+#[instrument(skip_all, fields(app = %guarded.name_any(), generation = guarded.meta().generation, writes = field::Empty))]
+pub(super) async fn reconcile(guarded: Arc<GuardedApp>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
     ctx.synced.wait(CACHE_SYNC_TIMEOUT).await?;
-    if app.meta().deletion_timestamp.is_some() {
-        ctx.metrics.forget_app(&app.name_any());
-        ctx.last_status.lock().expect("status lock").remove(&app.uid().unwrap_or_default());
-        // Garbage collection removes every child through the owner references.
-        return Ok(Action::await_change());
-    }
-    let result = reconcile_app(&app, &ctx).await;
+    let app = match &guarded.0 {
+        Ok(app) => Arc::new(app.clone()),
+        Err(invalid) => return undecodable(&guarded, invalid, &ctx).await,
+    };
+    let api: Api<ResilientApp> = Api::all(ctx.client.clone());
+    let result = finalizer(&api, FINALIZER, app.clone(), |event| async {
+        match event {
+            FinalizerEvent::Apply(app) => reconcile_app(&app, &ctx).await,
+            FinalizerEvent::Cleanup(app) => cleanup(&app, &ctx).await,
+        }
+    })
+    .await
+    .or_else(|e| match e {
+        // Removed already, by an earlier pass: the app is gone.
+        finalizer::Error::RemoveFinalizer(kube::Error::Api(s)) if s.is_not_found() => Ok(Action::await_change()),
+        finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => Err(e),
+        other => Err(Error::Finalizer(error_chain(&other))),
+    });
     ctx.metrics.reconciled(started.elapsed());
-    tracing::debug!(took_ms = started.elapsed().as_millis() as u64, ok = result.is_ok(), "reconciled");
-    if result.is_ok() {
-        ctx.failures.lock().expect("failures lock").remove(&app.name_any());
-    } else if let Err(e) = &result {
-        publish(&ctx, &app, EventType::Warning, "ReconcileError", e.category(), &error_chain(e)).await;
+    debug!(took_ms = started.elapsed().as_millis() as u64, ok = result.is_ok(), "reconciled");
+    if let Err(e) = &result {
+        let notice = Notice {
+            type_: EventType::Warning,
+            reason: "ReconcileError".into(),
+            action: e.category(),
+            note: error_chain(e),
+        };
+        publish(&ctx, app.as_ref(), &notice).await;
     }
     result
 }
 
-async fn reconcile_app(app: &ResilientApp, ctx: &Context) -> Result<Action> {
-    let name = app.name_any();
-    let namespace = app.target_namespace();
-    // One snapshot of the node cache for the whole pass.
-    let nodes: Vec<Arc<Node>> = ctx.stores.nodes.state();
-    let mut zones = usable_zones(nodes.iter().map(|n| n.as_ref()), &app.spec.resilience.zones);
-    let mut outcome = PassOutcome::default();
-    // No usable zone at all (every node cordoned, or node monitoring down) says more about the
-    // cluster than about zones: like the node lifecycle controller in full disruption, change
-    // nothing and keep planning for the last zones seen until one is back.
-    if zones.is_empty()
-        && let Some(last) = app.status.as_ref().map(|s| s.zones.clone()).filter(|z| !z.is_empty())
-    {
-        outcome.no_usable_zones = true;
-        zones = last;
+/// An app whose stored object cannot be decoded (stored under an older, looser CRD): say so in
+/// its status and an Event, touch nothing else, and wait until someone fixes the object. An app
+/// being deleted is let go (its finalizer removed), with its namespace left as it is.
+async fn undecodable(guarded: &GuardedApp, invalid: &InvalidObject, ctx: &Context) -> Result<Action> {
+    let (name, uid) = (guarded.name_any(), guarded.uid().unwrap_or_default());
+    let message = format!("the stored ResilientApp cannot be read, so nothing is reconciled for it: {}", invalid.error);
+    warn!(app = %name, error = %invalid.error, "undecodable ResilientApp");
+    let api: Api<ResilientApp> = Api::all(ctx.client.clone());
+    let finalizers = guarded.finalizers();
+    if guarded.meta().deletion_timestamp.is_some() && finalizers.iter().any(|f| f == FINALIZER) {
+        let kept: Vec<&String> = finalizers.iter().filter(|f| *f != FINALIZER).collect();
+        let patch = json!({"metadata": {"finalizers": kept, "resourceVersion": guarded.resource_version()}});
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|e| Error::Finalizer(e.to_string()))?;
+        let note = format!("{message}; it is deleted without cleanup: its namespace is left as it is");
+        publish(
+            ctx,
+            guarded,
+            &Notice { type_: EventType::Warning, reason: "InvalidObject".into(), action: "Cleanup", note },
+        )
+        .await;
+        return Ok(Action::await_change());
     }
-    let plans = render::replica_plans(app, &zones);
-
-    // Validate: what CEL cannot check. A bad spec waits for a change.
-    let errors = render::validate(app);
-    if !errors.is_empty() {
-        outcome.blocker = Some(Blocker::InvalidSpec(errors));
-    } else {
-        match namespace_state(app, ctx, &namespace).await? {
-            NamespaceState::Usable => {}
-            NamespaceState::Conflict(m) => outcome.blocker = Some(Blocker::NamespaceConflict(m)),
-            NamespaceState::Wait(m) => outcome.waiting = Some(m),
-        }
-    }
-    if outcome.blocker.is_none() && outcome.waiting.is_none() {
-        match render::quota_fit(app, &plans) {
-            QuotaFit::TooSmall(m) => outcome.blocker = Some(Blocker::QuotaTooSmall(m)),
-            QuotaFit::NoRoomForSurge(m) => outcome.warning = Some(m),
-            QuotaFit::Fits => {}
-        }
-    }
-
-    let mut requeue = ctx.resync;
-    if let Some(waiting) = &outcome.waiting {
-        // The namespace is being deleted (or still belongs to a deleted app of the same name):
-        // put it back once it is gone.
-        info!(app = %name, namespace, "{waiting}");
-        requeue = NAMESPACE_TERMINATING_RETRY;
-    } else if outcome.blocker.is_none() {
-        let desired = render::render(app, &zones);
-        let applier = Applier::new(ctx, name.clone());
-        apply_all(&applier, &namespace, desired).await?;
-        outcome.writes = applier.writes();
-        tracing::Span::current().record("writes", outcome.writes);
-    }
-
-    // Observe placement and write status when it changed.
-    let observed = observe(app, ctx, &namespace, &nodes, &zones, &plans);
-    // Rebalance only in a pass that changed nothing else, so each move starts from a settled state.
-    let may_rebalance = outcome.blocker.is_none()
-        && !outcome.no_usable_zones
-        && outcome.waiting.is_none()
-        && outcome.writes == 0
-        && app.spec.resilience.rebalance;
-    if may_rebalance && let Some(moved) = rebalance(app, ctx, &namespace, &nodes, &observed).await? {
-        publish(ctx, app, EventType::Normal, "Rebalanced", "Rebalance", &moved).await;
-        requeue = REBALANCE_RETRY;
-    }
-    let components = component_statuses(app, &observed);
-    let wanted = conditions(app, &observed, &components, &outcome);
-    let uid = app.uid().unwrap_or_default();
-    let cached = ctx.last_status.lock().expect("status lock").get(&uid).cloned();
-    let previous = cached.unwrap_or_else(|| app.status.clone().unwrap_or_default());
-    let now = Time(jiff::Timestamp::now());
-    let status = ResilientAppStatus {
-        observed_generation: app.metadata.generation,
-        zones: zones.clone(),
-        conditions: wanted.into_status(&previous.conditions, app.metadata.generation, &now),
-        components,
-    };
+    let previous = ctx.memory.lock().expect("memory lock").last_status(&name, &uid).cloned().unwrap_or_default();
+    let status = status::undecodable(&previous, guarded.meta().generation, &message, &Time(jiff::Timestamp::now()));
     if status != previous {
-        write_status(ctx, app, &status).await?;
-        ctx.last_status.lock().expect("status lock").insert(uid, status.clone());
-        publish_transitions(ctx, app, &previous.conditions, &status.conditions, outcome.warning.as_deref()).await;
+        write_status_of(ctx, &name, &uid, &status).await?;
+        publish(
+            ctx,
+            guarded,
+            &Notice { type_: EventType::Warning, reason: "InvalidObject".into(), action: "Decode", note: message },
+        )
+        .await;
     }
-    ctx.metrics.observe_app(&name, &status);
-
-    Ok(match outcome.blocker {
-        Some(Blocker::InvalidSpec(_)) => Action::await_change(),
-        // A conflicting namespace or a too-small quota can be fixed outside the spec: look again later.
-        Some(_) => Action::requeue(Duration::from_secs(60)),
-        None => Action::requeue(requeue),
-    })
+    Ok(Action::await_change())
 }
 
-/// Apply every desired child, then delete the ones that no longer belong.
-///
-/// In four steps, each a set of concurrent applies (a new app costs four API round trips, not
-/// one per child): the Namespace; its quota and container defaults, so the first pods already get them;
-/// NetworkPolicies, RoleBindings, Services and PDBs, so default-deny is in place before any pod
-/// exists; then the Deployments.
-async fn apply_all(applier: &Applier<'_>, namespace: &str, desired: Desired) -> Result<()> {
-    // Destructured without `..`: a kind added to Desired but not applied here does not compile.
-    let Desired {
-        namespace: ns,
-        resource_quota,
-        limit_range,
-        network_policies,
-        role_bindings,
-        deployments,
-        pod_disruption_budgets,
-        services,
-    } = desired;
-    let ctx = applier.ctx;
-    let client = &ctx.client;
-    let s = &ctx.stores;
-    applier.apply(&Api::all(client.clone()), &s.namespaces, &ns).await?;
-    let quotas = Api::namespaced(client.clone(), namespace);
-    let limit_ranges = Api::namespaced(client.clone(), namespace);
-    futures::try_join!(
-        applier.apply(&quotas, &s.resource_quotas, &resource_quota),
-        applier.apply(&limit_ranges, &s.limit_ranges, &limit_range),
-    )?;
-    let policies = Api::namespaced(client.clone(), namespace);
-    let bindings = Api::namespaced(client.clone(), namespace);
-    let svcs = Api::namespaced(client.clone(), namespace);
-    let pdbs = Api::namespaced(client.clone(), namespace);
-    futures::try_join!(
-        applier.apply_each(&policies, &s.network_policies, &network_policies),
-        applier.apply_each(&bindings, &s.role_bindings, &role_bindings),
-        applier.apply_each(&svcs, &s.services, &services),
-        applier.apply_each(&pdbs, &s.pod_disruption_budgets, &pod_disruption_budgets),
-    )?;
-    let deps = Api::namespaced(client.clone(), namespace);
-    applier.apply_each(&deps, &s.deployments, &deployments).await?;
-
-    applier.prune(&deps, &s.deployments, namespace, &deployments).await?;
-    applier.prune(&pdbs, &s.pod_disruption_budgets, namespace, &pod_disruption_budgets).await?;
-    applier.prune(&svcs, &s.services, namespace, &services).await?;
-    applier.prune(&bindings, &s.role_bindings, namespace, &role_bindings).await?;
-    applier.prune(&policies, &s.network_policies, namespace, &network_policies).await?;
-    Ok(())
-}
-
-enum NamespaceState {
-    /// Absent (it will be created) or controlled by this app.
-    Usable,
-    /// Someone else's: never adopted or touched.
-    Conflict(String),
-    /// Being deleted, or left over from a deleted app of the same name: look again shortly.
-    Wait(String),
-}
-
-async fn namespace_state(app: &ResilientApp, ctx: &Context, namespace: &str) -> Result<NamespaceState> {
-    let uid = app.uid().unwrap_or_default();
-    let cached = ctx.stores.namespaces.get(&ObjectRef::new(namespace));
-    let live: Option<Arc<Namespace>> = match cached {
-        Some(ns) => Some(ns),
-        // Not one of ours (or the cache lags): ask the API server.
-        None => match Api::<Namespace>::all(ctx.client.clone()).get_opt(namespace).await {
-            Ok(ns) => ns.map(Arc::new),
-            Err(source) => {
-                return Err(Error::ReadNamespace { name: namespace.to_string(), source });
-            }
-        },
+async fn reconcile_app(app: &ResilientApp, ctx: &Context) -> Result<Action> {
+    let (name, namespace) = (app.name_any(), app.target_namespace());
+    let nodes: Vec<Arc<Node>> = ctx.stores.nodes.state();
+    let last_zones = app.status.as_ref().map(|s| s.zones.as_slice()).unwrap_or_default();
+    let plan = Plan::new(app, plan_zones(nodes.iter().map(AsRef::as_ref), &app.spec.resilience.zones, last_zones));
+    let now = Time(jiff::Timestamp::now());
+    let gate = gate(app, plan, read_namespace(ctx, &namespace).await?.as_deref(), &now);
+    let applied = match &gate {
+        Ok(validated) => apply(ctx, app, validated).await,
+        Err(blocked) => {
+            info!(app = %name, reason = blocked.why.reason(), "not applying: {}", blocked.why.message());
+            Ok(Applied::default())
+        }
     };
-    let Some(ns) = live else {
-        return Ok(NamespaceState::Usable);
+    // A write the API server refuses for good (admission, validation, RBAC) stalls the app with
+    // its message; anything else (timeouts, 429, 5xx) is retried as an error.
+    let (gate, applied) = match applied {
+        Ok(applied) => (gate, applied),
+        Err(e) => (Err(rejected(gate, e)?), Applied::default()),
     };
-    let controller = ns.owner_references().iter().find(|o| o.controller == Some(true));
-    let ours = controller.is_some_and(|o| o.uid == uid);
-    if ns.meta().deletion_timestamp.is_some() && (ours || controller.is_some_and(|o| o.kind == "ResilientApp")) {
-        return Ok(NamespaceState::Wait(format!(
-            "namespace {namespace} is being deleted; it is recreated once it is gone"
-        )));
+    let attempt = match &gate {
+        Err(b) if matches!(b.why, Blocker::Rejected(_)) => ctx.memory.lock().expect("memory lock").failed(&name),
+        _ => {
+            ctx.memory.lock().expect("memory lock").succeeded(&name);
+            0
+        }
+    };
+    tracing::Span::current().record("writes", applied.writes);
+    let observed = observe(ctx, &name, &namespace, &nodes);
+    let rebalanced = if may_rebalance(app, &gate, applied.writes) {
+        rebalance(ctx, app, &namespace, &nodes, &gate, &observed).await?
+    } else {
+        None
+    };
+    let pass = Pass { app, gate: &gate, observed: &observed, writes: applied.writes, rebalanced, attempt };
+    let previous = previous_status(ctx, app);
+    let outcome = status::compute(&pass, &previous, &now, ctx.resync);
+    if outcome.status != previous {
+        write_status_of(ctx, &name, &app.uid().unwrap_or_default(), &outcome.status).await?;
     }
-    Ok(match controller {
-        _ if ours => NamespaceState::Usable,
-        Some(o) if o.kind == "ResilientApp" && o.name == app.name_any() => NamespaceState::Wait(format!(
-            "namespace {namespace} still belongs to a deleted ResilientApp {} (uid {}); waiting for garbage collection",
-            o.name, o.uid
-        )),
-        Some(o) => NamespaceState::Conflict(format!(
-            "namespace {namespace} already exists and is controlled by {} {}; it is left untouched",
-            o.kind, o.name
-        )),
-        None => NamespaceState::Conflict(format!(
-            "namespace {namespace} already exists and is not owned by this ResilientApp; it is left untouched (delete it, or set spec.namespace to another name)"
-        )),
-    })
+    for notice in &outcome.events {
+        publish(ctx, app, notice).await;
+    }
+    ctx.metrics.observe_app(&name, &outcome.status);
+    Ok(outcome.action)
 }
 
-fn observe<'a>(
-    app: &ResilientApp,
-    ctx: &Context,
-    namespace: &str,
-    nodes: &[Arc<Node>],
-    zones: &'a [String],
-    plans: &'a std::collections::BTreeMap<String, crate::resilience::ReplicaPlan>,
-) -> Observed<'a> {
-    let name = app.name_any();
+/// The gate's verdict turned into `Rejected` when `error` is a write the API server refuses for
+/// good; the error itself otherwise.
+fn rejected(gate: Gate, error: Error) -> Result<Blocked> {
+    let Some(message) = error.rejection() else {
+        return Err(error);
+    };
+    let plan = match gate {
+        Ok(v) => v.plan,
+        Err(b) => b.plan,
+    };
+    warn!(error = %error_chain(&error), "the API server refused a write");
+    Ok(Blocked { plan, why: Blocker::Rejected(message) })
+}
+
+/// The app's namespace: from the cache of ours, else (someone else's, or the cache lags) from the
+/// API server. `None` when it does not exist.
+pub(super) async fn read_namespace(ctx: &Context, name: &str) -> Result<Option<Arc<Namespace>>> {
+    if let Some(ns) = ctx.stores.namespaces.get(&ObjectRef::new(name)) {
+        return Ok(Some(ns));
+    }
+    match Api::<Namespace>::all(ctx.client.clone()).get_opt(name).await {
+        Ok(ns) => Ok(ns.map(Arc::new)),
+        Err(source) => Err(Error::ReadNamespace { name: name.to_string(), source }),
+    }
+}
+
+/// The app's Deployments (by component) and pods in its namespace, and the zone of every node.
+fn observe(ctx: &Context, name: &str, namespace: &str, nodes: &[Arc<Node>]) -> Observed {
     let deployments = ctx
         .stores
         .deployments
-        .of_app(&name)
+        .of_app(name)
         .into_iter()
         .filter(|d| d.namespace().as_deref() == Some(namespace))
         .filter_map(|d| d.labels().get(LABEL_COMPONENT).cloned().map(|c| (c, d)))
         .collect();
     let pods =
-        ctx.stores.pods.of_app(&name).into_iter().filter(|p| p.namespace().as_deref() == Some(namespace)).collect();
-    let node_zones: HashMap<String, String> =
-        nodes.iter().filter_map(|n| node_zone(n).map(|z| (n.name_any(), z.to_string()))).collect();
-    Observed { zones, plans, deployments, pods, node_zones }
+        ctx.stores.pods.of_app(name).into_iter().filter(|p| p.namespace().as_deref() == Some(namespace)).collect();
+    Observed { deployments, pods, node_zones: ZoneMap::of(nodes.iter().map(AsRef::as_ref)) }
+}
+
+/// The status this pass starts from: the one last written (the watch cache can lag behind our own
+/// writes), else the app's own.
+fn previous_status(ctx: &Context, app: &ResilientApp) -> ResilientAppStatus {
+    let memory = ctx.memory.lock().expect("memory lock");
+    let remembered = memory.last_status(&app.name_any(), &app.uid().unwrap_or_default()).cloned();
+    remembered.unwrap_or_else(|| app.status.clone().unwrap_or_default())
 }
 
 /// Evict at most one pod of the app to restore an even spread, once every allowed zone is back.
 /// Returns what was moved, for the Event.
 async fn rebalance(
-    app: &ResilientApp,
     ctx: &Context,
+    app: &ResilientApp,
     namespace: &str,
     nodes: &[Arc<Node>],
-    observed: &Observed<'_>,
+    gate: &Gate,
+    observed: &Observed,
 ) -> Result<Option<String>> {
-    let healthy = allowed_zones_healthy(nodes.iter().map(|n| n.as_ref()), &app.spec.resilience.zones, observed.zones);
+    let zones = &plan_of(gate).zones;
+    let healthy = allowed_zones_healthy(nodes.iter().map(AsRef::as_ref), &app.spec.resilience.zones, zones);
     for component in &app.spec.components {
-        let Some(plan) = observed.plans.get(&component.name) else {
+        let Some(plan) = plan_of(gate).replicas.get(&component.name) else {
             continue;
         };
         let pods: Vec<PodPlacement> = observed
@@ -283,20 +224,24 @@ async fn rebalance(
             .filter(|p| p.labels().get(LABEL_COMPONENT) == Some(&component.name))
             .map(|p| PodPlacement {
                 name: p.name_any(),
-                zone: observed.zone_of(p).cloned(),
+                zone: observed.node_zones.zone_of(p).cloned(),
                 ready: pod_ready(p),
                 terminating: p.metadata.deletion_timestamp.is_some(),
             })
             .collect();
         let input = RebalanceInput {
             pods: &pods,
-            usable_zones: observed.zones,
+            usable_zones: zones,
             all_zones_healthy: healthy,
             replicas: plan.replicas,
             min_available: component.min_available,
         };
-        let Ok(chosen) = choose_move(&input) else {
-            continue;
+        let chosen = match choose_move(&input) {
+            Ok(chosen) => chosen,
+            Err(hold) => {
+                debug!(app = %app.name_any(), component = %component.name, ?hold, "not rebalancing");
+                continue;
+            }
         };
         let api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
         match api.evict(&chosen.pod, &EvictParams::default()).await {
@@ -323,64 +268,25 @@ async fn rebalance(
     Ok(None)
 }
 
-async fn write_status(ctx: &Context, app: &ResilientApp, status: &ResilientAppStatus) -> Result<()> {
+async fn write_status_of(ctx: &Context, name: &str, uid: &str, status: &ResilientAppStatus) -> Result<()> {
     let api: Api<ResilientApp> = Api::all(ctx.client.clone());
     let patch = json!({
         "apiVersion": ResilientApp::api_version(&()),
         "kind": ResilientApp::kind(&()),
         "status": status,
     });
-    api.patch_status(&app.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
-        .await
-        .map_err(Error::Status)?;
+    api.patch_status(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await.map_err(Error::Status)?;
     ctx.metrics.api_write("apply", "ResilientApp/status");
+    ctx.memory.lock().expect("memory lock").wrote_status(name, uid, status.clone());
     Ok(())
 }
 
-fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
-    conditions.iter().find(|c| c.type_ == type_)
-}
-
-/// Events for what changed in the conditions: warnings for new problems, normal events for recoveries.
-async fn publish_transitions(
-    ctx: &Context,
-    app: &ResilientApp,
-    old: &[Condition],
-    new: &[Condition],
-    warning: Option<&str>,
-) {
-    // A condition that flips or changes reason. The first status of a new app is not a
-    // transition (its pods are simply not up yet), except for Stalled.
-    let changed = |t: &str| {
-        let (o, n) = (find(old, t), find(new, t));
-        let flipped = o.map(|c| (&c.status, &c.reason)) != n.map(|c| (&c.status, &c.reason));
-        (flipped && (o.is_some() || t == "Stalled")).then_some(n).flatten()
-    };
-    if let Some(c) = changed("Stalled") {
-        publish(ctx, app, EventType::Warning, &c.reason, "Reconcile", &c.message).await;
-    }
-    if let Some(c) = changed("ZoneFailureTolerant") {
-        let kind = if c.status == "True" { EventType::Normal } else { EventType::Warning };
-        publish(ctx, app, kind, &c.reason, "CheckZoneFailure", &c.message).await;
-    }
-    if let Some(c) = changed("Ready") {
-        let kind = if c.status == "True" { EventType::Normal } else { EventType::Warning };
-        publish(ctx, app, kind, &c.reason, "CheckAvailability", &c.message).await;
-    }
-    if let Some(w) = warning {
-        let already = find(old, "Ready").is_some_and(|c| c.message.contains(w));
-        if !already {
-            publish(ctx, app, EventType::Warning, "QuotaNoSurgeRoom", "CheckQuota", w).await;
-        }
-    }
-}
-
-async fn publish(ctx: &Context, app: &ResilientApp, type_: EventType, reason: &str, action: &str, note: &str) {
+pub(super) async fn publish<K: Resource<DynamicType = ()>>(ctx: &Context, app: &K, notice: &Notice) {
     let event = Event {
-        type_,
-        reason: reason.to_string(),
-        note: Some(note.chars().take(1000).collect()),
-        action: action.to_string(),
+        type_: notice.type_,
+        reason: notice.reason.clone(),
+        note: Some(notice.note.chars().take(1000).collect()),
+        action: notice.action.to_string(),
         secondary: None,
     };
     match ctx.recorder.publish(&event, &app.object_ref(&())).await {

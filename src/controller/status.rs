@@ -1,93 +1,194 @@
-//! The status of a ResilientApp, computed from what was observed. Pure: no client.
+//! The status of a ResilientApp, the Events that go with its changes, and when to look again:
+//! all computed from what a pass saw and did. Pure: no client.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
 
-use crate::api::{ComponentStatus, ConditionType, Conditions, LABEL_COMPONENT, ResilientApp};
-use crate::render::SpecError;
-use crate::resilience::{ReplicaPlan, Shortfall, pod_ready, ready_after_worst_zone_loss};
+use super::gate::{Blocker, Gate, plan_of};
+use crate::api::{ComponentStatus, ConditionType, Conditions, LABEL_COMPONENT, ResilientApp, ResilientAppStatus};
+use crate::render::Plan;
+use crate::resilience::{Shortfall, ZoneMap, pod_ready, ready_after_worst_zone_loss};
 
-/// A terminal problem: the app cannot be reconciled until something changes.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Blocker {
-    InvalidSpec(Vec<SpecError>),
-    NamespaceConflict(String),
-    QuotaTooSmall(String),
-}
-
-impl Blocker {
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Self::InvalidSpec(_) => "InvalidSpec",
-            Self::NamespaceConflict(_) => "NamespaceConflict",
-            Self::QuotaTooSmall(_) => "QuotaTooSmall",
-        }
-    }
-
-    pub fn message(&self) -> String {
-        match self {
-            Self::InvalidSpec(errors) => errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
-            Self::NamespaceConflict(m) | Self::QuotaTooSmall(m) => m.clone(),
-        }
-    }
-}
+/// After an eviction, look again this soon (pod events usually come first).
+pub const REBALANCE_RETRY: Duration = Duration::from_secs(5);
+/// A namespace being deleted is checked again after this long.
+pub const WAITING_RETRY: Duration = Duration::from_secs(5);
+/// A conflicting namespace or a too-small quota can be fixed outside the spec: look again this often.
+pub const STALLED_RETRY: Duration = Duration::from_secs(60);
 
 /// What the cluster looks like for one app.
-pub struct Observed<'a> {
-    pub zones: &'a [String],
-    pub plans: &'a BTreeMap<String, ReplicaPlan>,
+#[derive(Default)]
+pub struct Observed {
     /// Live Deployments by component name.
     pub deployments: HashMap<String, Arc<Deployment>>,
     /// Live pods of the app.
     pub pods: Vec<Arc<Pod>>,
     /// Zone of every known node.
-    pub node_zones: HashMap<String, String>,
+    pub node_zones: ZoneMap,
 }
 
-/// What this pass did and noticed, beyond observation.
-#[derive(Clone, Debug, Default)]
-pub struct PassOutcome {
-    pub blocker: Option<Blocker>,
+/// What one pass decided, saw and did.
+pub struct Pass<'a> {
+    pub app: &'a ResilientApp,
+    pub gate: &'a Gate,
+    pub observed: &'a Observed,
     /// Children created, updated or deleted in this pass.
     pub writes: usize,
-    /// A warning that belongs in the Ready message (for example quota without surge room).
-    pub warning: Option<String>,
-    /// Children were not applied this pass because something must finish first.
-    pub waiting: Option<String>,
-    /// No zone is usable now; the plan uses the last zones seen.
-    pub no_usable_zones: bool,
+    /// What rebalancing moved in this pass, if anything.
+    pub rebalanced: Option<String>,
+    /// Consecutive passes whose writes were rejected (0 when this one was not), for the backoff.
+    pub attempt: u32,
 }
 
-impl Observed<'_> {
-    /// The zone of the node a pod runs on, if it is scheduled on a known node.
-    pub fn zone_of(&self, pod: &Pod) -> Option<&String> {
-        pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).and_then(|n| self.node_zones.get(n))
+/// An Event to publish on the app.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    pub type_: EventType,
+    pub reason: String,
+    pub action: &'static str,
+    pub note: String,
+}
+
+impl Notice {
+    fn new(type_: EventType, reason: &str, action: &'static str, note: &str) -> Self {
+        Self { type_, reason: reason.to_string(), action, note: note.to_string() }
     }
 }
 
+/// The outcome of a pass: the status to have, the Events to publish, when to look again.
+pub struct Outcome {
+    pub status: ResilientAppStatus,
+    pub events: Vec<Notice>,
+    pub action: Action,
+}
+
+/// The status, Events and requeue of a pass, given the status the app had before it.
+pub fn compute(pass: &Pass, previous: &ResilientAppStatus, now: &Time, resync: Duration) -> Outcome {
+    let app = pass.app;
+    let plan = plan_of(pass.gate);
+    let components = component_statuses(app, plan, pass.observed);
+    let wanted = conditions(app, pass, &components);
+    let status = ResilientAppStatus {
+        observed_generation: app.metadata.generation,
+        zones: plan.zones.clone(),
+        conditions: wanted.into_status(&previous.conditions, app.metadata.generation, now),
+        components,
+    };
+    let mut events = Vec::new();
+    if let Some(moved) = &pass.rebalanced {
+        events.push(Notice::new(EventType::Normal, "Rebalanced", "Rebalance", moved));
+    }
+    if let Ok(v) = pass.gate
+        && v.adopting
+    {
+        let note = format!(
+            "namespace {} was retained from an earlier ResilientApp {} and is adopted",
+            app.target_namespace(),
+            app.name()
+        );
+        events.push(Notice::new(EventType::Normal, "NamespaceAdopted", "Adopt", &note));
+    }
+    let warning = pass.gate.as_ref().ok().and_then(|v| v.warning.as_deref());
+    events.extend(transitions(&previous.conditions, &status.conditions, warning));
+    Outcome { status, events, action: requeue(pass, resync) }
+}
+
+/// The status of an app whose stored object cannot be decoded.
+pub fn undecodable(
+    previous: &ResilientAppStatus,
+    generation: Option<i64>,
+    message: &str,
+    now: &Time,
+) -> ResilientAppStatus {
+    let mut c = Conditions::default();
+    for t in [ConditionType::Ready, ConditionType::ZoneFailureTolerant] {
+        c.set(t, false, "InvalidObject", message);
+    }
+    c.set(ConditionType::Stalled, true, "InvalidObject", message);
+    ResilientAppStatus {
+        observed_generation: generation,
+        conditions: c.into_status(&previous.conditions, generation, now),
+        ..previous.clone()
+    }
+}
+
+/// When to look at the app again. An invalid spec waits for a change of the app.
+pub fn requeue(pass: &Pass, resync: Duration) -> Action {
+    match pass.gate {
+        Err(b) if matches!(b.why, Blocker::InvalidSpec(_)) => Action::await_change(),
+        Err(b) if matches!(b.why, Blocker::Rejected(_)) => Action::requeue(super::backoff_delay(pass.attempt)),
+        Err(b) if b.why.is_stalled() => Action::requeue(STALLED_RETRY),
+        Err(_) => Action::requeue(WAITING_RETRY),
+        Ok(_) if pass.rebalanced.is_some() => Action::requeue(REBALANCE_RETRY),
+        Ok(_) => Action::requeue(resync),
+    }
+}
+
+/// Whether this pass may evict a pod to even out the spread: only in a pass that changed nothing
+/// else (so each move starts from a settled state), with usable zones, and when the app wants it.
+pub fn may_rebalance(app: &ResilientApp, gate: &Gate, writes: usize) -> bool {
+    matches!(gate, Ok(v) if !v.plan.no_usable_zones) && writes == 0 && app.spec.resilience.rebalance
+}
+
+fn find(conditions: &[Condition], type_: ConditionType) -> Option<&Condition> {
+    conditions.iter().find(|c| c.type_ == type_.as_str())
+}
+
+/// Events for what changed in the conditions: warnings for new problems, normal events for
+/// recoveries. The first status of a new app is not a transition (its pods are simply not up
+/// yet), except for Stalled. A quota warning is published once, when it first appears.
+pub fn transitions(old: &[Condition], new: &[Condition], warning: Option<&str>) -> Vec<Notice> {
+    let changed = |t: ConditionType| {
+        let (o, n) = (find(old, t), find(new, t));
+        let flipped = o.map(|c| (&c.status, &c.reason)) != n.map(|c| (&c.status, &c.reason));
+        (flipped && (o.is_some() || t == ConditionType::Stalled)).then_some(n).flatten()
+    };
+    let severity = |c: &Condition| if c.status == "True" { EventType::Normal } else { EventType::Warning };
+    let mut out = Vec::new();
+    if let Some(c) = changed(ConditionType::Stalled) {
+        out.push(Notice::new(EventType::Warning, &c.reason, "Reconcile", &c.message));
+    }
+    if let Some(c) = changed(ConditionType::ZoneFailureTolerant) {
+        out.push(Notice::new(severity(c), &c.reason, "CheckZoneFailure", &c.message));
+    }
+    if let Some(c) = changed(ConditionType::Ready) {
+        out.push(Notice::new(severity(c), &c.reason, "CheckAvailability", &c.message));
+    }
+    if let Some(w) = warning
+        && !find(old, ConditionType::Ready).is_some_and(|c| c.message.contains(w))
+    {
+        out.push(Notice::new(EventType::Warning, "QuotaNoSurgeRoom", "CheckQuota", w));
+    }
+    out
+}
+
 /// Per-component placement: ready pods by zone, total ready, and what survives the worst loss.
-pub fn component_statuses(app: &ResilientApp, observed: &Observed) -> Vec<ComponentStatus> {
+pub fn component_statuses(app: &ResilientApp, plan: &Plan, observed: &Observed) -> Vec<ComponentStatus> {
     let tolerated = app.spec.resilience.zone_failures_tolerated;
     app.spec
         .components
         .iter()
         .map(|c| {
-            let mut ready_by_zone: BTreeMap<String, i32> = observed.zones.iter().map(|z| (z.clone(), 0)).collect();
+            let mut ready_by_zone: BTreeMap<String, i32> = plan.zones.iter().map(|z| (z.clone(), 0)).collect();
             for pod in &observed.pods {
                 let ours = pod.metadata.labels.as_ref().and_then(|l| l.get(LABEL_COMPONENT)) == Some(&c.name);
                 if !ours || pod.metadata.deletion_timestamp.is_some() || !pod_ready(pod) {
                     continue;
                 }
-                let zone = observed.zone_of(pod).cloned().unwrap_or_else(|| "unknown".to_string());
+                let zone = observed.node_zones.zone_of(pod).cloned().unwrap_or_else(|| "unknown".to_string());
                 *ready_by_zone.entry(zone).or_default() += 1;
             }
             let ready: i32 = ready_by_zone.values().sum();
             ComponentStatus {
                 name: c.name.clone(),
-                replicas: observed.plans.get(&c.name).map_or(0, |p| p.replicas),
+                replicas: plan.replicas.get(&c.name).map_or(0, |p| p.replicas),
                 ready_replicas: ready,
                 min_available: c.min_available,
                 ready_after_worst_zone_loss: ready_after_worst_zone_loss(&ready_by_zone, tolerated),
@@ -109,22 +210,22 @@ fn plural(n: usize, one: &str, many: &str) -> String {
 }
 
 /// The conditions for this pass (timestamps are merged later with the previous status).
-pub fn conditions(
-    app: &ResilientApp,
-    observed: &Observed,
-    components: &[ComponentStatus],
-    outcome: &PassOutcome,
-) -> Conditions {
+fn conditions(app: &ResilientApp, pass: &Pass, components: &[ComponentStatus]) -> Conditions {
     let mut c = Conditions::default();
     let tolerated = app.spec.resilience.zone_failures_tolerated;
+    let plan = plan_of(pass.gate);
 
-    if let Some(blocker) = &outcome.blocker {
-        let message = blocker.message();
-        c.set(ConditionType::Ready, false, blocker.reason(), message.clone());
-        c.set(ConditionType::ZoneFailureTolerant, false, blocker.reason(), message.clone());
-        c.set(ConditionType::Stalled, true, blocker.reason(), message);
-        return c;
-    }
+    let (warning, waiting) = match pass.gate {
+        Err(blocked) if blocked.why.is_stalled() => {
+            let (reason, message) = (blocked.why.reason(), blocked.why.message());
+            c.set(ConditionType::Ready, false, reason, message.clone());
+            c.set(ConditionType::ZoneFailureTolerant, false, reason, message.clone());
+            c.set(ConditionType::Stalled, true, reason, message);
+            return c;
+        }
+        Err(blocked) => (None, Some(blocked.why.message())),
+        Ok(validated) => (validated.warning.as_ref(), None),
+    };
 
     // Ready: availability now.
     let short: Vec<String> = components
@@ -135,7 +236,7 @@ pub fn conditions(
     if short.is_empty() {
         let mut message =
             format!("{} at or above minAvailable", plural(components.len(), "component is", "components are"));
-        if let Some(w) = &outcome.warning {
+        if let Some(w) = warning {
             message.push_str("; warning: ");
             message.push_str(w);
         }
@@ -145,11 +246,10 @@ pub fn conditions(
     }
 
     // ZoneFailureTolerant: would the app keep minAvailable if the worst zones were lost now?
-    let zones = observed.zones;
-    let insufficient =
-        observed.plans.values().any(|p| matches!(p.shortfall, Some(Shortfall::InsufficientZones { .. })));
-    let too_few: Vec<String> = observed
-        .plans
+    let zones = &plan.zones;
+    let insufficient = plan.replicas.values().any(|p| matches!(p.shortfall, Some(Shortfall::InsufficientZones { .. })));
+    let too_few: Vec<String> = plan
+        .replicas
         .iter()
         .filter_map(|(name, p)| match p.shortfall {
             Some(Shortfall::TooFewReplicas { replicas, needed }) => Some(format!(
@@ -160,7 +260,7 @@ pub fn conditions(
             _ => None,
         })
         .collect();
-    if outcome.no_usable_zones {
+    if plan.no_usable_zones {
         c.set(
             ConditionType::ZoneFailureTolerant,
             false,
@@ -230,7 +330,7 @@ pub fn conditions(
     let progressing: Vec<String> = components
         .iter()
         .filter_map(|s| {
-            let dep = observed.deployments.get(&s.name);
+            let dep = pass.observed.deployments.get(&s.name);
             let rolled_out = dep.is_some_and(|d| {
                 let st = d.status.clone().unwrap_or_default();
                 st.observed_generation >= d.metadata.generation
@@ -242,14 +342,14 @@ pub fn conditions(
                 .then(|| format!("{}: {} of {} replicas ready", s.name, s.ready_replicas, s.replicas))
         })
         .collect();
-    if let Some(waiting) = &outcome.waiting {
-        c.set(ConditionType::Reconciling, true, "Waiting", waiting.clone());
-    } else if outcome.writes > 0 {
+    if let Some(waiting) = waiting {
+        c.set(ConditionType::Reconciling, true, "Waiting", waiting);
+    } else if pass.writes > 0 {
         c.set(
             ConditionType::Reconciling,
             true,
             "Applying",
-            format!("applied {} to the cluster", plural(outcome.writes, "change", "changes")),
+            format!("applied {} to the cluster", plural(pass.writes, "change", "changes")),
         );
     } else if !progressing.is_empty() {
         c.set(ConditionType::Reconciling, true, "Progressing", progressing.join("; "));

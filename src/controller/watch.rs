@@ -5,23 +5,33 @@ use std::collections::hash_map::DefaultHasher;
 use std::fmt::Debug;
 use std::hash::{Hash, Hasher};
 
+use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Node, NodeSpec, NodeStatus, Pod, PodSpec, PodStatus};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt as _};
 use serde::de::DeserializeOwned;
+use tracing::warn;
 
+use super::GuardedApp;
 use super::index::{AppIndex, Cache};
-use crate::api::{LABEL_APP, ResilientApp};
+use crate::api::LABEL_APP;
+
+/// The reference the controller queues apps by.
+pub type AppRef = ObjectRef<GuardedApp>;
 use crate::resilience::{node_usable, node_zone};
 
-/// A cached, label-selected watch of one child kind, indexed by app, and the stream of touched
-/// objects that maps them to their owning ResilientApp.
-pub fn owned<K>(
-    client: &Client,
-    config: watcher::Config,
-) -> (Cache<K>, impl Stream<Item = Result<K, watcher::Error>> + Send + 'static)
+/// The apps whose children changed.
+pub type AppTriggers = BoxStream<'static, AppRef>;
+/// Nodes whose usability or zone changed.
+pub type NodeStream = BoxStream<'static, Result<Node, watcher::Error>>;
+/// Pods of apps whose placement or readiness changed.
+pub type PodStream = BoxStream<'static, Result<Pod, watcher::Error>>;
+
+/// A cached, label-selected watch of one child kind, indexed by app, and the stream of the apps
+/// owning the objects it sees change.
+pub fn owned<K>(client: &Client, config: watcher::Config) -> (Cache<K>, AppTriggers)
 where
     K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
 {
@@ -32,7 +42,18 @@ where
         .modify(|obj: &mut K| obj.managed_fields_mut().clear())
         .reflect(writer)
         .inspect(indexing(index.clone()))
-        .touched_objects();
+        .touched_objects()
+        .filter_map(|touched| {
+            futures::future::ready(match touched {
+                Ok(child) => owner(child),
+                Err(e) => {
+                    // The watcher backs off and retries by itself.
+                    warn!(kind = %K::kind(&()), error = %e, "watch of a child kind failed");
+                    None
+                }
+            })
+        })
+        .boxed();
     (Cache::new(reader, index), stream)
 }
 
@@ -50,19 +71,19 @@ where
 
 /// Nodes, keeping labels, taints, schedulability, readiness and allocatable resources only.
 /// Only changes of usability or zone reach the controller.
-pub fn nodes(client: &Client) -> (Store<Node>, impl Stream<Item = Result<Node, watcher::Error>> + Send + 'static) {
+pub fn nodes(client: &Client) -> (Store<Node>, NodeStream) {
     let (reader, writer) = reflector::store();
     let stream = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
         .default_backoff()
         .modify(trim_node)
         .reflect(writer);
-    let stream = changed_only(stream, |n: &Node| fingerprint(&(node_zone(n), node_usable(n))));
+    let stream = changed_only(stream, |n: &Node| fingerprint(&(node_zone(n), node_usable(n)))).boxed();
     (reader, stream)
 }
 
 /// Pods of ResilientApps, keeping labels, node, readiness and deletion only.
 /// Only changes of placement or readiness reach the controller.
-pub fn pods(client: &Client) -> (Cache<Pod>, impl Stream<Item = Result<Pod, watcher::Error>> + Send + 'static) {
+pub fn pods(client: &Client) -> (Cache<Pod>, PodStream) {
     let (reader, writer) = reflector::store();
     let index = AppIndex::default();
     let config = watcher::Config::default().labels(&format!("{},{LABEL_APP}", super::managed_selector()));
@@ -77,7 +98,8 @@ pub fn pods(client: &Client) -> (Cache<Pod>, impl Stream<Item = Result<Pod, watc
             crate::resilience::pod_ready(p),
             p.metadata.deletion_timestamp.is_some(),
         ))
-    });
+    })
+    .boxed();
     (Cache::new(reader, index), stream)
 }
 
@@ -144,26 +166,39 @@ fn key_of<K: Resource>(obj: &K) -> String {
     format!("{}/{}", obj.meta().namespace.as_deref().unwrap_or(""), obj.meta().name.as_deref().unwrap_or(""))
 }
 
-/// The ResilientApp controlling a child. Cluster-scoped, so the reference carries no namespace
-/// (kube's `owns` would put the child's namespace in it and split one app into two queue entries).
-pub fn owner<K: Resource>(child: K) -> Option<ObjectRef<ResilientApp>> {
-    child
-        .meta()
-        .owner_references
-        .as_ref()?
-        .iter()
-        .find(|o| o.controller == Some(true) && o.kind == "ResilientApp" && o.api_version == "resilient.dev/v1alpha1")
-        .map(|o| ObjectRef::new(&o.name))
+/// The ResilientApp controlling a child: its controller reference (cluster-scoped, so the reference
+/// carries no namespace: kube's `owns` would put the child's namespace in it and split one app into
+/// two queue entries), or, for the Namespace, which has no owner reference, its app label.
+pub fn owner<K: Resource>(child: K) -> Option<AppRef> {
+    let meta = child.meta();
+    let controller =
+        meta.owner_references.iter().flatten().find(|o| {
+            o.controller == Some(true) && o.kind == "ResilientApp" && o.api_version == "resilient.dev/v1alpha1"
+        });
+    match controller {
+        Some(o) => Some(ObjectRef::new(&o.name)),
+        None if meta.namespace.is_none() => meta.labels.as_ref()?.get(LABEL_APP).map(|app| ObjectRef::new(app)),
+        None => None,
+    }
 }
 
-/// The apps whose usable zones a node change can affect: those allowing the node's zone.
-pub fn apps_in_zone_of(apps: &Store<ResilientApp>, node: &Node) -> Vec<ObjectRef<ResilientApp>> {
+/// The app of a pod, by its app label.
+pub fn app_of_pod(pod: Pod) -> Option<AppRef> {
+    pod.labels().get(LABEL_APP).map(|app| ObjectRef::new(app))
+}
+
+/// The apps whose usable zones a node change can affect: those allowing the node's zone (and
+/// every app that cannot be decoded, which is reported on every pass).
+pub fn apps_in_zone_of(apps: &Store<GuardedApp>, node: &Node) -> Vec<AppRef> {
     let Some(zone) = node_zone(node) else {
         return Vec::new();
     };
     apps.state()
         .iter()
-        .filter(|app| app.spec.resilience.zones.is_empty() || app.spec.resilience.zones.iter().any(|z| z == zone))
+        .filter(|app| match &app.0 {
+            Ok(app) => app.spec.resilience.zones.is_empty() || app.spec.resilience.zones.iter().any(|z| z == zone),
+            Err(_) => false,
+        })
         .map(|app| ObjectRef::from_obj(app.as_ref()))
         .collect()
 }

@@ -3,7 +3,7 @@
 
 mod namespace;
 mod network;
-pub(crate) mod quota;
+mod quota;
 mod validate;
 mod workload;
 
@@ -20,12 +20,48 @@ use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Resource;
 
-use crate::api::{LABEL_APP, LABEL_COMPONENT, LABEL_MANAGED_BY, MANAGER, ResilientApp};
-use crate::resilience::{ReplicaPlan, plan_replicas};
+use crate::api::{Component, LABEL_APP, LABEL_COMPONENT, LABEL_MANAGED_BY, MANAGER, ResilientApp};
+use crate::resilience::{PlannedZones, ReplicaPlan, plan_replicas};
 
-/// Everything one ResilientApp should own, as built from its spec and the usable zones.
+/// The zones an app is planned for and the replica plan of every component, computed once per
+/// pass and shared by validation, rendering and status.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Plan {
+    pub zones: Vec<String>,
+    /// No zone is usable now; `zones` are the last ones seen (see [`PlannedZones`]).
+    pub no_usable_zones: bool,
+    /// By component name.
+    pub replicas: BTreeMap<String, ReplicaPlan>,
+}
+
+impl Plan {
+    /// The plan for `app` over `zones`.
+    pub fn new(app: &ResilientApp, zones: PlannedZones) -> Self {
+        let tolerated = app.spec.resilience.zone_failures_tolerated;
+        let replicas = app
+            .spec
+            .components
+            .iter()
+            .map(|c| (c.name.clone(), plan_replicas(c.replicas, c.min_available, zones.zones.len(), tolerated)))
+            .collect();
+        Self { zones: zones.zones, no_usable_zones: zones.no_usable_zones, replicas }
+    }
+
+    /// The plan for `app` over zones that are all usable (the `render` command, tests).
+    pub fn for_zones(app: &ResilientApp, zones: &[String]) -> Self {
+        Self::new(app, PlannedZones { zones: zones.to_vec(), no_usable_zones: false })
+    }
+
+    /// Replicas planned for a component (its minAvailable if it is not in the plan).
+    pub fn replicas_of(&self, component: &Component) -> i32 {
+        self.replicas.get(&component.name).map_or(component.min_available, |p| p.replicas)
+    }
+}
+
+/// Everything one ResilientApp should own, as built from its spec and its [`Plan`].
 ///
-/// The applier destructures this without `..`, so a kind added here but never applied does not compile.
+/// [`Desired::into_steps`] destructures this without `..`, so a kind added here but never applied
+/// does not compile.
 #[derive(Clone, Debug)]
 pub struct Desired {
     pub namespace: Namespace,
@@ -38,25 +74,85 @@ pub struct Desired {
     pub services: Vec<Service>,
 }
 
-/// The replica plan of every component, by component name.
-pub fn replica_plans(app: &ResilientApp, zones: &[String]) -> BTreeMap<String, ReplicaPlan> {
-    let tolerated = app.spec.resilience.zone_failures_tolerated;
-    app.spec
-        .components
-        .iter()
-        .map(|c| (c.name.clone(), plan_replicas(c.replicas, c.min_available, zones.len(), tolerated)))
-        .collect()
+/// The one list of the kinds the operator creates, in apply order, each with the field of its
+/// cache in the controller's stores. Call it with a macro that takes `Kind: field, ...`.
+macro_rules! child_kinds {
+    ($callback:ident) => {
+        $callback! {
+            Namespace: namespaces,
+            ResourceQuota: resource_quotas,
+            LimitRange: limit_ranges,
+            NetworkPolicy: network_policies,
+            RoleBinding: role_bindings,
+            Service: services,
+            PodDisruptionBudget: pod_disruption_budgets,
+            Deployment: deployments,
+        }
+    };
+}
+pub(crate) use child_kinds;
+
+macro_rules! define_child {
+    ($($kind:ident: $field:ident,)*) => {
+        /// One object the operator creates, of any child kind.
+        #[derive(Clone, Debug, serde::Serialize)]
+        #[serde(untagged)]
+        #[allow(clippy::large_enum_variant, reason = "a handful per pass, moved once: boxing buys nothing")]
+        pub enum Child {
+            $($kind($kind),)*
+        }
+
+        impl Child {
+            /// The object's kind and metadata.
+            pub fn kind_and_meta(&self) -> (&'static str, &ObjectMeta) {
+                match self {
+                    $(Child::$kind(o) => (stringify!($kind), o.meta()),)*
+                }
+            }
+        }
+    };
+}
+child_kinds!(define_child);
+
+impl Desired {
+    /// The children in the order they are applied: each step is a set of objects that may be
+    /// applied concurrently, and each step starts once the previous one is done. The Namespace;
+    /// its quota and container defaults, so the first pods already get them; NetworkPolicies,
+    /// RoleBindings, Services and PDBs, so default-deny is in place before any pod exists; then the
+    /// Deployments.
+    pub fn into_steps(self) -> [Vec<Child>; 4] {
+        let Desired {
+            namespace,
+            resource_quota,
+            limit_range,
+            network_policies,
+            role_bindings,
+            deployments,
+            pod_disruption_budgets,
+            services,
+        } = self;
+        let mut policies_and_access: Vec<Child> = Vec::new();
+        policies_and_access.extend(network_policies.into_iter().map(Child::NetworkPolicy));
+        policies_and_access.extend(role_bindings.into_iter().map(Child::RoleBinding));
+        policies_and_access.extend(services.into_iter().map(Child::Service));
+        policies_and_access.extend(pod_disruption_budgets.into_iter().map(Child::PodDisruptionBudget));
+        [
+            vec![Child::Namespace(namespace)],
+            vec![Child::ResourceQuota(resource_quota), Child::LimitRange(limit_range)],
+            policies_and_access,
+            deployments.into_iter().map(Child::Deployment).collect(),
+        ]
+    }
 }
 
-/// Build every child of `app` for the usable `zones`. Call [`validate`] first.
-pub fn render(app: &ResilientApp, zones: &[String]) -> Desired {
-    let ctx = RenderContext::new(app, zones);
-    let plans = replica_plans(app, zones);
+/// Build every child of `app` for its plan. Call [`validate`] first.
+pub fn render(app: &ResilientApp, plan: &Plan) -> Desired {
+    let ctx = RenderContext::new(app);
     let mut deployments = Vec::new();
     let mut pod_disruption_budgets = Vec::new();
     let mut services = Vec::new();
     for component in &app.spec.components {
-        let replicas = plans[&component.name].replicas;
+        let replicas = plan.replicas_of(component);
         deployments.push(workload::deployment(&ctx, component, replicas));
         pod_disruption_budgets.push(workload::pod_disruption_budget(&ctx, component, replicas));
         if let Some(service) = workload::service(&ctx, component) {
@@ -65,7 +161,7 @@ pub fn render(app: &ResilientApp, zones: &[String]) -> Desired {
     }
     Desired {
         namespace: namespace::namespace(&ctx),
-        resource_quota: quota::resource_quota(&ctx, &plans),
+        resource_quota: quota::resource_quota(&ctx, plan),
         limit_range: quota::limit_range(&ctx),
         network_policies: network::network_policies(&ctx),
         role_bindings: namespace::role_bindings(&ctx),
@@ -80,17 +176,15 @@ pub(crate) struct RenderContext<'a> {
     pub app: &'a ResilientApp,
     pub name: String,
     pub namespace: String,
-    pub zones: &'a [String],
     owner: Option<OwnerReference>,
 }
 
 impl<'a> RenderContext<'a> {
-    fn new(app: &'a ResilientApp, zones: &'a [String]) -> Self {
+    fn new(app: &'a ResilientApp) -> Self {
         Self {
             app,
             name: app.name(),
             namespace: app.target_namespace(),
-            zones,
             // Without a uid (render from a file) there is no owner to point at.
             owner: app.controller_owner_ref(&()),
         }
@@ -129,14 +223,10 @@ impl<'a> RenderContext<'a> {
         }
     }
 
-    /// Metadata of the Namespace itself (cluster-scoped).
+    /// Metadata of the Namespace itself (cluster-scoped). No owner reference: deleting the app
+    /// follows its deletionPolicy, and garbage collection must never take the app's data with it.
     pub fn namespace_meta(&self, labels: BTreeMap<String, String>) -> ObjectMeta {
-        ObjectMeta {
-            name: Some(self.namespace.clone()),
-            labels: Some(labels),
-            owner_references: self.owner.clone().map(|o| vec![o]),
-            ..Default::default()
-        }
+        ObjectMeta { name: Some(self.namespace.clone()), labels: Some(labels), ..Default::default() }
     }
 }
 

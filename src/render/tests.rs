@@ -4,6 +4,11 @@ use k8s_openapi::api::core::v1::{ContainerPort, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+/// Render for zones that are all usable.
+fn render(app: &ResilientApp, zones: &[String]) -> Desired {
+    super::render(app, &Plan::for_zones(app, zones))
+}
+
 fn zones(n: usize) -> Vec<String> {
     ["zone-a", "zone-b", "zone-c", "zone-d"][..n].iter().map(|z| z.to_string()).collect()
 }
@@ -46,6 +51,8 @@ fn every_child_is_labelled_and_owned() {
     let mut a = app(vec![web, component("worker", 1)]);
     a.spec.access.viewers = vec!["devs".into()];
     let d = render(&a, &zones(3));
+    // The namespace is labelled, never owned: deleting the app must not garbage-collect its data.
+    assert!(d.namespace.metadata.owner_references.is_none());
     let mut metas = vec![&d.namespace.metadata, &d.resource_quota.metadata, &d.limit_range.metadata];
     metas.extend(d.network_policies.iter().map(|o| &o.metadata));
     metas.extend(d.role_bindings.iter().map(|o| &o.metadata));
@@ -59,9 +66,12 @@ fn every_child_is_labelled_and_owned() {
         assert_eq!(labels["resilient.dev/app"], "shop");
         assert!(!labels.contains_key("app.kubernetes.io/instance"));
         assert!(!labels.contains_key("argocd.argoproj.io/instance"));
-        let owner = &m.owner_references.as_ref().unwrap()[0];
-        assert_eq!((owner.kind.as_str(), owner.uid.as_str(), owner.controller), ("ResilientApp", "1234", Some(true)));
         if m.name.as_deref() != Some("shop") {
+            let owner = &m.owner_references.as_ref().unwrap()[0];
+            assert_eq!(
+                (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+                ("ResilientApp", "1234", Some(true))
+            );
             assert_eq!(m.namespace.as_deref(), Some("shop"));
         }
     }
@@ -223,15 +233,15 @@ fn computed_quota_covers_replicas_surge_and_failover() {
 fn explicit_quota_wins_and_is_checked() {
     let mut a = app(vec![component("web", 4)]);
     a.spec.quota = Some(crate::api::Quota { cpu: Some(q("8")), memory: None, pods: Some(7) });
-    let plans = replica_plans(&a, &zones(3));
+    let plan = Plan::for_zones(&a, &zones(3));
     let hard = render(&a, &zones(3)).resource_quota.spec.unwrap().hard.unwrap();
     assert_eq!(hard["requests.cpu"], q("8"));
     assert_eq!(hard["pods"], q("7"));
-    assert!(matches!(quota_fit(&a, &plans), QuotaFit::NoRoomForSurge(m) if m.contains("spec.quota.pods")));
+    assert!(matches!(quota_fit(&a, &plan), QuotaFit::NoRoomForSurge(m) if m.contains("spec.quota.pods")));
     a.spec.quota.as_mut().unwrap().pods = Some(5);
-    assert!(matches!(quota_fit(&a, &plans), QuotaFit::TooSmall(m) if m.contains("spec.quota.pods")));
+    assert!(matches!(quota_fit(&a, &plan), QuotaFit::TooSmall(m) if m.contains("spec.quota.pods")));
     a.spec.quota.as_mut().unwrap().pods = Some(40);
-    assert_eq!(quota_fit(&a, &plans), QuotaFit::Fits);
+    assert_eq!(quota_fit(&a, &plan), QuotaFit::Fits);
 }
 
 #[test]
@@ -253,4 +263,18 @@ fn ports_survive_into_container() {
     let d = render(&app(vec![web]), &zones(3));
     let c = &d.deployments[0].spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0];
     assert_eq!(c.ports.as_ref().unwrap().len(), 2);
+}
+
+#[test]
+fn quota_at_the_crd_maximums_neither_overflows_nor_panics() {
+    let max = crate::api::MAX_REPLICAS;
+    let components: Vec<Component> = (0..32).map(|i| component(&format!("c{i}"), max)).collect();
+    let mut a = app(components);
+    a.spec.resilience.zone_failures_tolerated = 2;
+    let plan = Plan::for_zones(&a, &zones(3));
+    assert_eq!(plan.replicas["c0"].replicas, 3 * max);
+    let hard = super::render(&a, &plan).resource_quota.spec.unwrap().hard.unwrap();
+    // (30,000 replicas + 7,500 surge + 20,000 failover headroom) x 32 components.
+    assert_eq!(hard["pods"], Quantity("1840000".into()));
+    assert_eq!(quota_fit(&a, &plan), QuotaFit::Fits);
 }

@@ -1,11 +1,11 @@
 //! Checks the API server cannot make by itself (CEL and the schema catch the rest at admission).
 
-use std::collections::BTreeMap;
 use std::fmt;
 
-use super::quota::{effective_defaults, pod_resources, quantity_value, surge_for};
+use super::Plan;
+use super::quota::surge_for;
 use crate::api::ResilientApp;
-use crate::resilience::ReplicaPlan;
+use crate::resilience::{ContainerDefaults, Dimension, Footprint, PodResources, quantity_value};
 
 /// A problem in the spec, with the field it is about.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,7 +23,7 @@ impl fmt::Display for SpecError {
 /// Spec problems that would make generated pods invalid.
 pub fn validate(app: &ResilientApp) -> Vec<SpecError> {
     let mut errors = Vec::new();
-    let d = effective_defaults(app);
+    let d = ContainerDefaults::of(app);
     for (key, default_limit, default_request) in
         [("cpu", &d.limit_cpu, &d.request_cpu), ("memory", &d.limit_memory, &d.request_memory)]
     {
@@ -75,50 +75,41 @@ pub enum QuotaFit {
 }
 
 /// Compare `spec.quota` (when given) with the replicas and rollout surge of every component.
-pub fn quota_fit(app: &ResilientApp, plans: &BTreeMap<String, ReplicaPlan>) -> QuotaFit {
+pub fn quota_fit(app: &ResilientApp, plan: &Plan) -> QuotaFit {
     let Some(quota) = &app.spec.quota else {
         return QuotaFit::Fits;
     };
-    let d = effective_defaults(app);
-    let (mut base, mut surge) = ([0.0f64; 3], [0.0f64; 3]);
+    let d = ContainerDefaults::of(app);
+    let (mut base, mut surge) = (Footprint::default(), Footprint::default());
     for c in &app.spec.components {
-        let replicas = plans.get(&c.name).map_or(c.min_available, |p| p.replicas);
-        let per_pod = pod_resources(c, &d);
-        let per = [per_pod[0].1, per_pod[1].1, 1.0];
-        for i in 0..3 {
-            base[i] += per[i] * f64::from(replicas);
-            surge[i] += per[i] * f64::from(replicas + surge_for(replicas));
-        }
+        let replicas = plan.replicas_of(c);
+        let per_pod = PodResources::of(c, &d).requests;
+        base += per_pod.times(replicas);
+        surge += per_pod.times(replicas + surge_for(replicas));
     }
-    let hard = [
-        ("spec.quota.cpu", quota.cpu.as_ref().map(quantity_value)),
-        ("spec.quota.memory", quota.memory.as_ref().map(quantity_value)),
-        ("spec.quota.pods", quota.pods.map(f64::from)),
-    ];
-    let fmt_need = |i: usize, v: f64| match i {
-        0 => format!("{}m CPU", (v * 1000.0).ceil()),
-        1 => format!("{}Mi memory", (v / 1048576.0).ceil()),
-        _ => format!("{v} pods"),
+    let hard = Footprint {
+        cpu: quota.cpu.as_ref().map_or(f64::INFINITY, quantity_value),
+        memory: quota.memory.as_ref().map_or(f64::INFINITY, quantity_value),
+        pods: quota.pods.map_or(f64::INFINITY, f64::from),
     };
-    for (i, (field, limit)) in hard.iter().enumerate() {
-        if let Some(limit) = limit
-            && base[i] > *limit + 1e-9
-        {
-            return QuotaFit::TooSmall(format!(
-                "{field} is too small: the components need {} for their replicas alone",
-                fmt_need(i, base[i])
-            ));
-        }
+    let field = |d: Dimension| match d {
+        Dimension::Cpu => "spec.quota.cpu",
+        Dimension::Memory => "spec.quota.memory",
+        Dimension::Pods => "spec.quota.pods",
+    };
+    if let Some(d) = base.exceeds(&hard) {
+        return QuotaFit::TooSmall(format!(
+            "{} is too small: the components need {} for their replicas alone",
+            field(d),
+            d.describe(base.get(d))
+        ));
     }
-    for (i, (field, limit)) in hard.iter().enumerate() {
-        if let Some(limit) = limit
-            && surge[i] > *limit + 1e-9
-        {
-            return QuotaFit::NoRoomForSurge(format!(
-                "{field} leaves no room for rollout surge pods: replicas plus surge need {}; rollouts will wait for quota",
-                fmt_need(i, surge[i])
-            ));
-        }
+    if let Some(d) = surge.exceeds(&hard) {
+        return QuotaFit::NoRoomForSurge(format!(
+            "{} leaves no room for rollout surge pods: replicas plus surge need {}; rollouts will wait for quota",
+            field(d),
+            d.describe(surge.get(d))
+        ));
     }
     QuotaFit::Fits
 }

@@ -1,20 +1,29 @@
 //! Zone-resilience arithmetic: how many replicas keep `minAvailable` through the loss of `f`
 //! zones, which zones are usable, and what a placement survives. Pure functions, no client.
 
+mod footprint;
 mod rebalance;
 
+pub use footprint::{ContainerDefaults, Dimension, Footprint, PodResources, footprint_of, quantity_value};
 pub use rebalance::{Hold, Move, PodPlacement, RebalanceInput, choose_move};
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 
 use crate::api::ZONE_LABEL;
 
-/// Pods one zone holds at most under an even spread with max skew 1.
-fn per_zone_ceiling(replicas: i32, zones: usize) -> i32 {
-    let z = zones as i32;
-    (replicas + z - 1) / z
+/// Pods one zone holds at most under an even spread with max skew 1: `ceil(replicas / zones)`.
+pub fn per_zone_ceiling(replicas: i32, zones: usize) -> i32 {
+    let z = zones.max(1) as i64;
+    ((i64::from(replicas) + z - 1) / z) as i32
+}
+
+/// Pods per zone of an even spread (max skew 1) of `replicas` over `zones` zones, fullest first:
+/// the first `replicas % zones` zones hold one pod more.
+pub fn even_spread(replicas: i32, zones: usize) -> impl Iterator<Item = i32> {
+    let z = zones.max(1) as i32;
+    (0..zones as i32).map(move |i| replicas / z + i32::from(i < replicas % z))
 }
 
 /// Ready pods left after losing the `tolerated` fullest zones of an even spread (max skew 1)
@@ -23,21 +32,26 @@ pub fn guaranteed_after_zone_loss(replicas: i32, zones: usize, tolerated: u8) ->
     if zones <= tolerated as usize || replicas <= 0 {
         return 0;
     }
-    (replicas - i32::from(tolerated) * per_zone_ceiling(replicas, zones)).max(0)
+    let lost = i64::from(tolerated) * i64::from(per_zone_ceiling(replicas, zones));
+    (i64::from(replicas) - lost).max(0) as i32
 }
 
 /// The smallest replica count `r` with `r - f * ceil(r / Z) >= m`, or `None` when `Z <= f`
-/// (no count can survive losing every zone).
+/// (no count can survive losing every zone). O(Z), whatever `m`.
 pub fn replicas_for(min_available: i32, zones: usize, tolerated: u8) -> Option<i32> {
     if zones <= tolerated as usize {
         return None;
     }
-    let m = min_available.max(1);
-    // r - f*ceil(r/Z) >= r - f*(r/Z + 1) = r(Z-f)/Z - f, so r = ceil((m + f) * Z / (Z - f)) always
-    // works; the search from m stops at or before it.
-    let (z, f) = (zones as i64, i64::from(tolerated));
-    let upper = ((i64::from(m) + f) * z + (z - f - 1)) / (z - f);
-    (m..=upper as i32).find(|&r| guaranteed_after_zone_loss(r, zones, tolerated) >= m)
+    let (m, z, f) = (i64::from(min_available.max(1)), zones as i64, i64::from(tolerated));
+    // With r = q*Z + s (0 <= s < Z) the pods left are q*(Z-f) at s = 0 and q*(Z-f) + s - f
+    // otherwise, always below (q+1)*(Z-f). So the answer lies in the blocks q with
+    // (q+1)*(Z-f) > m and q <= ceil(m/(Z-f)): at most two blocks of Z counts each.
+    let d = z - f;
+    let first_block = ((m + d) / d - 1).max(0); // smallest q with (q+1)*d > m
+    let last = z * ((m + d - 1) / d); // r = Z*ceil(m/d) always works
+    let guaranteed = |r: i64| r - f * ((r + z - 1) / z);
+    let r = (first_block * z..=last).find(|&r| r >= m && guaranteed(r) >= m).unwrap_or(last);
+    i32::try_from(r).ok()
 }
 
 /// Why a component cannot be guaranteed `minAvailable` through a zone loss.
@@ -116,6 +130,49 @@ pub fn pod_ready(pod: &Pod) -> bool {
         .and_then(|s| s.conditions.as_ref())
         .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
         .is_some_and(|c| c.status == "True")
+}
+
+/// The zone of every node, by node name.
+#[derive(Clone, Debug, Default)]
+pub struct ZoneMap(HashMap<String, String>);
+
+impl ZoneMap {
+    pub fn of<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> Self {
+        Self(nodes.into_iter().filter_map(|n| Some((n.metadata.name.clone()?, node_zone(n)?.to_string()))).collect())
+    }
+
+    pub fn zone_of_node(&self, node: &str) -> Option<&String> {
+        self.0.get(node)
+    }
+
+    /// The zone of the node a pod runs on, if it is scheduled on a known node.
+    pub fn zone_of(&self, pod: &Pod) -> Option<&String> {
+        pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).and_then(|n| self.zone_of_node(n))
+    }
+}
+
+/// The zones an app's replicas are planned for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PlannedZones {
+    pub zones: Vec<String>,
+    /// No allowed zone is usable now (every node cordoned, or node monitoring down): `zones` are
+    /// the last ones seen, and nothing is rescaled until one is back.
+    pub no_usable_zones: bool,
+}
+
+/// The usable zones allowed by `allow`, or, when there are none, the `last_seen` ones. No usable
+/// zone at all says more about the cluster than about zones: like the node lifecycle controller in
+/// full disruption, change nothing and keep planning for the last zones seen.
+pub fn plan_zones<'a>(
+    nodes: impl IntoIterator<Item = &'a Node>,
+    allow: &[String],
+    last_seen: &[String],
+) -> PlannedZones {
+    let zones = usable_zones(nodes, allow);
+    if zones.is_empty() && !last_seen.is_empty() {
+        return PlannedZones { zones: last_seen.to_vec(), no_usable_zones: true };
+    }
+    PlannedZones { zones, no_usable_zones: false }
 }
 
 /// Usable zones: zones of usable nodes, restricted to `allow` when it is not empty. Sorted.

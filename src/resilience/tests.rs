@@ -106,7 +106,31 @@ fn even_spread(replicas: i32, zones: usize) -> BTreeMap<String, i32> {
         .collect()
 }
 
+/// The smallest r keeping the guarantee, by trying every count from m on (the definition).
+fn smallest_by_search(m: i32, zones: usize, f: u8) -> Option<i32> {
+    (zones > f as usize).then(|| (m..).find(|&r| guaranteed_after_zone_loss(r, zones, f) >= m).unwrap())
+}
+
 proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Up to the CRD's maximums: the closed form is exactly the smallest count, and fast.
+    #[test]
+    fn replicas_up_to_the_crd_maximum_are_minimal_and_quick(
+        m in 1i32..=crate::api::MAX_REPLICAS, zones in 0usize..=16, f in 0u8..=2,
+    ) {
+        let started = std::time::Instant::now();
+        let r = replicas_for(m, zones, f);
+        let took = started.elapsed();
+        prop_assert!(took < std::time::Duration::from_millis(50), "replicas_for({m}, {zones}, {f}) took {took:?}");
+        prop_assert_eq!(r, smallest_by_search(m, zones, f));
+        // An explicit count at the maximum is checked without overflow or a long search.
+        let started = std::time::Instant::now();
+        let plan = plan_replicas(Some(crate::api::MAX_REPLICAS), m, zones, f);
+        prop_assert!(started.elapsed() < std::time::Duration::from_millis(50));
+        prop_assert_eq!(plan.replicas, crate::api::MAX_REPLICAS);
+    }
+
     #[test]
     fn computed_replicas_keep_the_guarantee_and_are_minimal(m in 1i32..200, zones in 0usize..8, f in 0u8..=2) {
         match replicas_for(m, zones, f) {

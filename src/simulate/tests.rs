@@ -3,6 +3,7 @@ use crate::api::ResilientAppSpec;
 use k8s_openapi::api::core::v1::{
     NodeCondition, NodeSpec, NodeStatus, PodCondition, PodSpec, PodStatus, ResourceQuotaStatus,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 fn node(name: &str, zone: &str, cpu: &str) -> Node {

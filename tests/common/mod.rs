@@ -111,14 +111,19 @@ static METRICS_PORT: OnceLock<u16> = OnceLock::new();
 
 /// A kubeconfig that authenticates as the operator's own ServiceAccount (config/rbac), with a
 /// token from `kubectl create token`: every operator the tests start runs with exactly the
-/// permissions the manifests grant, so a missing or wrong rule fails the tests.
+/// permissions the manifests grant, and within the admission policies of config/admission, so a
+/// missing or wrong rule fails the tests.
 pub fn operator_kubeconfig() -> &'static PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
         let _ = kubectl(&["create", "namespace", "resilient-system"], None);
-        let rbac = root().join("config/rbac");
-        let applied = kubectl(&["apply", "--server-side", "--force-conflicts", "-k", rbac.to_str().unwrap()], None);
-        assert!(applied.status.success(), "applying config/rbac: {}", String::from_utf8_lossy(&applied.stderr));
+        // config/rbac and config/admission, as config/default installs them: the operator also
+        // runs inside the ValidatingAdmissionPolicy that confines its ServiceAccount.
+        for dir in ["config/rbac", "config/admission"] {
+            let path = root().join(dir);
+            let applied = kubectl(&["apply", "--server-side", "--force-conflicts", "-k", path.to_str().unwrap()], None);
+            assert!(applied.status.success(), "applying {dir}: {}", String::from_utf8_lossy(&applied.stderr));
+        }
         let token = kubectl(&["create", "token", "resilient-operator", "-n", "resilient-system", "--duration=24h"], None);
         assert!(token.status.success(), "kubectl create token: {}", String::from_utf8_lossy(&token.stderr));
         let token = String::from_utf8(token.stdout).unwrap().trim().to_string();
@@ -185,10 +190,11 @@ pub fn metric_sum(text: &str, prefix: &str) -> f64 {
     text.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
 }
 
-/// Wait until the operator's /metrics answers and its caches are synced.
+/// Wait until the operator is ready: `/readyz` answers 200 only once its caches are synced.
 pub async fn wait_operator_ready() {
-    wait_for("the operator to serve /metrics", Duration::from_secs(60), || async {
-        try_operator_metrics().filter(|t| t.contains("resilient_operator"))
+    let port = *METRICS_PORT.get().expect("operator started");
+    wait_for("the operator's /readyz to answer 200 (caches synced)", Duration::from_secs(60), || async {
+        http_get(port, "/readyz").filter(|(code, _)| *code == 200)
     })
     .await;
 }
@@ -347,12 +353,19 @@ impl Drop for OperatorProcess {
 
 /// GET /metrics on a local port.
 pub fn metrics_of(port: u16) -> Option<String> {
+    http_get(port, "/metrics").map(|(_, body)| body)
+}
+
+/// GET a path on a local port: the status code and the body.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body).ok()?;
-    Some(body)
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let code = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
+    Some((code, body))
 }
 
 /// Real kubelet nodes of the local cluster (`e2e/cluster.sh` starts one per zone): name -> zone.

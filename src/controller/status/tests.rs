@@ -1,8 +1,8 @@
 use super::*;
 use crate::api::ResilientAppSpec;
-use crate::render::replica_plans;
-use k8s_openapi::api::core::v1::{PodCondition, PodSpec, PodStatus};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use crate::controller::gate::{Blocked, Validated};
+use k8s_openapi::api::core::v1::{Node, PodCondition, PodSpec, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 fn app(min_available: i32) -> ResilientApp {
     let spec: ResilientAppSpec = serde_json::from_value(serde_json::json!({
@@ -34,95 +34,243 @@ fn zones() -> Vec<String> {
     vec!["zone-a".into(), "zone-b".into(), "zone-c".into()]
 }
 
-fn observed<'a>(zones: &'a [String], plans: &'a BTreeMap<String, ReplicaPlan>, pods: Vec<Arc<Pod>>) -> Observed<'a> {
-    let node_zones = ["a", "b", "c"].iter().map(|z| (format!("node-{z}"), format!("zone-{z}"))).collect();
-    Observed { zones, plans, deployments: HashMap::new(), pods, node_zones }
+fn observed(pods: Vec<Arc<Pod>>) -> Observed {
+    let nodes: Vec<Node> = ["a", "b", "c"]
+        .iter()
+        .map(|z| Node {
+            metadata: ObjectMeta {
+                name: Some(format!("node-{z}")),
+                labels: Some([(crate::api::ZONE_LABEL.to_string(), format!("zone-{z}"))].into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+        .collect();
+    Observed { deployments: HashMap::new(), pods, node_zones: ZoneMap::of(&nodes) }
 }
 
-fn cond(c: &Conditions, t: ConditionType) -> Option<&(ConditionType, bool, String, String)> {
-    c.wanted.iter().find(|(ty, ..)| *ty == t)
+fn ok(a: &ResilientApp, zones: &[String]) -> Gate {
+    Ok(Validated { plan: Plan::for_zones(a, zones), warning: None, create_namespace: false, adopting: false })
+}
+
+/// The outcome of one pass that wrote `writes` changes, from an empty previous status.
+fn outcome(a: &ResilientApp, gate: &Gate, obs: &Observed, writes: usize) -> Outcome {
+    let pass = Pass { app: a, gate, observed: obs, writes, rebalanced: None, attempt: 0 };
+    compute(&pass, &ResilientAppStatus::default(), &t(1), Duration::from_secs(300))
+}
+
+fn t(secs: i64) -> Time {
+    Time(jiff::Timestamp::from_second(secs).unwrap())
+}
+
+fn cond(o: &Outcome, t: ConditionType) -> Option<&Condition> {
+    find(&o.status.conditions, t)
 }
 
 #[test]
 fn even_spread_is_tolerant() {
     let a = app(4);
-    let z = zones();
-    let plans = replica_plans(&a, &z);
     let pods = ["a", "a", "b", "b", "c", "c"].iter().map(|n| pod(&format!("node-{n}"), true)).collect();
-    let obs = observed(&z, &plans, pods);
-    let comps = component_statuses(&a, &obs);
-    assert_eq!(comps[0].ready_replicas, 6);
-    assert_eq!(comps[0].ready_after_worst_zone_loss, 4);
-    assert_eq!(comps[0].ready_by_zone["zone-b"], 2);
-    let c = conditions(&a, &obs, &comps, &PassOutcome::default());
-    assert!(cond(&c, ConditionType::Ready).unwrap().1);
-    let zft = cond(&c, ConditionType::ZoneFailureTolerant).unwrap();
-    assert!(zft.1, "{zft:?}");
+    let o = outcome(&a, &ok(&a, &zones()), &observed(pods), 0);
+    let web = &o.status.components[0];
+    assert_eq!((web.replicas, web.ready_replicas, web.ready_after_worst_zone_loss), (6, 6, 4));
+    assert_eq!(web.ready_by_zone["zone-b"], 2);
+    assert_eq!(cond(&o, ConditionType::Ready).unwrap().status, "True");
+    let zft = cond(&o, ConditionType::ZoneFailureTolerant).unwrap();
+    assert_eq!(zft.status, "True", "{zft:?}");
+    assert_eq!(o.status.zones, zones());
 }
 
 #[test]
 fn lopsided_placement_is_at_risk_and_says_which_zone() {
     let a = app(4);
-    let z = zones();
-    let plans = replica_plans(&a, &z);
     let pods = ["a", "b", "b", "b", "c", "c"].iter().map(|n| pod(&format!("node-{n}"), true)).collect();
-    let obs = observed(&z, &plans, pods);
-    let comps = component_statuses(&a, &obs);
-    let c = conditions(&a, &obs, &comps, &PassOutcome::default());
-    let (_, status, reason, message) = cond(&c, ConditionType::ZoneFailureTolerant).unwrap();
-    assert!(!status);
-    assert_eq!(reason, "PlacementAtRisk");
-    assert_eq!(message, "web: losing zone-b would leave 3 ready pods, minAvailable is 4");
+    let o = outcome(&a, &ok(&a, &zones()), &observed(pods), 0);
+    let zft = cond(&o, ConditionType::ZoneFailureTolerant).unwrap();
+    assert_eq!((zft.status.as_str(), zft.reason.as_str()), ("False", "PlacementAtRisk"));
+    assert_eq!(zft.message, "web: losing zone-b would leave 3 ready pods, minAvailable is 4");
     // Availability now is fine.
-    assert!(cond(&c, ConditionType::Ready).unwrap().1);
+    assert_eq!(cond(&o, ConditionType::Ready).unwrap().status, "True");
 }
 
 #[test]
 fn unready_and_terminating_pods_do_not_count() {
     let a = app(4);
-    let z = zones();
-    let plans = replica_plans(&a, &z);
     let mut terminating = (*pod("node-a", true)).clone();
     terminating.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH));
     let pods = vec![pod("node-a", false), Arc::new(terminating), pod("node-b", true), pod("node-c", true)];
-    let obs = observed(&z, &plans, pods);
-    let comps = component_statuses(&a, &obs);
-    assert_eq!(comps[0].ready_replicas, 2);
-    let c = conditions(&a, &obs, &comps, &PassOutcome::default());
-    let (_, ready, reason, message) = cond(&c, ConditionType::Ready).unwrap();
-    assert!(!ready);
-    assert_eq!(reason, "MinAvailableNotMet");
-    assert_eq!(message, "web: 2 of minAvailable 4 ready");
-    assert!(cond(&c, ConditionType::Reconciling).unwrap().1);
+    let o = outcome(&a, &ok(&a, &zones()), &observed(pods), 0);
+    assert_eq!(o.status.components[0].ready_replicas, 2);
+    let ready = cond(&o, ConditionType::Ready).unwrap();
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "MinAvailableNotMet"));
+    assert_eq!(ready.message, "web: 2 of minAvailable 4 ready");
+    assert_eq!(cond(&o, ConditionType::Reconciling).unwrap().reason, "Progressing");
 }
 
 #[test]
 fn too_few_zones_is_reported() {
     let a = app(2);
     let z = vec!["zone-a".to_string()];
-    let plans = replica_plans(&a, &z);
-    assert_eq!(plans["web"].replicas, 3);
-    let obs = observed(&z, &plans, vec![]);
-    let comps = component_statuses(&a, &obs);
-    let c = conditions(&a, &obs, &comps, &PassOutcome::default());
-    let (_, status, reason, message) = cond(&c, ConditionType::ZoneFailureTolerant).unwrap();
-    assert!(!status);
-    assert_eq!(reason, "InsufficientZones");
-    assert!(message.starts_with("1 zone is usable (zone-a)"), "{message}");
+    let o = outcome(&a, &ok(&a, &z), &observed(vec![]), 0);
+    assert_eq!(o.status.components[0].replicas, 3);
+    let zft = cond(&o, ConditionType::ZoneFailureTolerant).unwrap();
+    assert_eq!((zft.status.as_str(), zft.reason.as_str()), ("False", "InsufficientZones"));
+    assert!(zft.message.starts_with("1 zone is usable (zone-a)"), "{}", zft.message);
 }
 
 #[test]
 fn blockers_stall_and_never_reconcile() {
     let a = app(2);
-    let z = zones();
-    let plans = replica_plans(&a, &z);
-    let obs = observed(&z, &plans, vec![]);
-    let comps = component_statuses(&a, &obs);
-    let outcome = PassOutcome { blocker: Some(Blocker::NamespaceConflict("taken".into())), ..Default::default() };
-    let c = conditions(&a, &obs, &comps, &outcome);
-    let stalled = cond(&c, ConditionType::Stalled).unwrap();
-    assert!(stalled.1);
-    assert_eq!(stalled.2, "NamespaceConflict");
-    assert!(cond(&c, ConditionType::Reconciling).is_none());
-    assert!(!cond(&c, ConditionType::Ready).unwrap().1);
+    let gate = Err(Blocked { plan: Plan::for_zones(&a, &zones()), why: Blocker::NamespaceConflict("taken".into()) });
+    let o = outcome(&a, &gate, &observed(vec![]), 0);
+    let stalled = cond(&o, ConditionType::Stalled).unwrap();
+    assert_eq!((stalled.status.as_str(), stalled.reason.as_str()), ("True", "NamespaceConflict"));
+    assert!(cond(&o, ConditionType::Reconciling).is_none());
+    assert_eq!(cond(&o, ConditionType::Ready).unwrap().status, "False");
+    // The plan is still reported.
+    assert_eq!(o.status.components[0].replicas, 3);
+    // A new app that is stalled says so in an Event at once.
+    assert_eq!(o.events.iter().map(|e| e.reason.as_str()).collect::<Vec<_>>(), ["NamespaceConflict"]);
+}
+
+#[test]
+fn waiting_reconciles_without_stalling() {
+    let a = app(2);
+    let gate = Err(Blocked { plan: Plan::for_zones(&a, &zones()), why: Blocker::Waiting("namespace going".into()) });
+    let o = outcome(&a, &gate, &observed(vec![]), 0);
+    let r = cond(&o, ConditionType::Reconciling).unwrap();
+    assert_eq!((r.reason.as_str(), r.message.as_str()), ("Waiting", "namespace going"));
+    assert!(cond(&o, ConditionType::Stalled).is_none());
+    assert!(o.events.is_empty());
+}
+
+#[test]
+fn writes_mean_applying() {
+    let a = app(2);
+    let pods = ["a", "b", "c"].iter().map(|n| pod(&format!("node-{n}"), true)).collect();
+    let o = outcome(&a, &ok(&a, &zones()), &observed(pods), 2);
+    let r = cond(&o, ConditionType::Reconciling).unwrap();
+    assert_eq!((r.reason.as_str(), r.message.as_str()), ("Applying", "applied 2 changes to the cluster"));
+}
+
+#[test]
+fn the_requeue_is_chosen_in_one_place() {
+    let a = app(2);
+    let obs = observed(vec![]);
+    let plan = Plan::for_zones(&a, &zones());
+    let resync = Duration::from_secs(300);
+    let action = |gate: &Gate, rebalanced: Option<String>| {
+        requeue(&Pass { app: &a, gate, observed: &obs, writes: 0, rebalanced, attempt: 3 }, resync)
+    };
+    let blocked = |why| Err(Blocked { plan: plan.clone(), why });
+    assert_eq!(action(&blocked(Blocker::InvalidSpec(vec![])), None), Action::await_change());
+    assert_eq!(action(&blocked(Blocker::QuotaTooSmall("q".into())), None), Action::requeue(STALLED_RETRY));
+    assert_eq!(action(&blocked(Blocker::NamespaceConflict("n".into())), None), Action::requeue(STALLED_RETRY));
+    assert_eq!(action(&blocked(Blocker::Waiting("w".into())), None), Action::requeue(WAITING_RETRY));
+    assert_eq!(action(&blocked(Blocker::NamespaceStuck("s".into())), None), Action::requeue(STALLED_RETRY));
+    // A rejected write backs off with the number of consecutive rejections (3 here).
+    assert_eq!(action(&blocked(Blocker::Rejected("r".into())), None), Action::requeue(Duration::from_secs(4)));
+    assert_eq!(action(&ok(&a, &zones()), Some("moved".into())), Action::requeue(REBALANCE_RETRY));
+    assert_eq!(action(&ok(&a, &zones()), None), Action::requeue(resync));
+}
+
+#[test]
+fn rebalancing_only_in_a_settled_pass() {
+    let mut a = app(2);
+    let good = ok(&a, &zones());
+    assert!(may_rebalance(&a, &good, 0));
+    assert!(!may_rebalance(&a, &good, 1), "not in a pass that wrote");
+    let mut fallback = Plan::for_zones(&a, &zones());
+    fallback.no_usable_zones = true;
+    assert!(!may_rebalance(
+        &a,
+        &Ok(Validated { plan: fallback, warning: None, create_namespace: false, adopting: false }),
+        0
+    ));
+    let waiting = Err(Blocked { plan: Plan::for_zones(&a, &zones()), why: Blocker::Waiting("w".into()) });
+    assert!(!may_rebalance(&a, &waiting, 0));
+    a.spec.resilience.rebalance = false;
+    assert!(!may_rebalance(&a, &good, 0));
+}
+
+fn c(type_: ConditionType, status: &str, reason: &str) -> Condition {
+    Condition {
+        type_: type_.as_str().into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: format!("{reason} message"),
+        observed_generation: None,
+        last_transition_time: t(1),
+    }
+}
+
+fn reasons(events: &[Notice]) -> Vec<(EventType, &str)> {
+    events.iter().map(|e| (e.type_, e.reason.as_str())).collect()
+}
+
+#[test]
+fn transitions_publish_flips_not_steady_states() {
+    use ConditionType::*;
+    let ready = c(Ready, "True", "MinAvailableMet");
+    let tolerant = c(ZoneFailureTolerant, "True", "ZoneLossSurvivable");
+    // Nothing changed: no Event.
+    assert!(transitions(&[ready.clone(), tolerant.clone()], &[ready.clone(), tolerant.clone()], None).is_empty());
+    // A new app's first status is not a transition.
+    assert!(transitions(&[], &[ready.clone(), tolerant.clone()], None).is_empty());
+    // Losing availability and tolerance: two warnings; getting them back: two normal Events.
+    let down = [c(Ready, "False", "MinAvailableNotMet"), c(ZoneFailureTolerant, "False", "PlacementAtRisk")];
+    assert_eq!(
+        reasons(&transitions(&[ready.clone(), tolerant.clone()], &down, None)),
+        [(EventType::Warning, "PlacementAtRisk"), (EventType::Warning, "MinAvailableNotMet")]
+    );
+    assert_eq!(
+        reasons(&transitions(&down, &[ready.clone(), tolerant.clone()], None)),
+        [(EventType::Normal, "ZoneLossSurvivable"), (EventType::Normal, "MinAvailableMet")]
+    );
+    // A changed reason with the same status is a transition too.
+    let other = c(ZoneFailureTolerant, "False", "InsufficientZones");
+    assert_eq!(reasons(&transitions(&[down[1].clone()], &[other], None)), [(EventType::Warning, "InsufficientZones")]);
+    // Stalled is reported even on the first status.
+    let stalled = c(Stalled, "True", "QuotaTooSmall");
+    assert_eq!(reasons(&transitions(&[], &[stalled], None)), [(EventType::Warning, "QuotaTooSmall")]);
+    // A quota warning once: not again while the Ready message already carries it.
+    let w = "spec.quota.pods leaves no room";
+    assert_eq!(reasons(&transitions(&[], &[], Some(w))), [(EventType::Warning, "QuotaNoSurgeRoom")]);
+    let mut with_warning = ready.clone();
+    with_warning.message = format!("ok; warning: {w}");
+    assert!(transitions(&[with_warning.clone()], &[with_warning], Some(w)).is_empty());
+}
+
+#[test]
+fn a_rebalance_is_an_event_and_a_quick_look_again() {
+    let a = app(2);
+    let gate = ok(&a, &zones());
+    let obs = observed(vec![]);
+    let pass =
+        Pass { app: &a, gate: &gate, observed: &obs, writes: 0, rebalanced: Some("web: evicted p".into()), attempt: 0 };
+    let o = compute(&pass, &ResilientAppStatus::default(), &t(1), Duration::from_secs(300));
+    assert_eq!(o.events[0].reason, "Rebalanced");
+    assert_eq!(o.events[0].note, "web: evicted p");
+    assert_eq!(o.action, Action::requeue(REBALANCE_RETRY));
+}
+
+#[test]
+fn a_rejected_write_stalls_with_the_api_servers_message() {
+    let a = app(2);
+    let why = Blocker::Rejected("applying Deployment web: denied by policy no-web".into());
+    let gate = Err(Blocked { plan: Plan::for_zones(&a, &zones()), why });
+    let o = outcome(&a, &gate, &observed(vec![]), 0);
+    let stalled = cond(&o, ConditionType::Stalled).unwrap();
+    assert_eq!(stalled.reason, "Rejected");
+    assert!(stalled.message.contains("denied by policy no-web"));
+    assert!(cond(&o, ConditionType::Reconciling).is_none());
+    assert_eq!(cond(&o, ConditionType::Ready).unwrap().status, "False");
+}
+
+#[test]
+fn an_undecodable_app_is_stalled_and_keeps_transition_times() {
+    let first = undecodable(&ResilientAppStatus::default(), Some(1), "cannot read", &t(10));
+    assert_eq!(find(&first.conditions, ConditionType::Stalled).unwrap().reason, "InvalidObject");
+    let again = undecodable(&first, Some(1), "cannot read", &t(20));
+    assert_eq!(again, first, "nothing changed: no second write");
 }
