@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 
-.PHONY: help demo test test-unit bench lint fmt crd cluster cluster-down cluster-status build
+.PHONY: help demo test test-unit bench lint fmt crd cluster cluster-down cluster-status build install-plugin
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -27,12 +27,19 @@ lint: ## rustfmt and clippy, as CI runs them
 fmt: ## format the code
 	$(CARGO) fmt
 
-crd: ## regenerate crds/ from the Rust types
+crd: ## regenerate crds/ from the Rust types (and its copies in config/crd and the Helm chart)
 	$(CARGO) run --locked -q -- crd > crds/resilientapps.resilient.dev.yaml
 	cp crds/resilientapps.resilient.dev.yaml config/crd/
+	cp crds/resilientapps.resilient.dev.yaml charts/resilient-operator/crds/
 
 build: ## build the operator (debug)
 	$(CARGO) build --locked
+
+PLUGIN_DIR ?= $(HOME)/.local/bin
+install-plugin: ## the kubectl plugin: release build copied to ~/.local/bin/kubectl-resilient (PLUGIN_DIR=...)
+	$(CARGO) build --locked --release --bin resilient-operator
+	install -D -m 0755 $(CARGO_TARGET_DIR)/release/resilient-operator $(PLUGIN_DIR)/kubectl-resilient
+	@echo "kubectl resilient status   # with $(PLUGIN_DIR) on PATH"
 
 cluster: ## start the local 3-zone control plane (builds it on first use)
 	e2e/cluster.sh up

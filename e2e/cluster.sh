@@ -4,6 +4,7 @@
 # with 3 zones x 2 fake nodes. See docs/dev-cluster.md.
 #
 #   e2e/cluster.sh up | env | down | status | build | zone-down ZONE | zone-up ZONE
+#                  | restart COMPONENT | pause COMPONENT SECONDS | compact   (faults, for tests)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -41,6 +42,8 @@ export GOFLAGS="${GOFLAGS:-} -buildvcs=false"
 
 log() { printf '[cluster %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
+# shellcheck source=e2e/helm.sh
+. "$ROOT/e2e/helm.sh"
 
 go_version() { command -v go >/dev/null || die "Go is required to build the control plane (go not found on PATH)"; go env GOVERSION; }
 
@@ -64,6 +67,7 @@ ensure_bin_var() { [ -n "$BIN" ] || { BIN=$(bin_dir); KUBECTL="$BIN/kubectl --ku
 . "$ROOT/e2e/nodes.sh"
 
 build() {
+  build_helm
   ensure_bin_var
   local all=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok kstatus) missing=() b
   for b in "${all[@]}"; do [ -x "$BIN/$b" ] || missing+=("$b"); done
@@ -139,9 +143,59 @@ pid_alive() { [ -f "$PIDS/$1.pid" ] && kill -0 "$(cat "$PIDS/$1.pid")" 2>/dev/nu
 start_proc() { # name, command...
   local name=$1
   shift
-  mkdir -p "$PIDS" "$LOGS"
-  setsid "$@" >"$LOGS/$name.log" 2>&1 </dev/null &
+  mkdir -p "$PIDS" "$LOGS" "$W/cmds"
+  # Kept so that `restart` can start the very same command again.
+  printf '%q ' "$@" >"$W/cmds/$name"
+  setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
   echo $! >"$PIDS/$name.pid"
+}
+
+# Faults, for the fault-injection tests (tests/faults.rs):
+#   restart COMPONENT      kill -9 it and start it again with the same command, wait until it serves
+#   pause COMPONENT SECS   SIGSTOP it for SECS seconds, then SIGCONT
+#   compact                compact etcd's history to now, so that every watch must list again
+component_pid() { # component
+  ensure_bin_var
+  local name=$1
+  case $name in apiserver) name=kube-apiserver ;; scheduler) name=kube-scheduler ;; controller-manager) name=kube-controller-manager ;; esac
+  [ -f "$PIDS/$name.pid" ] || die "no recorded pid for $name (is the cluster up?)"
+  echo "$name $(cat "$PIDS/$name.pid")"
+}
+
+restart_component() { # component
+  ensure_bin_var
+  local name pid
+  read -r name pid < <(component_pid "${1:?usage: cluster.sh restart etcd|apiserver|controller-manager|scheduler|kwok}")
+  log "kill -9 $name (pid $pid)"
+  kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+  while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+  log "starting $name again"
+  eval "start_proc $name $(cat "$W/cmds/$name")"
+  case $name in
+    etcd) wait_for "etcd" 60 curl -fsS "http://127.0.0.1:$ETCD_CLIENT_PORT/health" ;;
+    kube-apiserver) wait_for "kube-apiserver /readyz" 120 $KUBECTL get --raw=/readyz ;;
+    *) sleep 1; pid_alive "$name" || die "$name did not stay up (see $LOGS/$name.log)" ;;
+  esac
+  log "$name is back"
+}
+
+pause_component() { # component seconds
+  ensure_bin_var
+  local name pid secs=${2:?usage: cluster.sh pause COMPONENT SECONDS}
+  read -r name pid < <(component_pid "$1")
+  log "SIGSTOP $name for ${secs}s"
+  kill -STOP "$pid"
+  sleep "$secs"
+  kill -CONT "$pid"
+  log "SIGCONT $name"
+}
+
+compact_etcd() {
+  local rev
+  rev=$(curl -fsS -X POST "http://127.0.0.1:$ETCD_CLIENT_PORT/v3/kv/range" -d '{"key":"AA=="}' | sed -n 's/.*"revision":"\([0-9]*\)".*/\1/p')
+  [ -n "$rev" ] || die "could not read etcd's revision"
+  curl -fsS -X POST "http://127.0.0.1:$ETCD_CLIENT_PORT/v3/kv/compaction" -d "{\"revision\":\"$rev\",\"physical\":true}" >/dev/null
+  log "etcd compacted to revision $rev: every watch from an older revision must list again"
 }
 
 port_free() { ! ss -ltnH "sport = :$1" 2>/dev/null | grep -q .; }
@@ -216,6 +270,7 @@ print_env() {
   ensure_bin_var
   echo "export KUBECONFIG=$W/kubeconfig"
   echo "export PATH=$BIN:\$PATH"
+  echo "export HELM=$(helm_bin_dir)/helm"
 }
 
 up() {
@@ -437,5 +492,8 @@ case $cmd in
   status) status ;;
   zone-down) zone_down "$@" ;;
   zone-up) zone_up "$@" ;;
-  *) echo "usage: $0 up|env|down|status|build|build-nodes|load-image ARCHIVE|operator-image BINARY|zone-down ZONE|zone-up ZONE" >&2; exit 2 ;;
+  restart) restart_component "$@" ;;
+  pause) pause_component "$@" ;;
+  compact) compact_etcd ;;
+  *) echo "usage: $0 up|env|down|status|build|build-nodes|images|load-image ARCHIVE|operator-image BINARY|zone-down ZONE|zone-up ZONE|restart COMPONENT|pause COMPONENT SECS|compact" >&2; exit 2 ;;
 esac

@@ -1,4 +1,4 @@
-//! Command line: `run`, `crd`, `render`, `simulate`.
+//! Command line: `run`, `crd`, `render`, `simulate` (and, as `kubectl-resilient`, [`crate::plugin`]).
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -133,7 +133,7 @@ fn init_logging(format: LogFormat) {
 }
 
 /// How long a graceful shutdown may take before the process exits anyway.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
     init_logging(args.log_format);
@@ -171,7 +171,12 @@ fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
         let elect = {
             let metrics = metrics.clone();
             tokio::spawn(async move {
-                let mut leadership = crate::leader::acquire(lease_client.clone(), &lease).await;
+                let mut stop_rx = stop_rx;
+                let mut leadership = tokio::select! {
+                    leadership = crate::leader::acquire(lease_client.clone(), &lease) => leadership,
+                    // Shut down as a standby: nothing to release.
+                    _ = &mut stop_rx => return,
+                };
                 let watchdog = crate::leader::watchdog(lease_client, lease.clone(), fence.clone());
                 metrics.set_leader(true);
                 let _ = leading_tx.send(true);
@@ -260,33 +265,62 @@ async fn lease_client() -> anyhow::Result<kube::Client> {
 }
 
 fn simulate_cmd(args: &SimulateArgs) -> anyhow::Result<ExitCode> {
-    use k8s_openapi::api::core::v1::{Node, Pod, ResourceQuota};
-    use kube::api::{Api, ListParams};
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let report = runtime.block_on(async {
         let client = operator_client(crate::leader::Fence::open()).await?;
-        let apps = Api::<ResilientApp>::all(client.clone())
-            .list(&ListParams::default())
-            .await
-            .context("listing ResilientApps")?;
-        let nodes = Api::<Node>::all(client.clone()).list(&ListParams::default()).await.context("listing nodes")?;
-        let pods = Api::<Pod>::all(client.clone()).list(&ListParams::default()).await.context("listing pods")?;
-        let managed = ListParams::default().labels(&controller::managed_selector());
-        let quotas = Api::<ResourceQuota>::all(client).list(&managed).await.context("listing resource quotas")?;
-        let input = crate::simulate::SimulationInput {
-            apps: &apps.items,
-            nodes: &nodes.items,
-            pods: &pods.items,
-            quotas: &quotas.items,
-            lost_zones: &args.zones,
-        };
-        anyhow::Ok(crate::simulate::simulate(&input))
+        simulation(&client, &args.zones, None).await
     })?;
     match args.output {
         OutputFormat::Table => print!("{}", crate::simulate::table(&report)),
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
     }
     Ok(if report.all_hold() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// Every ResilientApp that can be decoded; one that cannot (stored under an older, looser CRD)
+/// is named on standard error and left out, so it never hides all the others.
+pub async fn list_readable_apps(client: &kube::Client) -> anyhow::Result<Vec<ResilientApp>> {
+    use kube::api::{Api, ListParams};
+    let listed = Api::<crate::controller::GuardedApp>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .context("listing ResilientApps")?;
+    Ok(listed
+        .items
+        .into_iter()
+        .filter_map(|guarded| match guarded.0 {
+            Ok(app) => Some(app),
+            Err(invalid) => {
+                let name = invalid.metadata.name.unwrap_or_default();
+                eprintln!("warning: ResilientApp {name} cannot be read and is left out: {}", invalid.error);
+                None
+            }
+        })
+        .collect())
+}
+
+/// List what `simulate` needs and simulate the loss of `zones`, for every app or only those whose
+/// namespace is `namespace`.
+pub async fn simulation(
+    client: &kube::Client,
+    zones: &[String],
+    namespace: Option<&str>,
+) -> anyhow::Result<crate::simulate::SimulationReport> {
+    use k8s_openapi::api::core::v1::{Node, Pod, ResourceQuota};
+    use kube::api::{Api, ListParams};
+    let apps = crate::status::in_namespace(list_readable_apps(client).await?, namespace);
+    let nodes = Api::<Node>::all(client.clone()).list(&ListParams::default()).await.context("listing nodes")?;
+    let pods = Api::<Pod>::all(client.clone()).list(&ListParams::default()).await.context("listing pods")?;
+    let managed = ListParams::default().labels(&controller::managed_selector());
+    let quotas = Api::<ResourceQuota>::all(client.clone()).list(&managed).await.context("listing resource quotas")?;
+    let input = crate::simulate::SimulationInput {
+        apps: &apps,
+        nodes: &nodes.items,
+        pods: &pods.items,
+        quotas: &quotas.items,
+        lost_zones: zones,
+    };
+    Ok(crate::simulate::simulate(&input))
 }
 
 fn to_yaml<T: Serialize>(value: &T) -> anyhow::Result<String> {
@@ -306,24 +340,34 @@ pub fn crd_yaml() -> anyhow::Result<String> {
 }
 
 fn render_cmd(args: &RenderArgs) -> anyhow::Result<ExitCode> {
-    let text = if args.file.as_os_str() == "-" {
+    let app = match read_app(&args.file)? {
+        Ok(app) => app,
+        Err(code) => return Ok(code),
+    };
+    print!("{}", render_yaml(&app, &args.zones)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A ResilientApp from a file (`-`: standard input), or the exit code after printing why it is
+/// invalid.
+pub fn read_app(file: &std::path::Path) -> anyhow::Result<Result<ResilientApp, ExitCode>> {
+    let text = if file.as_os_str() == "-" {
         let mut s = String::new();
         std::io::stdin().read_to_string(&mut s)?;
         s
     } else {
-        std::fs::read_to_string(&args.file).with_context(|| format!("reading {}", args.file.display()))?
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
     };
     let app: ResilientApp =
-        serde_saphyr::from_str(&text).with_context(|| format!("{} is not a ResilientApp", args.file.display()))?;
+        serde_saphyr::from_str(&text).with_context(|| format!("{} is not a ResilientApp", file.display()))?;
     let errors = render::validate(&app);
     if !errors.is_empty() {
         for e in &errors {
             eprintln!("invalid: {e}");
         }
-        return Ok(ExitCode::FAILURE);
+        return Ok(Err(ExitCode::FAILURE));
     }
-    print!("{}", render_yaml(&app, &args.zones)?);
-    Ok(ExitCode::SUCCESS)
+    Ok(Ok(app))
 }
 
 /// Every generated object as a multi-document YAML stream, in the order the operator applies them,

@@ -125,6 +125,8 @@ pub struct Context {
     pub resync: Duration,
     /// What the controller remembers per app, forgotten when the app is deleted.
     memory: Mutex<Memory>,
+    /// Asked to stop: a pass waiting for the caches gives up at once.
+    shutdown: crate::shutdown::Shutdown,
 }
 
 /// Per-app state kept between reconciles, by app name.
@@ -232,15 +234,25 @@ pub async fn run(
         metrics,
         resync: settings.resync,
         memory: Mutex::new(Memory::default()),
+        shutdown: shutdown.clone(),
     });
 
     // The caches run (and /readyz turns true once they are synced) whether or not this replica
-    // leads; reconciling starts with the lead.
-    tokio::select! {
-        () = leading => {}
-        () = shutdown.clone().requested() => {
-            info!("shut down before leading");
-            return Ok(());
+    // leads: until it does, their streams are drained here and nothing is reconciled. The
+    // controller lists every app when it starts, so nothing seen meanwhile is missed.
+    let (mut child_triggers, mut node_stream, mut pod_stream) = (child_triggers, node_stream, pod_stream);
+    let mut leading = std::pin::pin!(leading);
+    let mut stop = std::pin::pin!(shutdown.clone().requested());
+    loop {
+        tokio::select! {
+            () = &mut leading => break,
+            () = &mut stop => {
+                info!("shut down before leading");
+                return Ok(());
+            }
+            Some(_) = child_triggers.next() => {}
+            Some(_) = node_stream.next() => {}
+            Some(_) = pod_stream.next() => {}
         }
     }
     let controller = Controller::new(apps, watcher::Config::default());

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{EvictParams, Patch, PatchParams};
+use kube::api::{ApiResource, DynamicObject, EvictParams, Patch, PatchParams};
 use kube::core::error_boundary::InvalidObject;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
@@ -35,7 +35,10 @@ const CACHE_SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 #[instrument(skip_all, fields(app = %guarded.name_any(), generation = guarded.meta().generation, writes = field::Empty))]
 pub(super) async fn reconcile(guarded: Arc<GuardedApp>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
-    ctx.synced.wait(CACHE_SYNC_TIMEOUT).await?;
+    tokio::select! {
+        synced = ctx.synced.wait(CACHE_SYNC_TIMEOUT) => synced?,
+        () = ctx.shutdown.clone().requested() => return Ok(Action::await_change()),
+    }
     let app = match &guarded.0 {
         Ok(app) => Arc::new(app.clone()),
         Err(invalid) => return undecodable(&guarded, invalid, &ctx).await,
@@ -75,7 +78,8 @@ async fn undecodable(guarded: &GuardedApp, invalid: &InvalidObject, ctx: &Contex
     let (name, uid) = (guarded.name_any(), guarded.uid().unwrap_or_default());
     let message = format!("the stored ResilientApp cannot be read, so nothing is reconciled for it: {}", invalid.error);
     warn!(app = %name, error = %invalid.error, "undecodable ResilientApp");
-    let api: Api<ResilientApp> = Api::all(ctx.client.clone());
+    // Untyped: the API server answers with the object, which cannot be decoded either.
+    let api: Api<DynamicObject> = Api::all_with(ctx.client.clone(), &ApiResource::erase::<ResilientApp>(&()));
     let finalizers = guarded.finalizers();
     if guarded.meta().deletion_timestamp.is_some() && finalizers.iter().any(|f| f == FINALIZER) {
         let kept: Vec<&String> = finalizers.iter().filter(|f| *f != FINALIZER).collect();
@@ -95,13 +99,22 @@ async fn undecodable(guarded: &GuardedApp, invalid: &InvalidObject, ctx: &Contex
     let previous = ctx.memory.lock().expect("memory lock").last_status(&name, &uid).cloned().unwrap_or_default();
     let status = status::undecodable(&previous, guarded.meta().generation, &message, &Time(jiff::Timestamp::now()));
     if status != previous {
-        write_status_of(ctx, &name, &uid, &status).await?;
         publish(
             ctx,
             guarded,
             &Notice { type_: EventType::Warning, reason: "InvalidObject".into(), action: "Decode", note: message },
         )
         .await;
+        let patch =
+            json!({"apiVersion": ResilientApp::api_version(&()), "kind": ResilientApp::kind(&()), "status": status});
+        match api.patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await {
+            Ok(_) => {
+                ctx.metrics.api_write("apply", "ResilientApp/status");
+                ctx.memory.lock().expect("memory lock").wrote_status(&name, &uid, status);
+            }
+            // The status may be refused too (the stored spec fails today's schema): the Event told.
+            Err(e) => warn!(app = %name, error = %e, "could not write the status of an undecodable app"),
+        }
     }
     Ok(Action::await_change())
 }

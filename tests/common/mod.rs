@@ -309,6 +309,11 @@ pub struct OperatorProcess {
 impl OperatorProcess {
     /// Start `resilient-operator run` with extra arguments, as instance `identity`.
     pub fn spawn(identity: &str, extra_args: &[&str]) -> Self {
+        Self::spawn_with_kubeconfig(identity, extra_args, operator_kubeconfig())
+    }
+
+    /// The same, against another kubeconfig (an unreachable server, say).
+    pub fn spawn_with_kubeconfig(identity: &str, extra_args: &[&str], kubeconfig: &Path) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let logs = root().join(".cluster/logs");
         std::fs::create_dir_all(&logs).unwrap();
@@ -317,7 +322,7 @@ impl OperatorProcess {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_resilient-operator"));
         cmd.args(["run", "--metrics-address", &address])
             .args(extra_args)
-            .env("KUBECONFIG", operator_kubeconfig())
+            .env("KUBECONFIG", kubeconfig)
             .env("POD_NAME", identity)
             .env("RUST_LOG", "info,resilient_operator=debug,kube_lease_manager=debug")
             .stdout(log.try_clone().unwrap())
@@ -336,6 +341,24 @@ impl OperatorProcess {
     /// The /metrics text, if the process answers.
     pub fn metrics(&self) -> Option<String> {
         metrics_of(self.metrics_port)
+    }
+
+    /// Send a signal (SIGTERM, SIGSTOP, SIGCONT...).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, signal);
+        }
+    }
+
+    /// Whether the process has exited (reaping it if so).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// The user agent of this instance's requests.
+    pub fn user_agent(&self) -> String {
+        format!("{} ({})", resilient_operator::cli::USER_AGENT, self.identity)
     }
 
     /// `kill -9`.
