@@ -143,8 +143,10 @@ enum Path {
     Closed,
 }
 
-/// Polls every expectation until all hold at once (kube-router applies policies a moment after
-/// pods and policies appear), then checks them all once more.
+/// Polls every expectation until all hold in three passes in a row, or fails after 120 s with
+/// what did not. kube-router on every node applies policies (and the ipsets of their peers) a
+/// moment after pods and policies appear, and a Service spreads connections over pods on
+/// different nodes, so one good pass is not proof yet.
 fn expect_paths(paths: &[(&str, &str, String, Path, &str)]) {
     let check = |(ns, pod, target, want, why): &(&str, &str, String, Path, &str)| -> Option<String> {
         let got = connect_from(ns, pod, target);
@@ -156,17 +158,18 @@ fn expect_paths(paths: &[(&str, &str, String, Path, &str)]) {
             _ => Some(format!("{ns}/{pod} -> {target}: want {want:?} ({why}), got {got:?}")),
         }
     };
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut good_passes = 0;
+    while good_passes < 3 {
         let failures: Vec<String> = paths.iter().filter_map(check).collect();
         if failures.is_empty() {
-            break;
+            good_passes += 1;
+            continue;
         }
-        assert!(Instant::now() < deadline, "network paths not as intended after 90 s:\n{}", failures.join("\n"));
+        good_passes = 0;
+        assert!(Instant::now() < deadline, "network paths not as intended after 120 s:\n{}", failures.join("\n"));
         std::thread::sleep(Duration::from_secs(1));
     }
-    let failures: Vec<String> = paths.iter().filter_map(check).collect();
-    assert!(failures.is_empty(), "network paths changed on a second look:\n{}", failures.join("\n"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -197,27 +200,18 @@ async fn real_nodes_run_the_installed_operator_and_the_examples_and_survive_a_zo
         kubectl(&["apply", "--server-side", "--force-conflicts", "-k", default.to_str().unwrap()], None),
         "apply -k config/default",
     );
-    let running = |p: &Pod| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
-    let managers = wait_for("2 operator pods Running on real nodes", Duration::from_secs(120), || async {
+    let managers = wait_for("2 operator pods Running and Ready on real nodes", Duration::from_secs(120), || async {
         let pods = live(pods(&client, OPERATOR_NS, OPERATOR_LABEL).await);
-        (pods.len() == 2 && pods.iter().all(|p| running(p) && real.contains_key(&node_of(p))))
+        (pods.len() == 2 && pods.iter().all(|p| ready(p) && real.contains_key(&node_of(p))))
             .then(|| pods.iter().map(|p| p.name_any()).collect::<Vec<_>>())
     })
     .await;
     let leases: Api<Lease> = Api::namespaced(client.clone(), OPERATOR_NS);
-    let leader = wait_for("a manager pod holding the leader Lease, and Ready", Duration::from_secs(90), || async {
+    let leader = wait_for("a manager pod holding the leader Lease", Duration::from_secs(60), || async {
         let holder = leases.get("resilient-operator").await.ok()?.spec?.holder_identity?;
-        let pod: Api<Pod> = Api::namespaced(client.clone(), OPERATOR_NS);
-        (managers.contains(&holder) && ready(&pod.get(&holder).await.ok()?)).then_some(holder)
+        managers.contains(&holder).then_some(holder)
     })
     .await;
-    // Both replicas should be Ready (the standby's caches are meant to run too); today the
-    // standby's /readyz stays 503 until it leads, because its watch streams are polled only by
-    // the controller, which starts with the lead. Reported, not asserted: see the operator notes
-    // in docs/dev-cluster.md.
-    for p in live(pods(&client, OPERATOR_NS, OPERATOR_LABEL).await) {
-        eprintln!("manager pod {} on {}: Ready={}", p.name_any(), node_of(&p), ready(&p));
-    }
     eprintln!("operator installed, leader {leader}, after {:?}", started.elapsed());
 
     // (b) Every example, reconciled by the installed operator, on real nodes under its level.
