@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::*;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Event, LimitRange, Namespace, PersistentVolume, PersistentVolumeClaim, ResourceQuota, Secret, Service,
+    ConfigMap, LimitRange, Namespace, PersistentVolume, PersistentVolumeClaim, ResourceQuota, Secret, Service,
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -61,15 +61,6 @@ where
         api.list(&ListParams::default()).await.unwrap().items.iter().map(|o| o.name_any()).collect();
     v.sort();
     v
-}
-
-async fn event_note(client: &Client, app: &str, reason: &str) -> String {
-    let events: Api<Event> = Api::all(client.clone());
-    wait_for(&format!("a {reason} Event on {app}"), Duration::from_secs(30), || async {
-        let list = events.list(&ListParams::default().fields(&format!("involvedObject.name={app}"))).await.ok()?;
-        list.items.into_iter().find(|e| e.reason.as_deref() == Some(reason)).and_then(|e| e.message)
-    })
-    .await
 }
 
 /// A PersistentVolumeClaim bound to a static PersistentVolume, a Secret and a ConfigMap: a team's data.
@@ -135,7 +126,7 @@ async fn retain_keeps_the_data_and_the_same_app_adopts_it_and_delete_removes_it(
         gone.then_some(())
     })
     .await;
-    let note = event_note(&client, &name, "NamespaceRetained").await;
+    let note = event_message(&client, &name, "NamespaceRetained", Duration::from_secs(30)).await;
     assert!(note.contains("1 PersistentVolumeClaim, 1 Secret, 1 ConfigMap"), "{note}");
 
     // The same app again adopts its namespace and its data.
@@ -145,7 +136,7 @@ async fn retain_keeps_the_data_and_the_same_app_adopts_it_and_delete_removes_it(
     assert_eq!(ns.labels().get("resilient.dev/app"), Some(&name));
     assert!(!ns.labels().contains_key("resilient.dev/retained-from"));
     assert_eq!(names::<PersistentVolumeClaim>(&client, &name).await, ["data"]);
-    event_note(&client, &name, "NamespaceAdopted").await;
+    event_message(&client, &name, "NamespaceAdopted", Duration::from_secs(30)).await;
 
     // deletionPolicy Delete: the namespace goes, with everything in it.
     delete_and_wait_gone(&client, &name).await;
@@ -174,7 +165,7 @@ async fn orphan_leaves_everything_running_without_owner_references() {
     assert!(services.get("web").await.unwrap().owner_references().is_empty());
     let ns = Api::<Namespace>::all(client.clone()).get(&name).await.unwrap();
     assert_eq!(ns.labels().get("resilient.dev/retained-from"), Some(&name));
-    event_note(&client, &name, "Orphaned").await;
+    event_message(&client, &name, "Orphaned", Duration::from_secs(30)).await;
     let _ = Api::<Namespace>::all(client.clone()).delete(&name, &DeleteParams::default()).await;
 }
 

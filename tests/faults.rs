@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{Event, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
@@ -307,12 +307,7 @@ async fn a_poison_app_is_reported_and_stops_no_other_app() {
     }
     let mut op = operator(&unique("faults-poison")).await;
     all_ready(&client, &names, READY).await;
-    let events: Api<Event> = Api::all(client.clone());
-    let note = wait_for("an InvalidObject Event on the poison app", Duration::from_secs(60), || async {
-        let list = events.list(&ListParams::default().fields(&format!("involvedObject.name={poison}"))).await.ok()?;
-        list.items.into_iter().find(|e| e.reason.as_deref() == Some("InvalidObject")).and_then(|e| e.message)
-    })
-    .await;
+    let note = event_message(&client, &poison, "InvalidObject", Duration::from_secs(60)).await;
     assert!(note.contains("99999999999"), "{note}");
     assert!(op.exited().is_none(), "the operator exited: {:?}", op.exited());
     // Deleting it lets it go (its finalizer, if any, is removed) without touching anything else.

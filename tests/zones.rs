@@ -192,6 +192,10 @@ async fn a_lost_zone_is_survived_replaced_fast_and_rebalanced_when_it_returns() 
     );
     assert_eq!(ready_during, BTreeMap::from([("zone-b".into(), 4), ("zone-c".into(), 4)]));
     eprintln!("outage: replacements Running in the surviving zones after {took:?}");
+    // The operator failed the whole zone over once it had been down for failoverSeconds, without
+    // waiting for the node lifecycle controller to taint the zone's nodes one at a time (10 s apart).
+    let failover = event_message(&client, &name, "ZoneFailover", Duration::from_secs(30)).await;
+    assert!(failover.starts_with("zone-a lost for failoverSeconds: deleted"), "{failover}");
 
     // The status says what happened.
     let during = wait_status(&client, &name, "status for two zones", Duration::from_secs(30), |s| {

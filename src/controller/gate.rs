@@ -6,7 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{Resource, ResourceExt};
 
 use crate::api::{LABEL_APP, LABEL_MANAGED_BY, LABEL_RETAINED_FROM, MANAGER, ResilientApp};
-use crate::render::{self, Desired, Plan, QuotaFit, SpecError};
+use crate::render::{self, Desired, Plan, QuotaFit, SpecError, Warning};
 
 /// Why an app's children are not applied in this pass.
 #[derive(Clone, Debug, PartialEq)]
@@ -58,8 +58,8 @@ impl Blocker {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Validated {
     pub plan: Plan,
-    /// A warning for the Ready message, if any.
-    pub warning: Option<String>,
+    /// Warnings for the Ready message and Events.
+    pub warnings: Vec<Warning>,
     /// The namespace does not exist: create it (never apply over one that appeared meanwhile).
     pub create_namespace: bool,
     /// The namespace was retained from an earlier app of this name and is adopted now.
@@ -194,12 +194,13 @@ pub fn gate(app: &ResilientApp, plan: Plan, namespace: Option<&Namespace>, now: 
             return Err(Blocked { plan, why });
         }
     };
-    let warning = match render::quota_fit(app, &plan) {
+    let mut warnings = render::warnings(app);
+    match render::quota_fit(app, &plan) {
         QuotaFit::TooSmall(m) => return Err(Blocked { plan, why: Blocker::QuotaTooSmall(m) }),
-        QuotaFit::NoRoomForSurge(m) => Some(m),
-        QuotaFit::Fits => None,
-    };
-    Ok(Validated { plan, warning, create_namespace, adopting })
+        QuotaFit::NoRoomForSurge(message) => warnings.push(Warning { reason: "QuotaNoSurgeRoom", message }),
+        QuotaFit::Fits => {}
+    }
+    Ok(Validated { plan, warnings, create_namespace, adopting })
 }
 
 #[cfg(test)]
@@ -336,7 +337,9 @@ mod tests {
         let mut a = app();
         let plan = Plan::for_zones(&a, &zones);
         let ok = gate(&a, plan.clone(), None, &now()).unwrap();
-        assert_eq!((ok.plan.replicas["web"].replicas, ok.warning, ok.create_namespace), (3, None, true));
+        assert_eq!((ok.plan.replicas["web"].replicas, ok.create_namespace), (3, true));
+        // The component has neither ports nor a probe: a warning, not a block.
+        assert_eq!(ok.warnings.iter().map(|w| w.reason).collect::<Vec<_>>(), ["NoReadinessCheck"]);
         let retained = labelled(&[MANAGED, (LABEL_RETAINED_FROM, "shop")], false);
         let adopt = gate(&a, plan.clone(), Some(&retained), &now()).unwrap();
         assert_eq!((adopt.create_namespace, adopt.adopting), (false, true));
@@ -350,7 +353,8 @@ mod tests {
         a.spec.quota = Some(crate::api::Quota { cpu: None, memory: None, pods: Some(2) });
         assert_eq!(gate(&a, plan.clone(), None, &now()).unwrap_err().why.reason(), "QuotaTooSmall");
         a.spec.quota = Some(crate::api::Quota { cpu: None, memory: None, pods: Some(3) });
-        assert!(gate(&a, plan.clone(), None, &now()).unwrap().warning.is_some_and(|w| w.contains("spec.quota.pods")));
+        let warned = gate(&a, plan.clone(), None, &now()).unwrap().warnings;
+        assert!(warned.iter().any(|w| w.reason == "QuotaNoSurgeRoom" && w.message.contains("spec.quota.pods")));
         // An invalid spec wins over everything else.
         a.spec.limits = Some(serde_json::from_value(serde_json::json!({"defaultRequest": {"cpu": "2"}})).unwrap());
         let invalid = gate(&a, plan, Some(&ns(None, false)), &now()).unwrap_err();

@@ -26,7 +26,7 @@ use super::status::{self, Notice, Observed, Pass, may_rebalance};
 use crate::api::{FINALIZER, LABEL_COMPONENT, MANAGER, ResilientApp, ResilientAppStatus};
 use crate::render::Plan;
 use crate::resilience::{
-    PodPlacement, RebalanceInput, ZoneMap, allowed_zones_healthy, choose_move, plan_zones, pod_ready,
+    PodPlacement, RebalanceInput, ZoneMap, allowed_zones_healthy, choose_move, plan_zones, pod_ready, zone_failover,
 };
 
 /// How long to wait for the caches before giving up on a pass (and retrying with backoff).
@@ -148,12 +148,20 @@ async fn reconcile_app(app: &ResilientApp, ctx: &Context) -> Result<Action> {
     };
     tracing::Span::current().record("writes", applied.writes);
     let observed = observe(ctx, &name, &namespace, &nodes);
-    let rebalanced = if may_rebalance(app, &gate, applied.writes) {
+    let failover = Duration::from_secs(u64::from(app.spec.resilience.failover_seconds));
+    let (lost, failover_in) =
+        zone_failover(nodes.iter().map(AsRef::as_ref), &app.spec.resilience.zones, now.0, failover);
+    let failed_over = match &gate {
+        Ok(_) if !lost.is_empty() => fail_over(ctx, &namespace, &observed, &lost).await?,
+        _ => None,
+    };
+    let rebalanced = if lost.is_empty() && may_rebalance(app, &gate, applied.writes) {
         rebalance(ctx, app, &namespace, &nodes, &gate, &observed).await?
     } else {
         None
     };
-    let pass = Pass { app, gate: &gate, observed: &observed, writes: applied.writes, rebalanced, attempt };
+    let writes = applied.writes + usize::from(failed_over.is_some());
+    let pass = Pass { app, gate: &gate, observed: &observed, writes, rebalanced, attempt, failed_over, failover_in };
     let previous = previous_status(ctx, app);
     let outcome = status::compute(&pass, &previous, &now, ctx.resync);
     if outcome.status != previous {
@@ -213,6 +221,36 @@ fn previous_status(ctx: &Context, app: &ResilientApp) -> ResilientAppStatus {
     let memory = ctx.memory.lock().expect("memory lock");
     let remembered = memory.last_status(&app.name_any(), &app.uid().unwrap_or_default()).cloned();
     remembered.unwrap_or_else(|| app.status.clone().unwrap_or_default())
+}
+
+/// Delete (gracefully, as taint eviction would) the app's pods in zones lost for failoverSeconds,
+/// so that their ReplicaSets replace them at once in the zones that are up, instead of waiting for
+/// the node lifecycle controller to taint the zone's nodes one at a time. Returns what was done.
+async fn fail_over(ctx: &Context, namespace: &str, observed: &Observed, lost: &[String]) -> Result<Option<String>> {
+    let doomed: Vec<&Arc<Pod>> = observed
+        .pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| observed.node_zones.zone_of(p).is_some_and(|z| lost.contains(z)))
+        .collect();
+    if doomed.is_empty() {
+        return Ok(None);
+    }
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    for pod in &doomed {
+        match api.delete(&pod.name_any(), &kube::api::DeleteParams::default()).await {
+            Ok(_) => ctx.metrics.api_write("delete", "Pod"),
+            Err(kube::Error::Api(s)) if s.is_not_found() => {}
+            Err(source) => return Err(Error::Delete { kind: "Pod".into(), name: pod.name_any(), source }),
+        }
+    }
+    let note = format!(
+        "{} lost for failoverSeconds: deleted {} of its pods so that they are replaced in the zones that are up",
+        lost.join(" and "),
+        doomed.len()
+    );
+    info!(namespace, "{note}");
+    Ok(Some(note))
 }
 
 /// Evict at most one pod of the app to restore an even spread, once every allowed zone is back.

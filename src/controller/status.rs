@@ -13,7 +13,7 @@ use kube::runtime::events::EventType;
 
 use super::gate::{Blocker, Gate, plan_of};
 use crate::api::{ComponentStatus, ConditionType, Conditions, LABEL_COMPONENT, ResilientApp, ResilientAppStatus};
-use crate::render::Plan;
+use crate::render::{Plan, Warning};
 use crate::resilience::{Shortfall, ZoneMap, pod_ready, ready_after_worst_zone_loss};
 
 /// After an eviction, look again this soon (pod events usually come first).
@@ -45,6 +45,10 @@ pub struct Pass<'a> {
     pub rebalanced: Option<String>,
     /// Consecutive passes whose writes were rejected (0 when this one was not), for the backoff.
     pub attempt: u32,
+    /// What failing over a lost zone did in this pass, if anything.
+    pub failed_over: Option<String>,
+    /// When a zone that is down will have been down for failoverSeconds: look again then.
+    pub failover_in: Option<Duration>,
 }
 
 /// An Event to publish on the app.
@@ -85,6 +89,9 @@ pub fn compute(pass: &Pass, previous: &ResilientAppStatus, now: &Time, resync: D
     if let Some(moved) = &pass.rebalanced {
         events.push(Notice::new(EventType::Normal, "Rebalanced", "Rebalance", moved));
     }
+    if let Some(deleted) = &pass.failed_over {
+        events.push(Notice::new(EventType::Warning, "ZoneFailover", "FailOver", deleted));
+    }
     if let Ok(v) = pass.gate
         && v.adopting
     {
@@ -95,8 +102,8 @@ pub fn compute(pass: &Pass, previous: &ResilientAppStatus, now: &Time, resync: D
         );
         events.push(Notice::new(EventType::Normal, "NamespaceAdopted", "Adopt", &note));
     }
-    let warning = pass.gate.as_ref().ok().and_then(|v| v.warning.as_deref());
-    events.extend(transitions(&previous.conditions, &status.conditions, warning));
+    let warnings = pass.gate.as_ref().map(|v| v.warnings.as_slice()).unwrap_or_default();
+    events.extend(transitions(&previous.conditions, &status.conditions, warnings));
     Outcome { status, events, action: requeue(pass, resync) }
 }
 
@@ -127,7 +134,7 @@ pub fn requeue(pass: &Pass, resync: Duration) -> Action {
         Err(b) if b.why.is_stalled() => Action::requeue(STALLED_RETRY),
         Err(_) => Action::requeue(WAITING_RETRY),
         Ok(_) if pass.rebalanced.is_some() => Action::requeue(REBALANCE_RETRY),
-        Ok(_) => Action::requeue(resync),
+        Ok(_) => Action::requeue(pass.failover_in.map_or(resync, |f| f.min(resync))),
     }
 }
 
@@ -143,8 +150,8 @@ fn find(conditions: &[Condition], type_: ConditionType) -> Option<&Condition> {
 
 /// Events for what changed in the conditions: warnings for new problems, normal events for
 /// recoveries. The first status of a new app is not a transition (its pods are simply not up
-/// yet), except for Stalled. A quota warning is published once, when it first appears.
-pub fn transitions(old: &[Condition], new: &[Condition], warning: Option<&str>) -> Vec<Notice> {
+/// yet), except for Stalled. A warning is published once, when it first appears.
+pub fn transitions(old: &[Condition], new: &[Condition], warnings: &[Warning]) -> Vec<Notice> {
     let changed = |t: ConditionType| {
         let (o, n) = (find(old, t), find(new, t));
         let flipped = o.map(|c| (&c.status, &c.reason)) != n.map(|c| (&c.status, &c.reason));
@@ -161,10 +168,10 @@ pub fn transitions(old: &[Condition], new: &[Condition], warning: Option<&str>) 
     if let Some(c) = changed(ConditionType::Ready) {
         out.push(Notice::new(severity(c), &c.reason, "CheckAvailability", &c.message));
     }
-    if let Some(w) = warning
-        && !find(old, ConditionType::Ready).is_some_and(|c| c.message.contains(w))
-    {
-        out.push(Notice::new(EventType::Warning, "QuotaNoSurgeRoom", "CheckQuota", w));
+    for w in warnings {
+        if !find(old, ConditionType::Ready).is_some_and(|c| c.message.contains(&w.message)) {
+            out.push(Notice::new(EventType::Warning, w.reason, "CheckSpec", &w.message));
+        }
     }
     out
 }
@@ -224,7 +231,7 @@ fn conditions(app: &ResilientApp, pass: &Pass, components: &[ComponentStatus]) -
             return c;
         }
         Err(blocked) => (None, Some(blocked.why.message())),
-        Ok(validated) => (validated.warning.as_ref(), None),
+        Ok(validated) => (Some(validated.warnings.as_slice()), None),
     };
 
     // Ready: availability now.
@@ -236,9 +243,9 @@ fn conditions(app: &ResilientApp, pass: &Pass, components: &[ComponentStatus]) -
     if short.is_empty() {
         let mut message =
             format!("{} at or above minAvailable", plural(components.len(), "component is", "components are"));
-        if let Some(w) = warning {
+        for w in warning.unwrap_or_default() {
             message.push_str("; warning: ");
-            message.push_str(w);
+            message.push_str(&w.message);
         }
         c.set(ConditionType::Ready, true, "MinAvailableMet", message);
     } else {

@@ -145,6 +145,40 @@ impl Desired {
     }
 }
 
+/// Something about the spec that works but guarantees less than it seems to: published as an
+/// Event and carried in the Ready message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Warning {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// The warnings of a spec (pure).
+pub fn warnings(app: &ResilientApp) -> Vec<Warning> {
+    let mut out = Vec::new();
+    for c in &app.spec.components {
+        if network::unreachable_service(app, c) {
+            out.push(Warning {
+                reason: "UnreachableService",
+                message: format!(
+                    "components[{}] has a Service that nothing may reach under Strict isolation: set its allowFrom or spec.network.ingressFrom",
+                    c.name
+                ),
+            });
+        }
+        if c.readiness_probe.is_none() && c.ports.is_empty() {
+            out.push(Warning {
+                reason: "NoReadinessCheck",
+                message: format!(
+                    "components[{}] has neither ports nor a readinessProbe: its pods count as ready once started, so minAvailable guarantees only started pods",
+                    c.name
+                ),
+            });
+        }
+    }
+    out
+}
+
 /// Build every child of `app` for its plan. Call [`validate`] first.
 pub fn render(app: &ResilientApp, plan: &Plan) -> Desired {
     let ctx = RenderContext::new(app);

@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelecto
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::RenderContext;
-use crate::api::{Isolation, LABEL_APP, LABEL_COMPONENT};
+use crate::api::{Component, Isolation, LABEL_APP, LABEL_COMPONENT, ResilientApp};
 
 pub const DEFAULT_DENY: &str = "resilient-default-deny";
 pub const ALLOW_DNS: &str = "resilient-allow-dns";
@@ -36,6 +36,29 @@ fn policy(ctx: &RenderContext, name: &str, pod_selector: LabelSelector, types: &
 
 fn selector(labels: BTreeMap<String, String>) -> LabelSelector {
     LabelSelector { match_labels: Some(labels), ..Default::default() }
+}
+
+/// The component's ports, as NetworkPolicy ports.
+fn service_ports(component: &Component) -> Vec<NetworkPolicyPort> {
+    component
+        .ports
+        .iter()
+        .map(|port| NetworkPolicyPort {
+            port: Some(IntOrString::Int(port.container_port)),
+            protocol: Some(port.protocol.clone().unwrap_or_else(|| "TCP".to_string())),
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// A component whose Service nothing may reach under Strict isolation: no `allowFrom`, and no
+/// `ingressFrom` on the app.
+pub fn unreachable_service(app: &ResilientApp, component: &Component) -> bool {
+    let network = &app.spec.network;
+    network.isolation == Isolation::Strict
+        && component.service.is_some()
+        && component.allow_from.is_empty()
+        && network.ingress_from.is_empty()
 }
 
 pub(super) fn network_policies(ctx: &RenderContext) -> Vec<NetworkPolicy> {
@@ -100,15 +123,7 @@ pub(super) fn network_policies(ctx: &RenderContext) -> Vec<NetworkPolicy> {
             }),
             ..Default::default()
         };
-        let ports: Vec<NetworkPolicyPort> = component
-            .ports
-            .iter()
-            .map(|port| NetworkPolicyPort {
-                port: Some(IntOrString::Int(port.container_port)),
-                protocol: Some(port.protocol.clone().unwrap_or_else(|| "TCP".to_string())),
-                ..Default::default()
-            })
-            .collect();
+        let ports = service_ports(component);
         p.spec.as_mut().unwrap().ingress = Some(vec![NetworkPolicyIngressRule {
             from: Some(vec![from]),
             ports: if ports.is_empty() { None } else { Some(ports) },
@@ -116,11 +131,22 @@ pub(super) fn network_policies(ctx: &RenderContext) -> Vec<NetworkPolicy> {
         out.push(p);
     }
 
+    // ingressFrom admits its peers only to components with a Service, and only on its ports.
     if !network.ingress_from.is_empty() {
-        let mut p = policy(ctx, ALLOW_INGRESS_EXTRA, all_pods(), &["Ingress"]);
-        p.spec.as_mut().unwrap().ingress =
-            Some(vec![NetworkPolicyIngressRule { from: Some(network.ingress_from.clone()), ports: None }]);
-        out.push(p);
+        for component in ctx.app.spec.components.iter().filter(|c| c.service.is_some()) {
+            let mut p = policy(
+                ctx,
+                &format!("{ALLOW_INGRESS_EXTRA}-to-{}", component.name),
+                selector(ctx.selector_labels(&component.name)),
+                &["Ingress"],
+            );
+            let ports = service_ports(component);
+            p.spec.as_mut().unwrap().ingress = Some(vec![NetworkPolicyIngressRule {
+                from: Some(network.ingress_from.clone()),
+                ports: (!ports.is_empty()).then_some(ports),
+            }]);
+            out.push(p);
+        }
     }
     if !network.egress_to.is_empty() {
         let mut p = policy(ctx, ALLOW_EGRESS_EXTRA, all_pods(), &["Egress"]);

@@ -183,7 +183,9 @@ fn service_only_for_components_that_ask() {
 fn strict_network_policies() {
     let mut api = component("api", 2);
     api.allow_from = vec!["web".into()];
-    let mut a = app(vec![component("web", 2), api]);
+    let mut web = component("web", 2);
+    web.service = Some(Default::default());
+    let mut a = app(vec![web, api]);
     a.spec.network.ingress_from = vec![
         serde_json::from_value(serde_json::json!({"namespaceSelector": {"matchLabels": {"name": "ingress"}}})).unwrap(),
     ];
@@ -196,8 +198,16 @@ fn strict_network_policies() {
             "resilient-allow-dns",
             "resilient-allow-intra-app-egress",
             "resilient-api-ingress",
-            "resilient-allow-ingress-from"
+            "resilient-allow-ingress-from-to-web"
         ]
+    );
+    // ingressFrom reaches only the component with a Service (web, not api), only on its ports.
+    let extra = d.network_policies[4].spec.clone().unwrap();
+    assert_eq!(extra.pod_selector.unwrap().match_labels.unwrap()["resilient.dev/component"], "web");
+    let rule = &extra.ingress.unwrap()[0];
+    assert_eq!(
+        rule.ports.as_ref().unwrap().iter().map(|p| p.port.clone()).collect::<Vec<_>>(),
+        [Some(IntOrString::Int(8080))]
     );
     let deny = d.network_policies[0].spec.clone().unwrap();
     assert_eq!(deny.policy_types, Some(vec!["Ingress".to_string(), "Egress".to_string()]));
@@ -277,4 +287,36 @@ fn quota_at_the_crd_maximums_neither_overflows_nor_panics() {
     // (30,000 replicas + 7,500 surge + 20,000 failover headroom) x 32 components.
     assert_eq!(hard["pods"], Quantity("1840000".into()));
     assert_eq!(quota_fit(&a, &plan), QuotaFit::Fits);
+}
+
+#[test]
+fn readiness_defaults_to_a_tcp_check_of_the_first_port() {
+    let mut worker = component("worker", 1);
+    worker.ports.clear();
+    let d = render(&app(vec![component("web", 2), worker]), &zones(3));
+    let probe =
+        |i: usize| d.deployments[i].spec.clone().unwrap().template.spec.unwrap().containers[0].readiness_probe.clone();
+    assert_eq!(probe(0).unwrap().tcp_socket.unwrap().port, IntOrString::Int(8080));
+    // Neither ports nor a probe: nothing to check (and a warning, below).
+    assert!(probe(1).is_none());
+}
+
+#[test]
+fn warnings_name_what_guarantees_less() {
+    let mut web = component("web", 2);
+    web.service = Some(Default::default());
+    let mut worker = component("worker", 1);
+    worker.ports.clear();
+    let mut a = app(vec![web, worker]);
+    let reasons = |a: &ResilientApp| warnings(a).into_iter().map(|w| (w.reason, w.message)).collect::<Vec<_>>();
+    let found = reasons(&a);
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert_eq!(found[0].0, "UnreachableService");
+    assert!(found[0].1.contains("components[web]"), "{}", found[0].1);
+    assert_eq!(found[1].0, "NoReadinessCheck");
+    assert!(found[1].1.contains("components[worker]"));
+    // Reachable through ingressFrom (or allowFrom, or without isolation): no warning.
+    a.spec.network.ingress_from =
+        vec![serde_json::from_value(serde_json::json!({"namespaceSelector": {"matchLabels": {"x": "y"}}})).unwrap()];
+    assert_eq!(reasons(&a).len(), 1);
 }

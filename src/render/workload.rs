@@ -3,8 +3,8 @@
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
-    PodSecurityContext, PodSpec, PodTemplateSpec, SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec,
-    Toleration, TopologySpreadConstraint,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecurityContext, Service, ServicePort,
+    ServiceSpec, TCPSocketAction, Toleration, TopologySpreadConstraint,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -61,6 +61,19 @@ fn security_contexts(level: PodSecurityLevel) -> (Option<PodSecurityContext>, Op
     }
 }
 
+/// The component's readinessProbe, or a TCP check of its first port: without one a pod counts as
+/// ready once its container starts, and minAvailable would guarantee only "started".
+fn readiness_probe(component: &Component) -> Option<Probe> {
+    component.readiness_probe.clone().or_else(|| {
+        let port = component.ports.first()?;
+        Some(Probe {
+            tcp_socket: Some(TCPSocketAction { port: IntOrString::Int(port.container_port), host: None }),
+            period_seconds: Some(5),
+            ..Default::default()
+        })
+    })
+}
+
 pub(super) fn deployment(ctx: &RenderContext, component: &Component, replicas: i32) -> Deployment {
     let resilience = &ctx.app.spec.resilience;
     let failover = i64::from(resilience.failover_seconds);
@@ -98,7 +111,7 @@ pub(super) fn deployment(ctx: &RenderContext, component: &Component, replicas: i
         env: (!component.env.is_empty()).then(|| component.env.clone()),
         ports: (!component.ports.is_empty()).then(|| component.ports.clone()),
         resources: component.resources.clone(),
-        readiness_probe: component.readiness_probe.clone(),
+        readiness_probe: readiness_probe(component),
         liveness_probe: component.liveness_probe.clone(),
         security_context: container_security,
         ..Default::default()

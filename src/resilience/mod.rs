@@ -123,6 +123,64 @@ pub fn node_usable(node: &Node) -> bool {
     ready && !unschedulable && !blocking_taint
 }
 
+/// Since when a node has not been Ready (its Ready condition is False or Unknown), or `None` while
+/// it is Ready (or reports nothing).
+pub fn down_since(node: &Node) -> Option<jiff::Timestamp> {
+    let ready = node.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "Ready")?;
+    (ready.status != "True").then(|| ready.last_transition_time.as_ref().map(|t| t.0)).flatten()
+}
+
+/// Zones lost for long enough that their pods should be replaced now, without waiting for the node
+/// lifecycle controller to taint their nodes one at a time: every node of the zone has not been
+/// Ready for at least `failover`, and at least one other allowed zone has a Ready node. Never while
+/// every zone is down (that says more about the control plane than about zones), never for a zone
+/// with a node still Ready.
+pub fn zones_to_fail_over<'a>(
+    nodes: impl IntoIterator<Item = &'a Node>,
+    allow: &[String],
+    now: jiff::Timestamp,
+    failover: std::time::Duration,
+) -> Vec<String> {
+    zone_failover(nodes, allow, now, failover).0
+}
+
+/// [`zones_to_fail_over`], and how long until the next zone that is down everywhere reaches
+/// `failover` (when to look again).
+pub fn zone_failover<'a>(
+    nodes: impl IntoIterator<Item = &'a Node>,
+    allow: &[String],
+    now: jiff::Timestamp,
+    failover: std::time::Duration,
+) -> (Vec<String>, Option<std::time::Duration>) {
+    // Per allowed zone: the most recent time one of its nodes went down (None: a node is up).
+    let mut zones: BTreeMap<String, Option<jiff::Timestamp>> = BTreeMap::new();
+    for node in nodes {
+        let Some(zone) = node_zone(node).filter(|z| allow.is_empty() || allow.iter().any(|a| a == z)) else {
+            continue;
+        };
+        let down = down_since(node);
+        let entry = zones.entry(zone.to_string()).or_insert(down);
+        *entry = match (*entry, down) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            _ => None,
+        };
+    }
+    if !zones.values().any(Option::is_none) {
+        return (Vec::new(), None);
+    }
+    let failover = jiff::SignedDuration::try_from(failover).unwrap_or(jiff::SignedDuration::MAX);
+    let (mut lost, mut next) = (Vec::new(), None::<std::time::Duration>);
+    for (zone, since) in zones.into_iter().filter_map(|(z, d)| Some((z, d?))) {
+        let waited = now.duration_since(since);
+        if waited >= failover {
+            lost.push(zone);
+        } else if let Ok(left) = std::time::Duration::try_from(failover - waited) {
+            next = Some(next.map_or(left, |n| n.min(left)));
+        }
+    }
+    (lost, next)
+}
+
 /// A pod whose Ready condition is True.
 pub fn pod_ready(pod: &Pod) -> bool {
     pod.status

@@ -154,3 +154,57 @@ proptest! {
         prop_assert_eq!(plan.shortfall.is_none(), guaranteed_after_zone_loss(r, zones, f) >= m && zones > f as usize);
     }
 }
+
+fn node_down(name: &str, zone: &str, down_at: Option<i64>) -> Node {
+    Node {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some([(ZONE_LABEL.to_string(), zone.to_string())].into()),
+            ..Default::default()
+        },
+        status: Some(NodeStatus {
+            conditions: Some(vec![NodeCondition {
+                type_: "Ready".into(),
+                status: if down_at.is_some() { "Unknown" } else { "True" }.into(),
+                last_transition_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    jiff::Timestamp::from_second(down_at.unwrap_or(0)).unwrap(),
+                )),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_zone_fails_over_once_all_its_nodes_are_down_for_long_enough() {
+    let at = |s| jiff::Timestamp::from_second(s).unwrap();
+    let thirty = std::time::Duration::from_secs(30);
+    // zone-a: both nodes down, the last one since t=110; b and c up.
+    let nodes = [
+        node_down("a1", "zone-a", Some(100)),
+        node_down("a2", "zone-a", Some(110)),
+        node_down("b1", "zone-b", None),
+        node_down("c1", "zone-c", None),
+    ];
+    assert!(zones_to_fail_over(&nodes, &[], at(139), thirty).is_empty(), "not yet: a2 is down for 29 s only");
+    assert_eq!(
+        zone_failover(&nodes, &[], at(125), thirty).1,
+        Some(std::time::Duration::from_secs(15)),
+        "look again then"
+    );
+    assert_eq!(zones_to_fail_over(&nodes, &[], at(140), thirty), ["zone-a"]);
+    // A zone with one node still up is only partly disrupted: never.
+    let partial =
+        [node_down("a1", "zone-a", Some(0)), node_down("a2", "zone-a", None), node_down("b1", "zone-b", None)];
+    assert!(zones_to_fail_over(&partial, &[], at(1000), thirty).is_empty());
+    // Every zone down: never (the control plane, not the zones, is the likely problem).
+    let all = [node_down("a1", "zone-a", Some(0)), node_down("b1", "zone-b", Some(0))];
+    assert!(zones_to_fail_over(&all, &[], at(1000), thirty).is_empty());
+    // Only the allowed zones count: with b not allowed, a and c decide.
+    let allowed = ["zone-a".to_string(), "zone-c".to_string()];
+    assert_eq!(zones_to_fail_over(&nodes, &allowed, at(140), thirty), ["zone-a"]);
+    let only_a = ["zone-a".to_string()];
+    assert!(zones_to_fail_over(&nodes, &only_a, at(1000), thirty).is_empty(), "no other allowed zone is up");
+}

@@ -224,6 +224,17 @@ where
     }
 }
 
+/// The message of the first Event on ResilientApp `app` with `reason`, waiting up to `timeout`.
+pub async fn event_message(client: &Client, app: &str, reason: &str, timeout: Duration) -> String {
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::all(client.clone());
+    let fields = format!("involvedObject.name={app}");
+    wait_for(&format!("a {reason} Event on {app}"), timeout, || async {
+        let list = events.list(&kube::api::ListParams::default().fields(&fields)).await.ok()?;
+        list.items.into_iter().find(|e| e.reason.as_deref() == Some(reason)).and_then(|e| e.message)
+    })
+    .await
+}
+
 /// A name no other test (or earlier run) uses.
 pub fn unique(prefix: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);

@@ -1,6 +1,7 @@
 use super::*;
 use crate::api::ResilientAppSpec;
 use crate::controller::gate::{Blocked, Validated};
+use crate::render::Warning;
 use k8s_openapi::api::core::v1::{Node, PodCondition, PodSpec, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -50,12 +51,21 @@ fn observed(pods: Vec<Arc<Pod>>) -> Observed {
 }
 
 fn ok(a: &ResilientApp, zones: &[String]) -> Gate {
-    Ok(Validated { plan: Plan::for_zones(a, zones), warning: None, create_namespace: false, adopting: false })
+    Ok(Validated { plan: Plan::for_zones(a, zones), warnings: vec![], create_namespace: false, adopting: false })
 }
 
 /// The outcome of one pass that wrote `writes` changes, from an empty previous status.
 fn outcome(a: &ResilientApp, gate: &Gate, obs: &Observed, writes: usize) -> Outcome {
-    let pass = Pass { app: a, gate, observed: obs, writes, rebalanced: None, attempt: 0 };
+    let pass = Pass {
+        app: a,
+        gate,
+        observed: obs,
+        writes,
+        rebalanced: None,
+        attempt: 0,
+        failed_over: None,
+        failover_in: None,
+    };
     compute(&pass, &ResilientAppStatus::default(), &t(1), Duration::from_secs(300))
 }
 
@@ -160,7 +170,19 @@ fn the_requeue_is_chosen_in_one_place() {
     let plan = Plan::for_zones(&a, &zones());
     let resync = Duration::from_secs(300);
     let action = |gate: &Gate, rebalanced: Option<String>| {
-        requeue(&Pass { app: &a, gate, observed: &obs, writes: 0, rebalanced, attempt: 3 }, resync)
+        requeue(
+            &Pass {
+                app: &a,
+                gate,
+                observed: &obs,
+                writes: 0,
+                rebalanced,
+                attempt: 3,
+                failed_over: None,
+                failover_in: None,
+            },
+            resync,
+        )
     };
     let blocked = |why| Err(Blocked { plan: plan.clone(), why });
     assert_eq!(action(&blocked(Blocker::InvalidSpec(vec![])), None), Action::await_change());
@@ -172,6 +194,19 @@ fn the_requeue_is_chosen_in_one_place() {
     assert_eq!(action(&blocked(Blocker::Rejected("r".into())), None), Action::requeue(Duration::from_secs(4)));
     assert_eq!(action(&ok(&a, &zones()), Some("moved".into())), Action::requeue(REBALANCE_RETRY));
     assert_eq!(action(&ok(&a, &zones()), None), Action::requeue(resync));
+    // A zone down everywhere for less than failoverSeconds: look again when it will be time.
+    let gate = ok(&a, &zones());
+    let soon = Pass {
+        app: &a,
+        gate: &gate,
+        observed: &obs,
+        writes: 0,
+        rebalanced: None,
+        attempt: 0,
+        failed_over: None,
+        failover_in: Some(Duration::from_secs(12)),
+    };
+    assert_eq!(requeue(&soon, resync), Action::requeue(Duration::from_secs(12)));
 }
 
 #[test]
@@ -184,7 +219,7 @@ fn rebalancing_only_in_a_settled_pass() {
     fallback.no_usable_zones = true;
     assert!(!may_rebalance(
         &a,
-        &Ok(Validated { plan: fallback, warning: None, create_namespace: false, adopting: false }),
+        &Ok(Validated { plan: fallback, warnings: vec![], create_namespace: false, adopting: false }),
         0
     ));
     let waiting = Err(Blocked { plan: Plan::for_zones(&a, &zones()), why: Blocker::Waiting("w".into()) });
@@ -214,31 +249,31 @@ fn transitions_publish_flips_not_steady_states() {
     let ready = c(Ready, "True", "MinAvailableMet");
     let tolerant = c(ZoneFailureTolerant, "True", "ZoneLossSurvivable");
     // Nothing changed: no Event.
-    assert!(transitions(&[ready.clone(), tolerant.clone()], &[ready.clone(), tolerant.clone()], None).is_empty());
+    assert!(transitions(&[ready.clone(), tolerant.clone()], &[ready.clone(), tolerant.clone()], &[]).is_empty());
     // A new app's first status is not a transition.
-    assert!(transitions(&[], &[ready.clone(), tolerant.clone()], None).is_empty());
+    assert!(transitions(&[], &[ready.clone(), tolerant.clone()], &[]).is_empty());
     // Losing availability and tolerance: two warnings; getting them back: two normal Events.
     let down = [c(Ready, "False", "MinAvailableNotMet"), c(ZoneFailureTolerant, "False", "PlacementAtRisk")];
     assert_eq!(
-        reasons(&transitions(&[ready.clone(), tolerant.clone()], &down, None)),
+        reasons(&transitions(&[ready.clone(), tolerant.clone()], &down, &[])),
         [(EventType::Warning, "PlacementAtRisk"), (EventType::Warning, "MinAvailableNotMet")]
     );
     assert_eq!(
-        reasons(&transitions(&down, &[ready.clone(), tolerant.clone()], None)),
+        reasons(&transitions(&down, &[ready.clone(), tolerant.clone()], &[])),
         [(EventType::Normal, "ZoneLossSurvivable"), (EventType::Normal, "MinAvailableMet")]
     );
     // A changed reason with the same status is a transition too.
     let other = c(ZoneFailureTolerant, "False", "InsufficientZones");
-    assert_eq!(reasons(&transitions(&[down[1].clone()], &[other], None)), [(EventType::Warning, "InsufficientZones")]);
+    assert_eq!(reasons(&transitions(&[down[1].clone()], &[other], &[])), [(EventType::Warning, "InsufficientZones")]);
     // Stalled is reported even on the first status.
     let stalled = c(Stalled, "True", "QuotaTooSmall");
-    assert_eq!(reasons(&transitions(&[], &[stalled], None)), [(EventType::Warning, "QuotaTooSmall")]);
+    assert_eq!(reasons(&transitions(&[], &[stalled], &[])), [(EventType::Warning, "QuotaTooSmall")]);
     // A quota warning once: not again while the Ready message already carries it.
-    let w = "spec.quota.pods leaves no room";
-    assert_eq!(reasons(&transitions(&[], &[], Some(w))), [(EventType::Warning, "QuotaNoSurgeRoom")]);
+    let w = [Warning { reason: "QuotaNoSurgeRoom", message: "spec.quota.pods leaves no room".into() }];
+    assert_eq!(reasons(&transitions(&[], &[], &w)), [(EventType::Warning, "QuotaNoSurgeRoom")]);
     let mut with_warning = ready.clone();
-    with_warning.message = format!("ok; warning: {w}");
-    assert!(transitions(&[with_warning.clone()], &[with_warning], Some(w)).is_empty());
+    with_warning.message = format!("ok; warning: {}", w[0].message);
+    assert!(transitions(&[with_warning.clone()], &[with_warning], &w).is_empty());
 }
 
 #[test]
@@ -246,8 +281,16 @@ fn a_rebalance_is_an_event_and_a_quick_look_again() {
     let a = app(2);
     let gate = ok(&a, &zones());
     let obs = observed(vec![]);
-    let pass =
-        Pass { app: &a, gate: &gate, observed: &obs, writes: 0, rebalanced: Some("web: evicted p".into()), attempt: 0 };
+    let pass = Pass {
+        app: &a,
+        gate: &gate,
+        observed: &obs,
+        writes: 0,
+        rebalanced: Some("web: evicted p".into()),
+        attempt: 0,
+        failed_over: None,
+        failover_in: None,
+    };
     let o = compute(&pass, &ResilientAppStatus::default(), &t(1), Duration::from_secs(300));
     assert_eq!(o.events[0].reason, "Rebalanced");
     assert_eq!(o.events[0].note, "web: evicted p");
