@@ -13,6 +13,11 @@ W=$ROOT/.cluster
 PKI=$W/pki
 LOGS=$W/logs
 PIDS=$W/pids
+# A running cluster keeps the settings it was started with (ports, real nodes, network id).
+if [ -f "$W/cluster.env" ]; then
+  # shellcheck disable=SC1091
+  . "$W/cluster.env"
+fi
 
 K8S_VERSION=v1.35.4
 ETCD_VERSION=v3.6.14
@@ -57,6 +62,9 @@ bin_dir() {
 BIN=""
 KUBECTL=""
 ensure_bin_var() { [ -n "$BIN" ] || { BIN=$(bin_dir); KUBECTL="$BIN/kubectl --kubeconfig=$W/kubeconfig"; }; }
+
+# shellcheck source=e2e/nodes.sh
+. "$ROOT/e2e/nodes.sh"
 
 build() {
   build_helm
@@ -105,11 +113,11 @@ pki() {
     openssl genrsa -out ca.key 2048 2>/dev/null
     openssl req -x509 -new -key ca.key -subj /CN=resilient-dev-ca -days 3650 -out ca.crt 2>/dev/null
     openssl genrsa -out admin.key 2048 2>/dev/null
-    cat >admin.ext <<'EOE'
+    cat >admin.ext <<EOE
 basicConstraints=CA:FALSE
 keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=serverAuth,clientAuth
-subjectAltName=DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:10.96.0.1
+subjectAltName=DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:10.96.0.1,IP:$HOST_IP
 EOE
     openssl req -new -key admin.key -subj "/O=system:masters/CN=resilient-dev-admin" -out admin.csr 2>/dev/null
     openssl x509 -req -in admin.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 -extfile admin.ext -out admin.crt 2>/dev/null
@@ -205,6 +213,11 @@ wait_for() { # description, timeout seconds, command...
 healthy() {
   local c
   for c in etcd kube-apiserver kube-controller-manager kube-scheduler kwok; do pid_alive $c || return 1; done
+  local i
+  for i in $(seq 1 "$(real_node_count)"); do
+    # The kubelet may be stopped on purpose (zone-down).
+    for c in containerd kube-proxy kube-router; do pid_alive "$(real_node_name "$i")-$c" || return 1; done
+  done
   $KUBECTL get --raw=/readyz >/dev/null 2>&1
 }
 
@@ -262,6 +275,7 @@ print_env() {
 
 up() {
   build
+  build_nodes
   ensure_bin_var
   if [ -f "$W/kubeconfig" ] && healthy; then
     log "cluster already running"
@@ -279,7 +293,16 @@ up() {
   local t0
   t0=$(date +%s)
   mkdir -p "$W" "$LOGS"
+  cat >"$W/cluster.env" <<EOE
+KCP_APISERVER_PORT=$APISERVER_PORT KCP_ETCD_PORT=$ETCD_CLIENT_PORT KCP_KCM_PORT=$KCM_PORT KCP_SCHED_PORT=$SCHED_PORT
+KCP_KWOK_PORT=$KWOK_PORT KCP_REAL_NODES=$REAL_NODES KCP_NET_ID=$NET_ID
+EOE
   pki
+  local advertise=127.0.0.1
+  if [ "$(real_node_count)" -gt 0 ]; then
+    hub_up
+    advertise=$HOST_IP
+  fi
   # Every request is audited (metadata only), so tests and benchmarks can count what each user
   # agent sent, from the API server's own records.
   cat >"$W/audit-policy.yaml" <<'EOA'
@@ -298,7 +321,10 @@ EOA
   wait_for "etcd" 30 curl -fsS "http://127.0.0.1:$ETCD_CLIENT_PORT/health"
   log "starting kube-apiserver $K8S_VERSION on https://127.0.0.1:$APISERVER_PORT (TLS, RBAC)"
   start_proc kube-apiserver "$BIN/kube-apiserver" --etcd-servers="http://127.0.0.1:$ETCD_CLIENT_PORT" \
-    --bind-address=127.0.0.1 --secure-port="$APISERVER_PORT" --advertise-address=127.0.0.1 \
+    --bind-address=127.0.0.1 --secure-port="$APISERVER_PORT" --advertise-address="$advertise" \
+    --kubelet-client-certificate="$PKI/admin.crt" --kubelet-client-key="$PKI/admin.key" \
+    --kubelet-preferred-address-types=InternalIP \
+    --feature-gates=MutatingAdmissionPolicy=true --runtime-config=admissionregistration.k8s.io/v1beta1=true \
     --allow-privileged=true --authorization-mode=Node,RBAC \
     --tls-cert-file="$PKI/admin.crt" --tls-private-key-file="$PKI/admin.key" --client-ca-file="$PKI/ca.crt" \
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
@@ -331,6 +357,13 @@ EOA
   nodes_yaml | $KUBECTL apply -f - >/dev/null
   wait_for "all nodes Ready" 120 $KUBECTL wait --for=condition=Ready node --all --timeout=5s
   wait_for "the default ServiceAccount" 60 $KUBECTL get serviceaccount default -n default
+  if [ "$(real_node_count)" -gt 0 ]; then
+    start_apiserver_forwarder
+    real_nodes_up
+    # After the nodes registered, so the scheduler spreads CoreDNS over them.
+    real_node_addons
+    wait_for "CoreDNS Ready" 120 $KUBECTL -n kube-system wait --for=condition=Available deployment/coredns --timeout=5s
+  fi
   log "cluster up in $(($(date +%s) - t0))s"
   print_env
 }
@@ -349,7 +382,14 @@ stop_pid() { # name
 
 down_quiet() {
   local c
+  real_nodes_down
   for c in kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do stop_pid $c; done
+  undo_host_objects
+  if grep -q " $W/" /proc/self/mountinfo; then
+    log "WARNING: mounts left under $W; not removing it"
+    grep " $W/" /proc/self/mountinfo >&2
+    return 1
+  fi
   rm -rf "$W"
 }
 
@@ -366,13 +406,19 @@ down() {
 zone_nodes() { $KUBECTL get nodes -l "topology.kubernetes.io/zone=$1" -o name; }
 
 zone_down() {
-  local zone=${1:?usage: cluster.sh zone-down ZONE}
+  local zone=${1:?usage: cluster.sh zone-down ZONE} i
   ensure_bin_var
   [ -n "$(zone_nodes "$zone")" ] || die "no nodes in zone $zone"
-  # kwok stops acting as the kubelet of these nodes: no more lease renewals or status updates,
-  # exactly what the control plane sees when a zone loses power or network.
+  # kwok stops acting as the kubelet of the zone's fake nodes: no more lease renewals or status
+  # updates, exactly what the control plane sees when a zone loses power or network. A real
+  # node of the zone has its kubelet stopped (its containers keep running, as in a partition).
   log "zone $zone goes dark: its kubelets stop heartbeating"
-  $KUBECTL label node -l "topology.kubernetes.io/zone=$zone" kwok.x-k8s.io/managed- >/dev/null
+  $KUBECTL label node -l "topology.kubernetes.io/zone=$zone,type=kwok" kwok.x-k8s.io/managed- >/dev/null
+  for i in $(seq 1 "$(real_node_count)"); do
+    [ "$(real_node_zone "$i")" = "$zone" ] || continue
+    log "stopping the kubelet of $(real_node_name "$i")"
+    stop_pid "$(real_node_name "$i")-kubelet"
+  done
   log "the node lifecycle controller marks them Unknown after ~$NODE_MONITOR_GRACE and taints them node.kubernetes.io/unreachable"
 }
 
@@ -381,7 +427,12 @@ zone_up() {
   ensure_bin_var
   [ -n "$(zone_nodes "$zone")" ] || die "no nodes in zone $zone"
   log "zone $zone comes back: its kubelets heartbeat again"
-  $KUBECTL label node -l "topology.kubernetes.io/zone=$zone" kwok.x-k8s.io/managed=true --overwrite >/dev/null
+  $KUBECTL label node -l "topology.kubernetes.io/zone=$zone,type=kwok" kwok.x-k8s.io/managed=true --overwrite >/dev/null
+  local i
+  for i in $(seq 1 "$(real_node_count)"); do
+    [ "$(real_node_zone "$i")" = "$zone" ] || continue
+    pid_alive "$(real_node_name "$i")-kubelet" || start_kubelet "$i"
+  done
   local deadline=$(($(date +%s) + 120)) n
   for n in $(zone_nodes "$zone"); do
     until [ "$($KUBECTL get "$n" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = "True" ]; do
@@ -403,7 +454,23 @@ status() {
       printf '  %-24s stopped\n' "$c"
     fi
   done
+  local i p
+  for i in $(seq 1 "$(real_node_count)"); do
+    for c in containerd kubelet kube-proxy kube-router; do
+      p=$(real_node_name "$i")-$c
+      if pid_alive "$p"; then
+        printf '  %-24s running  pid %-8s rss %s KiB\n' "$p" "$(cat "$PIDS/$p.pid")" "$(ps -o rss= -p "$(cat "$PIDS/$p.pid")" | tr -d ' ')"
+      else
+        printf '  %-24s stopped\n' "$p"
+      fi
+    done
+    if [ -f "/sys/fs/cgroup/memory/$(real_node_cgroup "$i")/memory.usage_in_bytes" ]; then
+      printf '  %-24s memory of the whole node (cgroup, page cache included): %s MiB\n' "$(real_node_name "$i")" \
+        $(($(cat "/sys/fs/cgroup/memory/$(real_node_cgroup "$i")/memory.usage_in_bytes") / 1048576))
+    fi
+  done
   echo "versions: kubernetes $K8S_VERSION, etcd $ETCD_VERSION, kwok $KWOK_VERSION, $(go_version)"
+  [ "$(real_node_count)" = 0 ] || echo "real nodes: containerd $(containerd --version | awk '{print $3}'), runc $(runc --version | awk 'NR==1{print $3}'), kube-router $KUBE_ROUTER_VERSION, CoreDNS $COREDNS_VERSION"
   if [ -f "$W/kubeconfig" ] && $KUBECTL get --raw=/readyz >/dev/null 2>&1; then
     $KUBECTL get nodes -L topology.kubernetes.io/zone --sort-by='{.metadata.labels.topology\.kubernetes\.io/zone}'
   else
@@ -417,12 +484,16 @@ case $cmd in
   up) up ;;
   env) ensure_bin_var; [ -f "$W/kubeconfig" ] || die "no cluster (run: e2e/cluster.sh up)"; print_env ;;
   down) down ;;
-  build) build ;;
+  build) build; build_nodes ;;
+  build-nodes) build_nodes ;;
+  operator-image) ensure_bin_var; [ -n "${1:-}" ] || die "usage: cluster.sh operator-image BINARY"; operator_image "$1" ;;
+  images) ensure_bin_var; build_images; for a in "${IMAGE_ARCHIVES[@]}"; do load_image "$a"; done ;;
+  load-image) ensure_bin_var; [ -n "${1:-}" ] || die "usage: cluster.sh load-image ARCHIVE"; load_image "$1" ;;
   status) status ;;
   zone-down) zone_down "$@" ;;
   zone-up) zone_up "$@" ;;
   restart) restart_component "$@" ;;
   pause) pause_component "$@" ;;
   compact) compact_etcd ;;
-  *) echo "usage: $0 up|env|down|status|build|zone-down ZONE|zone-up ZONE|restart COMPONENT|pause COMPONENT SECS|compact" >&2; exit 2 ;;
+  *) echo "usage: $0 up|env|down|status|build|build-nodes|images|load-image ARCHIVE|operator-image BINARY|zone-down ZONE|zone-up ZONE|restart COMPONENT|pause COMPONENT SECS|compact" >&2; exit 2 ;;
 esac

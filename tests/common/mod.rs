@@ -401,3 +401,80 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
     Some((code, body))
 }
+
+/// Real kubelet nodes of the local cluster (`e2e/cluster.sh` starts one per zone): name -> zone.
+pub async fn real_nodes(client: &Client) -> BTreeMap<String, String> {
+    use kube::ResourceExt;
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    nodes
+        .list(&kube::api::ListParams::default().labels("type=real"))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|n| (n.name_any(), n.labels().get("topology.kubernetes.io/zone").cloned().unwrap_or_default()))
+        .collect()
+}
+
+/// Puts the pods of the given namespaces on the real nodes: binds the cluster's
+/// MutatingAdmissionPolicy `resilient-dev-real-nodes` (a toleration of the real nodes' taint and a
+/// node selector) to them, and waits until the API server applies it. Unbound when dropped.
+pub struct RealNodeBinding(String);
+
+impl RealNodeBinding {
+    pub async fn create(name: &str, namespaces: &[&str]) -> Self {
+        let probe = format!("{name}-probe");
+        let mut all: Vec<&str> = namespaces.to_vec();
+        all.push(&probe);
+        let binding = serde_json::json!({
+            "apiVersion": "admissionregistration.k8s.io/v1beta1", "kind": "MutatingAdmissionPolicyBinding",
+            "metadata": {"name": name},
+            "spec": {"policyName": "resilient-dev-real-nodes", "matchResources": {"namespaceSelector": {
+                "matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": all}]}}}
+        });
+        let out = kubectl(&["apply", "--server-side", "-f", "-"], Some(&binding.to_string()));
+        assert!(out.status.success(), "binding {name}: {}", String::from_utf8_lossy(&out.stderr));
+        let _ = kubectl(&["create", "namespace", &probe], None);
+        let guard = RealNodeBinding(name.to_string());
+        // Policies and bindings reach the admission plugin through an informer: probe with a
+        // server-side dry run until a pod comes back mutated.
+        wait_for(&format!("binding {name} in effect"), Duration::from_secs(60), || async {
+            let out = kubectl(
+                &[
+                    "run",
+                    "probe",
+                    "-n",
+                    &probe,
+                    "--image=probe",
+                    "--dry-run=server",
+                    "-o",
+                    "jsonpath={.spec.nodeSelector}",
+                ],
+                None,
+            );
+            String::from_utf8_lossy(&out.stdout).contains("resilient.dev/real-node").then_some(())
+        })
+        .await;
+        let _ = kubectl(&["delete", "namespace", &probe, "--wait=false"], None);
+        guard
+    }
+}
+
+impl Drop for RealNodeBinding {
+    fn drop(&mut self) {
+        let _ = kubectl(&["delete", "mutatingadmissionpolicybinding", &self.0, "--ignore-not-found"], None);
+    }
+}
+
+/// `agnhost connect` from a pod: Ok when a TCP connection opens within 3 s, else what agnhost
+/// said (TIMEOUT for a packet dropped by a NetworkPolicy, DNS for a name that does not resolve).
+pub fn connect_from(namespace: &str, pod: &str, target: &str) -> Result<(), String> {
+    let out = kubectl(&["exec", "-n", namespace, pod, "--", "/agnhost", "connect", "--timeout=3s", target], None);
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+            .trim()
+            .to_string())
+    }
+}

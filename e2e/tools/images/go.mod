@@ -1,0 +1,3 @@
+module local/images
+
+go 1.26
