@@ -83,7 +83,7 @@ async fn example_app_gets_every_child_with_the_right_fields() {
         policy_names,
         [
             "resilient-allow-dns",
-            "resilient-allow-ingress-from",
+            "resilient-allow-ingress-from-to-web",
             "resilient-allow-intra-app-egress",
             "resilient-api-ingress",
             "resilient-default-deny"

@@ -131,9 +131,10 @@ pub(super) fn network_policies(ctx: &RenderContext) -> Vec<NetworkPolicy> {
         out.push(p);
     }
 
-    // ingressFrom admits its peers only to components with a Service, and only on its ports.
+    // ingressFrom admits its peers only to the app's entry points, the components with a Service
+    // and no allowFrom (a component with allowFrom takes only what it names), on their ports.
     if !network.ingress_from.is_empty() {
-        for component in ctx.app.spec.components.iter().filter(|c| c.service.is_some()) {
+        for component in ctx.app.spec.components.iter().filter(|c| c.service.is_some() && c.allow_from.is_empty()) {
             let mut p = policy(
                 ctx,
                 &format!("{ALLOW_INGRESS_EXTRA}-to-{}", component.name),

@@ -183,6 +183,7 @@ fn service_only_for_components_that_ask() {
 fn strict_network_policies() {
     let mut api = component("api", 2);
     api.allow_from = vec!["web".into()];
+    api.service = Some(Default::default());
     let mut web = component("web", 2);
     web.service = Some(Default::default());
     let mut a = app(vec![web, api]);
@@ -201,7 +202,8 @@ fn strict_network_policies() {
             "resilient-allow-ingress-from-to-web"
         ]
     );
-    // ingressFrom reaches only the component with a Service (web, not api), only on its ports.
+    // ingressFrom reaches only the entry point (web: a Service, no allowFrom), not api (which takes
+    // only web), and only on web's ports.
     let extra = d.network_policies[4].spec.clone().unwrap();
     assert_eq!(extra.pod_selector.unwrap().match_labels.unwrap()["resilient.dev/component"], "web");
     let rule = &extra.ingress.unwrap()[0];
