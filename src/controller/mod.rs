@@ -238,6 +238,12 @@ pub async fn run(
             health.ready.store(true, std::sync::atomic::Ordering::Relaxed);
         });
     }
+    let synced_then = {
+        let mut rx = synced_rx.clone();
+        async move {
+            let _ = rx.wait_for(|synced| *synced).await;
+        }
+    };
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client,
@@ -272,7 +278,9 @@ pub async fn run(
     let forget = ctx.clone();
     controller
         .with_config(controller::Config::default().concurrency(settings.concurrency))
-        .reconcile_all_on(futures::stream::once(async {}))
+        // Once the caches (the apps' included) are synced: an app drained before this replica led
+        // is in the cache by then.
+        .reconcile_all_on(futures::stream::once(synced_then))
         .reconcile_on(child_triggers)
         .watches_stream(pod_stream, watch::app_of_pod)
         .watches_stream(node_stream, move |node| watch::apps_in_zone_of(&app_store, &node))
