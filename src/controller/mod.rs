@@ -178,6 +178,19 @@ impl Memory {
 }
 
 impl Context {
+    /// Consecutive passes whose writes were rejected, this one included (0, and the count reset,
+    /// when this one was not), for the back-off.
+    fn count_rejections(&self, name: &str, gate: &gate::Gate) -> u32 {
+        let mut memory = self.memory.lock().expect("memory lock");
+        match gate {
+            Err(b) if matches!(b.why, gate::Blocker::Rejected(_)) => memory.failed(name),
+            _ => {
+                memory.succeeded(name);
+                0
+            }
+        }
+    }
+
     /// Count one more consecutive failure of the app, and how long to wait before the next try.
     fn backoff(&self, name: &str) -> Duration {
         backoff_delay(self.memory.lock().expect("memory lock").failed(name))

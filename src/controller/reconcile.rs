@@ -126,26 +126,8 @@ async fn reconcile_app(app: &ResilientApp, ctx: &Context) -> Result<Action> {
     let plan = Plan::new(app, plan_zones(nodes.iter().map(AsRef::as_ref), &app.spec.resilience.zones, last_zones));
     let now = Time(jiff::Timestamp::now());
     let gate = gate(app, plan, read_namespace(ctx, &namespace).await?.as_deref(), &now);
-    let applied = match &gate {
-        Ok(validated) => apply(ctx, app, validated).await,
-        Err(blocked) => {
-            info!(app = %name, reason = blocked.why.reason(), "not applying: {}", blocked.why.message());
-            Ok(Applied::default())
-        }
-    };
-    // A write the API server refuses for good (admission, validation, RBAC) stalls the app with
-    // its message; anything else (timeouts, 429, 5xx) is retried as an error.
-    let (gate, applied) = match applied {
-        Ok(applied) => (gate, applied),
-        Err(e) => (Err(rejected(gate, e)?), Applied::default()),
-    };
-    let attempt = match &gate {
-        Err(b) if matches!(b.why, Blocker::Rejected(_)) => ctx.memory.lock().expect("memory lock").failed(&name),
-        _ => {
-            ctx.memory.lock().expect("memory lock").succeeded(&name);
-            0
-        }
-    };
+    let (gate, applied) = apply_if_open(ctx, app, gate).await?;
+    let attempt = ctx.count_rejections(&name, &gate);
     tracing::Span::current().record("writes", applied.writes);
     let observed = observe(ctx, &name, &namespace, &nodes);
     let failover = Duration::from_secs(u64::from(app.spec.resilience.failover_seconds));
@@ -155,10 +137,9 @@ async fn reconcile_app(app: &ResilientApp, ctx: &Context) -> Result<Action> {
         Ok(_) if !lost.is_empty() => fail_over(ctx, &namespace, &observed, &lost).await?,
         _ => None,
     };
-    let rebalanced = if lost.is_empty() && may_rebalance(app, &gate, applied.writes) {
-        rebalance(ctx, app, &namespace, &nodes, &gate, &observed).await?
-    } else {
-        None
+    let rebalanced = match lost.is_empty() && may_rebalance(app, &gate, applied.writes) {
+        true => rebalance(ctx, app, &namespace, &nodes, &gate, &observed).await?,
+        false => None,
     };
     let writes = applied.writes + usize::from(failed_over.is_some());
     let pass = Pass { app, gate: &gate, observed: &observed, writes, rebalanced, attempt, failed_over, failover_in };
@@ -172,6 +153,23 @@ async fn reconcile_app(app: &ResilientApp, ctx: &Context) -> Result<Action> {
     }
     ctx.metrics.observe_app(&name, &outcome.status);
     Ok(outcome.action)
+}
+
+/// Apply the app's children when the gate is open. A write the API server refuses for good
+/// (admission, validation, RBAC) closes the gate (`Rejected`, with its message); anything else
+/// (timeouts, 429, 5xx) is an error to retry.
+async fn apply_if_open(ctx: &Context, app: &ResilientApp, gate: Gate) -> Result<(Gate, Applied)> {
+    let applied = match &gate {
+        Ok(validated) => apply(ctx, app, validated).await,
+        Err(blocked) => {
+            info!(app = %app.name_any(), reason = blocked.why.reason(), "not applying: {}", blocked.why.message());
+            Ok(Applied::default())
+        }
+    };
+    match applied {
+        Ok(applied) => Ok((gate, applied)),
+        Err(e) => Ok((Err(rejected(gate, e)?), Applied::default())),
+    }
 }
 
 /// The gate's verdict turned into `Rejected` when `error` is a write the API server refuses for
