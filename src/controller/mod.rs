@@ -231,19 +231,26 @@ pub async fn run(
     let (stores, child_triggers, node_stream, pod_stream) = Stores::watch(&client);
     // The apps themselves: cached without managedFields (most of a stored app's bytes).
     let (app_store, app_writer) = kube::runtime::reflector::store::<GuardedApp>();
+    // "Listed" comes from the stream itself: the controller also waits on the store, and kube's
+    // `Store::wait_until_ready` wakes only one of two waiters.
+    let (apps_listed_tx, mut apps_listed) = tokio::sync::watch::channel(false);
     let mut app_stream = watcher(apps, watcher::Config::default())
         .default_backoff()
         .modify(|app: &mut GuardedApp| app.meta_mut().managed_fields = None)
         .reflect(app_writer)
+        .inspect(move |event| {
+            if matches!(event, Ok(watcher::Event::InitDone)) {
+                let _ = apps_listed_tx.send(true);
+            }
+        })
         .applied_objects()
         .boxed();
     let (synced_tx, synced_rx) = tokio::sync::watch::channel(false);
     {
         let stores = stores.clone();
-        let app_store = app_store.clone();
         tokio::spawn(async move {
             stores.wait_until_ready().await;
-            if app_store.wait_until_ready().await.is_ok() {
+            if apps_listed.wait_for(|listed| *listed).await.is_ok() {
                 debug!(cache = "apps", "cache synced");
             }
             info!("caches synced");
