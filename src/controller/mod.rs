@@ -168,10 +168,12 @@ impl Memory {
     }
 
     /// Apps anything is remembered about.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.failures.keys().chain(self.last_status.keys()).collect::<std::collections::BTreeSet<_>>().len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

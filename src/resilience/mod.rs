@@ -135,17 +135,9 @@ pub fn down_since(node: &Node) -> Option<jiff::Timestamp> {
 /// Ready for at least `failover`, and at least one other allowed zone has a Ready node. Never while
 /// every zone is down (that says more about the control plane than about zones), never for a zone
 /// with a node still Ready.
-pub fn zones_to_fail_over<'a>(
-    nodes: impl IntoIterator<Item = &'a Node>,
-    allow: &[String],
-    now: jiff::Timestamp,
-    failover: std::time::Duration,
-) -> Vec<String> {
-    zone_failover(nodes, allow, now, failover).0
-}
-
-/// [`zones_to_fail_over`], and how long until the next zone that is down everywhere reaches
-/// `failover` (when to look again).
+///
+/// Also returns how long until the next zone that is down everywhere reaches `failover` (when
+/// to look again).
 pub fn zone_failover<'a>(
     nodes: impl IntoIterator<Item = &'a Node>,
     allow: &[String],

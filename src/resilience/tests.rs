@@ -188,23 +188,23 @@ fn a_zone_fails_over_once_all_its_nodes_are_down_for_long_enough() {
         node_down("b1", "zone-b", None),
         node_down("c1", "zone-c", None),
     ];
-    assert!(zones_to_fail_over(&nodes, &[], at(139), thirty).is_empty(), "not yet: a2 is down for 29 s only");
+    assert!(zone_failover(&nodes, &[], at(139), thirty).0.is_empty(), "not yet: a2 is down for 29 s only");
     assert_eq!(
         zone_failover(&nodes, &[], at(125), thirty).1,
         Some(std::time::Duration::from_secs(15)),
         "look again then"
     );
-    assert_eq!(zones_to_fail_over(&nodes, &[], at(140), thirty), ["zone-a"]);
+    assert_eq!(zone_failover(&nodes, &[], at(140), thirty).0, ["zone-a"]);
     // A zone with one node still up is only partly disrupted: never.
     let partial =
         [node_down("a1", "zone-a", Some(0)), node_down("a2", "zone-a", None), node_down("b1", "zone-b", None)];
-    assert!(zones_to_fail_over(&partial, &[], at(1000), thirty).is_empty());
+    assert!(zone_failover(&partial, &[], at(1000), thirty).0.is_empty());
     // Every zone down: never (the control plane, not the zones, is the likely problem).
     let all = [node_down("a1", "zone-a", Some(0)), node_down("b1", "zone-b", Some(0))];
-    assert!(zones_to_fail_over(&all, &[], at(1000), thirty).is_empty());
+    assert!(zone_failover(&all, &[], at(1000), thirty).0.is_empty());
     // Only the allowed zones count: with b not allowed, a and c decide.
     let allowed = ["zone-a".to_string(), "zone-c".to_string()];
-    assert_eq!(zones_to_fail_over(&nodes, &allowed, at(140), thirty), ["zone-a"]);
+    assert_eq!(zone_failover(&nodes, &allowed, at(140), thirty).0, ["zone-a"]);
     let only_a = ["zone-a".to_string()];
-    assert!(zones_to_fail_over(&nodes, &only_a, at(1000), thirty).is_empty(), "no other allowed zone is up");
+    assert!(zone_failover(&nodes, &only_a, at(1000), thirty).0.is_empty(), "no other allowed zone is up");
 }
