@@ -9,8 +9,8 @@ use serde::Serialize;
 
 use crate::api::{LABEL_APP, LABEL_COMPONENT, ResilientApp};
 use crate::resilience::{
-    ContainerDefaults, Dimension, Footprint, PodResources, ZoneMap, even_spread, footprint_of, node_usable,
-    plan_replicas, pod_ready, usable_zones,
+    ContainerDefaults, Dimension, Footprint, NodeConstraints, PodResources, ZoneMap, component_zones, even_spread,
+    footprint_of, node_usable, plan_replicas, pod_ready, usable_zones,
 };
 
 /// The cluster as listed, and the zones to lose.
@@ -123,11 +123,17 @@ pub fn simulate(input: &SimulationInput) -> SimulationReport {
         let namespace = app.target_namespace();
         let allow = &app.spec.resilience.zones;
         let tolerated = app.spec.resilience.zone_failures_tolerated;
-        let surviving: Vec<String> =
-            usable_zones(input.nodes, allow).into_iter().filter(|z| !input.lost_zones.contains(z)).collect();
         let defaults = ContainerDefaults::of(app);
         let headroom = quota_left.entry(namespace.clone()).or_insert_with(|| quota_headroom(input.quotas, &namespace));
         for component in &app.spec.components {
+            // The zones this component can use (its pod template may rule some out), minus the lost.
+            let constraints = NodeConstraints::of(component.pod_template.as_ref());
+            let surviving: Vec<String> = component_zones(input.nodes, allow, &constraints)
+                .into_iter()
+                .filter(|z| !input.lost_zones.contains(z))
+                .collect();
+            let admitted: std::collections::HashSet<String> =
+                input.nodes.iter().filter(|n| constraints.admits(n)).map(|n| n.name_any()).collect();
             let ours: Vec<&Pod> = input
                 .pods
                 .iter()
@@ -176,6 +182,7 @@ pub fn simulate(input: &SimulationInput) -> SimulationReport {
                     let best = free
                         .iter_mut()
                         .filter(|(node, _)| node_zones.zone_of_node(node) == Some(zone))
+                        .filter(|(node, _)| admitted.contains(node.as_str()))
                         .filter(|(_, f)| per_pod.fits_in(f))
                         .max_by(|a, b| a.1.cpu.total_cmp(&b.1.cpu));
                     match best {

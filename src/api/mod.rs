@@ -4,12 +4,13 @@
 //! rejected at `kubectl apply` with a message that names the field.
 
 mod conditions;
+pub mod pod_template;
 
 pub use conditions::{ConditionType, Conditions};
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{ContainerPort, EnvVar, Probe, ResourceRequirements};
+use k8s_openapi::api::core::v1::{ContainerPort, EnvVar, PodTemplateSpec, Probe, ResourceRequirements};
 use k8s_openapi::api::networking::v1::{NetworkPolicyEgressRule, NetworkPolicyPeer};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -98,6 +99,9 @@ macro_rules! group_message {
         .field_path(".components"),
     validation = Rule::new("self.components.all(c, self.components.exists_one(d, d.name == c.name))")
         .message("spec.components[].name must be unique within the app")
+        .field_path(".components"),
+    validation = Rule::new(pod_template::FAILOVER_TOLERATION_RULE)
+        .message(pod_template::FAILOVER_TOLERATION_MESSAGE)
         .field_path(".components"),
 )]
 #[serde(rename_all = "camelCase")]
@@ -299,6 +303,15 @@ pub struct Access {
     validation = Rule::new("!has(self.replicas) || self.replicas >= self.minAvailable")
         .message("spec.components[].replicas must be >= minAvailable")
         .field_path(".replicas"),
+    validation = Rule::new(pod_template::NODE_NAME_RULE)
+        .message(pod_template::NODE_NAME_MESSAGE)
+        .field_path(".podTemplate.spec.nodeName"),
+    validation = Rule::new(pod_template::LABELS_RULE)
+        .message(pod_template::LABELS_MESSAGE)
+        .field_path(".podTemplate.metadata.labels"),
+    validation = Rule::new(pod_template::ZONE_SPREAD_RULE)
+        .message(pod_template::ZONE_SPREAD_MESSAGE)
+        .field_path(".podTemplate.spec.topologySpreadConstraints"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct Component {
@@ -335,6 +348,14 @@ pub struct Component {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = MAX_COMPONENTS), inner(length(min = 1, max = 63)))]
     pub allow_from: Vec<String>,
+    /// core/v1 PodTemplateSpec merged under what the operator owns: the container named like the
+    /// component merges into the main container, any other is a sidecar; volumes, init containers,
+    /// nodeSelector, affinity, tolerations (added to the operator's), ServiceAccount, pod
+    /// securityContext, labels and annotations are kept. The operator's fields win; it owns
+    /// nodeName, the resilient.dev/* labels, the zone spread and the failover tolerations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = pod_template::pod_template_schema)]
+    pub pod_template: Option<PodTemplateSpec>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -380,6 +401,10 @@ pub struct ResilientAppStatus {
 #[serde(rename_all = "camelCase")]
 pub struct ComponentStatus {
     pub name: String,
+    /// The zones this component can use: the app's usable zones its nodeSelector, node affinity
+    /// and tolerations leave it. Its replicas are computed for these.
+    #[serde(default)]
+    pub zones: Vec<String>,
     pub replicas: i32,
     pub ready_replicas: i32,
     pub min_available: i32,

@@ -13,6 +13,8 @@ use crate::render::{self, Desired, Plan, QuotaFit, SpecError, Warning};
 pub enum Blocker {
     /// The spec has a problem CEL could not catch: wait for a change.
     InvalidSpec(Vec<SpecError>),
+    /// A pod template sets fields the operator owns (stored before CEL rejected them): wait for a change.
+    ForbiddenField(Vec<SpecError>),
     /// The namespace exists and is not this app's: never adopted or touched.
     NamespaceConflict(String),
     /// `spec.quota` cannot hold even the replicas.
@@ -29,6 +31,7 @@ impl Blocker {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::InvalidSpec(_) => "InvalidSpec",
+            Self::ForbiddenField(_) => "ForbiddenField",
             Self::NamespaceConflict(_) => "NamespaceConflict",
             Self::QuotaTooSmall(_) => "QuotaTooSmall",
             Self::Waiting(_) => "Waiting",
@@ -39,7 +42,9 @@ impl Blocker {
 
     pub fn message(&self) -> String {
         match self {
-            Self::InvalidSpec(errors) => errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
+            Self::InvalidSpec(errors) | Self::ForbiddenField(errors) => {
+                errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+            }
             Self::NamespaceConflict(m)
             | Self::QuotaTooSmall(m)
             | Self::Waiting(m)
@@ -176,6 +181,10 @@ pub fn stuck_namespace(ns: &Namespace, now: &Time) -> Option<String> {
 
 /// Validation, the namespace verdict and the quota fit, in that order: the first problem blocks.
 pub fn gate(app: &ResilientApp, plan: Plan, namespace: Option<&Namespace>, now: &Time) -> Gate {
+    let forbidden = render::forbidden_fields(app);
+    if !forbidden.is_empty() {
+        return Err(Blocked { plan, why: Blocker::ForbiddenField(forbidden) });
+    }
     let errors = render::validate(app);
     if !errors.is_empty() {
         return Err(Blocked { plan, why: Blocker::InvalidSpec(errors) });

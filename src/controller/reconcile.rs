@@ -26,7 +26,7 @@ use super::status::{self, Notice, Observed, Pass, may_rebalance};
 use crate::api::{FINALIZER, LABEL_COMPONENT, MANAGER, ResilientApp, ResilientAppStatus};
 use crate::render::Plan;
 use crate::resilience::{
-    PodPlacement, RebalanceInput, ZoneMap, allowed_zones_healthy, choose_move, plan_zones, pod_ready, zone_failover,
+    PodPlacement, RebalanceInput, ZoneMap, allowed_zones_healthy, choose_move, plan_app_zones, pod_ready, zone_failover,
 };
 
 /// How long to wait for the caches before giving up on a pass (and retrying with backoff).
@@ -122,8 +122,8 @@ async fn undecodable(guarded: &GuardedApp, invalid: &InvalidObject, ctx: &Contex
 async fn reconcile_app(app: &ResilientApp, ctx: &Context) -> Result<Action> {
     let (name, namespace) = (app.name_any(), app.target_namespace());
     let nodes: Vec<Arc<Node>> = ctx.stores.nodes.state();
-    let last_zones = app.status.as_ref().map(|s| s.zones.as_slice()).unwrap_or_default();
-    let plan = Plan::new(app, plan_zones(nodes.iter().map(AsRef::as_ref), &app.spec.resilience.zones, last_zones));
+    let node_refs: Vec<&Node> = nodes.iter().map(AsRef::as_ref).collect();
+    let plan = Plan::new(app, plan_app_zones(&node_refs, app, app.status.as_ref()));
     let now = Time(jiff::Timestamp::now());
     let gate = gate(app, plan, read_namespace(ctx, &namespace).await?.as_deref(), &now);
     let (gate, applied) = apply_if_open(ctx, app, gate).await?;
@@ -280,7 +280,7 @@ async fn rebalance(
             .collect();
         let input = RebalanceInput {
             pods: &pods,
-            usable_zones: zones,
+            usable_zones: plan_of(gate).zones_of(&component.name),
             all_zones_healthy: healthy,
             replicas: plan.replicas,
             min_available: component.min_available,

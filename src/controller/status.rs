@@ -129,7 +129,7 @@ pub fn undecodable(
 /// When to look at the app again. An invalid spec waits for a change of the app.
 pub fn requeue(pass: &Pass, resync: Duration) -> Action {
     match pass.gate {
-        Err(b) if matches!(b.why, Blocker::InvalidSpec(_)) => Action::await_change(),
+        Err(b) if matches!(b.why, Blocker::InvalidSpec(_) | Blocker::ForbiddenField(_)) => Action::await_change(),
         Err(b) if matches!(b.why, Blocker::Rejected(_)) => Action::requeue(super::backoff_delay(pass.attempt)),
         Err(b) if b.why.is_stalled() => Action::requeue(STALLED_RETRY),
         Err(_) => Action::requeue(WAITING_RETRY),
@@ -183,7 +183,8 @@ pub fn component_statuses(app: &ResilientApp, plan: &Plan, observed: &Observed) 
         .components
         .iter()
         .map(|c| {
-            let mut ready_by_zone: BTreeMap<String, i32> = plan.zones.iter().map(|z| (z.clone(), 0)).collect();
+            let zones = plan.zones_of(&c.name);
+            let mut ready_by_zone: BTreeMap<String, i32> = zones.iter().map(|z| (z.clone(), 0)).collect();
             for pod in &observed.pods {
                 let ours = pod.metadata.labels.as_ref().and_then(|l| l.get(LABEL_COMPONENT)) == Some(&c.name);
                 if !ours || pod.metadata.deletion_timestamp.is_some() || !pod_ready(pod) {
@@ -195,6 +196,7 @@ pub fn component_statuses(app: &ResilientApp, plan: &Plan, observed: &Observed) 
             let ready: i32 = ready_by_zone.values().sum();
             ComponentStatus {
                 name: c.name.clone(),
+                zones: zones.to_vec(),
                 replicas: plan.replicas.get(&c.name).map_or(0, |p| p.replicas),
                 ready_replicas: ready,
                 min_available: c.min_available,
@@ -254,7 +256,13 @@ fn conditions(app: &ResilientApp, pass: &Pass, components: &[ComponentStatus]) -
 
     // ZoneFailureTolerant: would the app keep minAvailable if the worst zones were lost now?
     let zones = &plan.zones;
-    let insufficient = plan.replicas.values().any(|p| matches!(p.shortfall, Some(Shortfall::InsufficientZones { .. })));
+    // Components short of zones; those whose pod template narrows the app's zones are named.
+    let insufficient: Vec<(&String, &[String])> = plan
+        .replicas
+        .iter()
+        .filter(|(_, p)| matches!(p.shortfall, Some(Shortfall::InsufficientZones { .. })))
+        .map(|(name, _)| (name, plan.zones_of(name)))
+        .collect();
     let too_few: Vec<String> = plan
         .replicas
         .iter()
@@ -262,7 +270,7 @@ fn conditions(app: &ResilientApp, pass: &Pass, components: &[ComponentStatus]) -
             Some(Shortfall::TooFewReplicas { replicas, needed }) => Some(format!(
                 "{name}: replicas {replicas} cannot keep minAvailable through the loss of {} of {} zones (needs {needed})",
                 tolerated,
-                zones.len()
+                plan.zones_of(name).len()
             )),
             _ => None,
         })
@@ -277,15 +285,25 @@ fn conditions(app: &ResilientApp, pass: &Pass, components: &[ComponentStatus]) -
                 zones.join(", ")
             ),
         );
-    } else if insufficient {
+    } else if !insufficient.is_empty() {
+        let list = |zones: &[String]| if zones.is_empty() { "none".to_string() } else { zones.join(", ") };
+        let what: Vec<String> = if insufficient.iter().all(|(_, z)| *z == zones.as_slice()) {
+            vec![format!("{} usable ({})", plural(zones.len(), "zone is", "zones are"), list(zones))]
+        } else {
+            insufficient
+                .iter()
+                .map(|(name, z)| {
+                    format!("{name} can use {} ({}) by its pod template", plural(z.len(), "zone", "zones"), list(z))
+                })
+                .collect()
+        };
         c.set(
             ConditionType::ZoneFailureTolerant,
             false,
             "InsufficientZones",
             format!(
-                "{} usable ({}); tolerating {} zone {} needs at least {}; running minAvailable + {} replicas as best effort",
-                plural(zones.len(), "zone is", "zones are"),
-                if zones.is_empty() { "none".to_string() } else { zones.join(", ") },
+                "{}; tolerating {} zone {} needs at least {}; running minAvailable + {} replicas as best effort",
+                what.join("; "),
                 tolerated,
                 if tolerated == 1 { "failure" } else { "failures" },
                 tolerated + 1,

@@ -70,14 +70,23 @@ where
 }
 
 /// Nodes, keeping labels, taints, schedulability, readiness and allocatable resources only.
-/// Only changes of usability or zone reach the controller.
+/// Only changes of usability, zone, labels or taints reach the controller (a component's
+/// nodeSelector, affinity and tolerations decide its zones from the last two).
 pub fn nodes(client: &Client) -> (Store<Node>, NodeStream) {
     let (reader, writer) = reflector::store();
     let stream = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
         .default_backoff()
         .modify(trim_node)
         .reflect(writer);
-    let stream = changed_only(stream, |n: &Node| fingerprint(&(node_zone(n), node_usable(n)))).boxed();
+    let stream = changed_only(stream, |n: &Node| {
+        let taints: Vec<(&str, Option<&str>, &str)> = (n.spec.as_ref().and_then(|s| s.taints.as_ref()))
+            .into_iter()
+            .flatten()
+            .map(|t| (t.key.as_str(), t.value.as_deref(), t.effect.as_str()))
+            .collect();
+        fingerprint(&(node_zone(n), node_usable(n), &n.metadata.labels, taints))
+    })
+    .boxed();
     (reader, stream)
 }
 

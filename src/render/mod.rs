@@ -8,7 +8,7 @@ mod validate;
 mod workload;
 
 pub use quota::surge_for;
-pub use validate::{QuotaFit, SpecError, quota_fit, validate};
+pub use validate::{QuotaFit, SpecError, forbidden_fields, quota_fit, validate};
 
 use std::collections::BTreeMap;
 
@@ -32,24 +32,39 @@ pub struct Plan {
     pub no_usable_zones: bool,
     /// By component name.
     pub replicas: BTreeMap<String, ReplicaPlan>,
+    /// The zones of each component whose pod template narrows or widens `zones`, by name.
+    pub component_zones: BTreeMap<String, Vec<String>>,
 }
 
 impl Plan {
     /// The plan for `app` over `zones`.
+    /// Each component's replicas are planned for its own zones (see [`PlannedZones::components`]).
     pub fn new(app: &ResilientApp, zones: PlannedZones) -> Self {
         let tolerated = app.spec.resilience.zone_failures_tolerated;
+        let zones_of = |name: &str| zones.components.get(name).unwrap_or(&zones.zones).len();
         let replicas = app
             .spec
             .components
             .iter()
-            .map(|c| (c.name.clone(), plan_replicas(c.replicas, c.min_available, zones.zones.len(), tolerated)))
+            .map(|c| (c.name.clone(), plan_replicas(c.replicas, c.min_available, zones_of(&c.name), tolerated)))
             .collect();
-        Self { zones: zones.zones, no_usable_zones: zones.no_usable_zones, replicas }
+        Self {
+            zones: zones.zones,
+            no_usable_zones: zones.no_usable_zones,
+            replicas,
+            component_zones: zones.components,
+        }
     }
 
-    /// The plan for `app` over zones that are all usable (the `render` command, tests).
+    /// The plan for `app` over zones that are all usable, by every component (the `render`
+    /// command, tests).
     pub fn for_zones(app: &ResilientApp, zones: &[String]) -> Self {
-        Self::new(app, PlannedZones { zones: zones.to_vec(), no_usable_zones: false })
+        Self::new(app, PlannedZones { zones: zones.to_vec(), ..Default::default() })
+    }
+
+    /// The zones a component can use.
+    pub fn zones_of(&self, component: &str) -> &[String] {
+        self.component_zones.get(component).unwrap_or(&self.zones)
     }
 
     /// Replicas planned for a component (its minAvailable if it is not in the plan).

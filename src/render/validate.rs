@@ -4,7 +4,7 @@ use std::fmt;
 
 use super::Plan;
 use super::quota::surge_for;
-use crate::api::ResilientApp;
+use crate::api::{ResilientApp, pod_template};
 use crate::resilience::{ContainerDefaults, Dimension, Footprint, PodResources, quantity_value};
 
 /// A problem in the spec, with the field it is about.
@@ -18,6 +18,23 @@ impl fmt::Display for SpecError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.field, self.message)
     }
+}
+
+/// Pod-template fields the operator owns (CEL rejects them at admission; an app stored before
+/// those rules existed is caught here), each with its full path.
+pub fn forbidden_fields(app: &ResilientApp) -> Vec<SpecError> {
+    let failover = app.spec.resilience.failover_seconds;
+    app.spec
+        .components
+        .iter()
+        .filter_map(|c| Some((c, c.pod_template.as_ref()?)))
+        .flat_map(|(c, t)| {
+            pod_template::forbidden_fields(t, failover).into_iter().map(move |f| SpecError {
+                field: format!("spec.components[{}].podTemplate.{}", c.name, f.path),
+                message: f.message,
+            })
+        })
+        .collect()
 }
 
 /// Spec problems that would make generated pods invalid.

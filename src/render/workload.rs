@@ -2,12 +2,12 @@
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, Container, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecurityContext, Service, ServicePort,
-    ServiceSpec, TCPSocketAction, Toleration, TopologySpreadConstraint,
+    Affinity, Container, ContainerPort, EnvVar, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
+    PodSecurityContext, PodTemplateSpec, Probe, SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec,
+    TCPSocketAction, Toleration, TopologySpreadConstraint,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::RenderContext;
@@ -38,26 +38,45 @@ fn spread(ctx: &RenderContext, component: &str, key: &str, when_unsatisfiable: &
     }
 }
 
-fn security_contexts(level: PodSecurityLevel) -> (Option<PodSecurityContext>, Option<SecurityContext>) {
-    let runtime_default = || Some(SeccompProfile { type_: "RuntimeDefault".to_string(), localhost_profile: None });
+/// The pod securityContext under the PSA level: the template's, with what the level needs set
+/// over it (restricted: non-root and a seccomp profile; baseline: a seccomp profile other than
+/// Unconfined). A user, group or fsGroup of the template's is kept.
+fn pod_security(level: PodSecurityLevel, template: Option<PodSecurityContext>) -> Option<PodSecurityContext> {
+    if level == PodSecurityLevel::Privileged {
+        return template;
+    }
+    let mut sc = template.unwrap_or_default();
+    // The template may choose its own profile (Localhost); never none or Unconfined.
+    if sc.seccomp_profile.as_ref().is_none_or(|p| p.type_ == "Unconfined") {
+        sc.seccomp_profile = Some(SeccompProfile { type_: "RuntimeDefault".to_string(), localhost_profile: None });
+    }
+    if level == PodSecurityLevel::Restricted {
+        sc.run_as_non_root = Some(true);
+    }
+    Some(sc)
+}
+
+/// A container's securityContext under the PSA level: the template's, with what the level needs
+/// set over it (restricted: no privilege escalation, every capability dropped; baseline: no
+/// privilege escalation unless the template asks for it).
+fn container_security(level: PodSecurityLevel, template: Option<SecurityContext>) -> Option<SecurityContext> {
     match level {
-        PodSecurityLevel::Restricted => (
-            Some(PodSecurityContext {
-                run_as_non_root: Some(true),
-                seccomp_profile: runtime_default(),
-                ..Default::default()
-            }),
-            Some(SecurityContext {
-                allow_privilege_escalation: Some(false),
-                capabilities: Some(Capabilities { drop: Some(vec!["ALL".to_string()]), add: None }),
-                ..Default::default()
-            }),
-        ),
-        PodSecurityLevel::Baseline => (
-            Some(PodSecurityContext { seccomp_profile: runtime_default(), ..Default::default() }),
-            Some(SecurityContext { allow_privilege_escalation: Some(false), ..Default::default() }),
-        ),
-        PodSecurityLevel::Privileged => (None, None),
+        PodSecurityLevel::Privileged => template,
+        PodSecurityLevel::Baseline => {
+            let mut sc = template.unwrap_or_default();
+            sc.allow_privilege_escalation.get_or_insert(false);
+            Some(sc)
+        }
+        PodSecurityLevel::Restricted => {
+            let mut sc = template.unwrap_or_default();
+            sc.allow_privilege_escalation = Some(false);
+            let caps = sc.capabilities.get_or_insert_with(Default::default);
+            let drop = caps.drop.get_or_insert_with(Vec::new);
+            if !drop.iter().any(|c| c == "ALL") {
+                drop.insert(0, "ALL".to_string());
+            }
+            Some(sc)
+        }
     }
 }
 
@@ -74,10 +93,111 @@ fn readiness_probe(component: &Component) -> Option<Probe> {
     })
 }
 
-pub(super) fn deployment(ctx: &RenderContext, component: &Component, replicas: i32) -> Deployment {
+/// The main container: the template's container of the component's name, with the component's
+/// own fields set over it. Env entries and ports of the template not named by the component stay.
+fn main_container(component: &Component, template: Option<Container>, level: PodSecurityLevel) -> Container {
+    let mut c = template.unwrap_or_default();
+    c.name = component.name.clone();
+    c.image = Some(component.image.clone());
+    if !component.command.is_empty() {
+        c.command = Some(component.command.clone());
+    }
+    if !component.args.is_empty() {
+        c.args = Some(component.args.clone());
+    }
+    if !component.env.is_empty() {
+        let mut env: Vec<EnvVar> = c.env.take().unwrap_or_default();
+        env.retain(|e| !component.env.iter().any(|o| o.name == e.name));
+        env.extend(component.env.iter().cloned());
+        c.env = Some(env);
+    }
+    if !component.ports.is_empty() {
+        let mut ports = component.ports.clone();
+        let same = |a: &ContainerPort, b: &ContainerPort| {
+            a.container_port == b.container_port
+                && a.protocol.as_deref().unwrap_or("TCP") == b.protocol.as_deref().unwrap_or("TCP")
+        };
+        ports.extend(c.ports.take().unwrap_or_default().into_iter().filter(|p| !component.ports.iter().any(|o| same(o, p))));
+        c.ports = Some(ports);
+    }
+    if component.resources.is_some() {
+        c.resources = component.resources.clone();
+    }
+    if component.readiness_probe.is_some() || c.readiness_probe.is_none() {
+        c.readiness_probe = readiness_probe(component);
+    }
+    if component.liveness_probe.is_some() {
+        c.liveness_probe = component.liveness_probe.clone();
+    }
+    c.security_context = container_security(level, c.security_context.take());
+    c
+}
+
+/// Required node affinity: the template's, with the zone allow-list ANDed into every term.
+fn affinity(template: Option<Affinity>, zones: &[String]) -> Option<Affinity> {
+    if zones.is_empty() {
+        return template;
+    }
+    let zone_term = NodeSelectorRequirement {
+        key: ZONE_LABEL.to_string(),
+        operator: "In".to_string(),
+        values: Some(zones.to_vec()),
+    };
+    let mut affinity = template.unwrap_or_default();
+    let node = affinity.node_affinity.get_or_insert_with(Default::default);
+    let required = node
+        .required_during_scheduling_ignored_during_execution
+        .get_or_insert_with(|| NodeSelector { node_selector_terms: Vec::new() });
+    if required.node_selector_terms.is_empty() {
+        required.node_selector_terms.push(NodeSelectorTerm::default());
+    }
+    for term in &mut required.node_selector_terms {
+        term.match_expressions.get_or_insert_with(Vec::new).push(zone_term.clone());
+    }
+    Some(affinity)
+}
+
+/// The pod template of a component (a Deployment's now, a StatefulSet's as well): the component's
+/// `podTemplate` with what the operator owns set over it. See docs/api.md, "podTemplate".
+pub(super) fn pod_template(ctx: &RenderContext, component: &Component) -> PodTemplateSpec {
     let resilience = &ctx.app.spec.resilience;
+    let level = ctx.app.spec.pod_security;
+    let template = component.pod_template.clone().unwrap_or_default();
+    let mut meta = template.metadata.unwrap_or_default();
+    let mut spec = template.spec.unwrap_or_default();
+
+    let mut labels = meta.labels.take().unwrap_or_default();
+    labels.extend(ctx.component_labels(&component.name));
+    labels.insert("app.kubernetes.io/name".to_string(), component.name.clone());
+    labels.insert("app.kubernetes.io/part-of".to_string(), ctx.name.clone());
+    meta.labels = Some(labels);
+
+    // The main container first, then the sidecars in their order.
+    let mut containers = std::mem::take(&mut spec.containers);
+    let main = containers.iter().position(|c| c.name == component.name).map(|i| containers.remove(i));
+    let mut all = vec![main_container(component, main, level)];
+    all.extend(containers.into_iter().map(|mut c| {
+        c.security_context = container_security(level, c.security_context.take());
+        c
+    }));
+    spec.containers = all;
+    if let Some(init) = spec.init_containers.as_mut() {
+        for c in init {
+            c.security_context = container_security(level, c.security_context.take());
+        }
+    }
+    spec.security_context = pod_security(level, spec.security_context.take());
+
+    // A token only for pods that name a ServiceAccount (or ask for one).
+    if spec.automount_service_account_token.is_none()
+        && spec.service_account_name.as_deref().unwrap_or_default().is_empty()
+        && spec.service_account.as_deref().unwrap_or_default().is_empty()
+    {
+        spec.automount_service_account_token = Some(false);
+    }
+
     let failover = i64::from(resilience.failover_seconds);
-    let tolerations = [TAINT_UNREACHABLE, TAINT_NOT_READY]
+    let mut tolerations: Vec<Toleration> = [TAINT_UNREACHABLE, TAINT_NOT_READY]
         .map(|key| Toleration {
             key: Some(key.to_string()),
             operator: Some("Exists".to_string()),
@@ -86,39 +206,24 @@ pub(super) fn deployment(ctx: &RenderContext, component: &Component, replicas: i
             value: None,
         })
         .to_vec();
-    let affinity = (!resilience.zones.is_empty()).then(|| Affinity {
-        node_affinity: Some(NodeAffinity {
-            required_during_scheduling_ignored_during_execution: Some(NodeSelector {
-                node_selector_terms: vec![NodeSelectorTerm {
-                    match_expressions: Some(vec![NodeSelectorRequirement {
-                        key: ZONE_LABEL.to_string(),
-                        operator: "In".to_string(),
-                        values: Some(resilience.zones.clone()),
-                    }]),
-                    match_fields: None,
-                }],
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
-    let (pod_security, container_security) = security_contexts(ctx.app.spec.pod_security);
-    let container = Container {
-        name: component.name.clone(),
-        image: Some(component.image.clone()),
-        command: (!component.command.is_empty()).then(|| component.command.clone()),
-        args: (!component.args.is_empty()).then(|| component.args.clone()),
-        env: (!component.env.is_empty()).then(|| component.env.clone()),
-        ports: (!component.ports.is_empty()).then(|| component.ports.clone()),
-        resources: component.resources.clone(),
-        readiness_probe: readiness_probe(component),
-        liveness_probe: component.liveness_probe.clone(),
-        security_context: container_security,
-        ..Default::default()
-    };
-    let mut pod_labels = ctx.component_labels(&component.name);
-    pod_labels.insert("app.kubernetes.io/name".to_string(), component.name.clone());
-    pod_labels.insert("app.kubernetes.io/part-of".to_string(), ctx.name.clone());
+    tolerations.extend(spec.tolerations.take().unwrap_or_default());
+    spec.tolerations = Some(tolerations);
+    spec.affinity = affinity(spec.affinity.take(), &resilience.zones);
+
+    // The zone spread is the operator's; a hostname spread of the template replaces its soft one.
+    let own = spec.topology_spread_constraints.take().unwrap_or_default();
+    let mut spreads = vec![spread(ctx, &component.name, ZONE_LABEL, "DoNotSchedule")];
+    if !own.iter().any(|t| t.topology_key == HOSTNAME_LABEL) {
+        spreads.push(spread(ctx, &component.name, HOSTNAME_LABEL, "ScheduleAnyway"));
+    }
+    spreads.extend(own.into_iter().filter(|t| t.topology_key != ZONE_LABEL));
+    spec.topology_spread_constraints = Some(spreads);
+    spec.node_name = None;
+
+    PodTemplateSpec { metadata: Some(meta), spec: Some(spec) }
+}
+
+pub(super) fn deployment(ctx: &RenderContext, component: &Component, replicas: i32) -> Deployment {
     Deployment {
         metadata: ctx.meta(&component.name, ctx.component_labels(&component.name)),
         spec: Some(DeploymentSpec {
@@ -132,20 +237,7 @@ pub(super) fn deployment(ctx: &RenderContext, component: &Component, replicas: i
                     max_unavailable: Some(IntOrString::Int(0)),
                 }),
             }),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta { labels: Some(pod_labels), ..Default::default() }),
-                spec: Some(PodSpec {
-                    containers: vec![container],
-                    security_context: pod_security,
-                    tolerations: Some(tolerations),
-                    affinity,
-                    topology_spread_constraints: Some(vec![
-                        spread(ctx, &component.name, ZONE_LABEL, "DoNotSchedule"),
-                        spread(ctx, &component.name, HOSTNAME_LABEL, "ScheduleAnyway"),
-                    ]),
-                    ..Default::default()
-                }),
-            },
+            template: pod_template(ctx, component),
             ..Default::default()
         }),
         status: None,

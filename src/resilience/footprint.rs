@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::iter::Sum;
 use std::ops::{Add, AddAssign, Sub, SubAssign};
 
+use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube_quantity::ParsedQuantity;
 
@@ -168,26 +169,60 @@ pub struct PodResources {
 }
 
 impl PodResources {
-    /// A request left out defaults to the container's own limit, else to the namespace default.
+    /// Kubernetes' effective pod resources (what the scheduler and ResourceQuota count): every
+    /// container (the main one and sidecars) plus the restartable init containers (native
+    /// sidecars) run together; a plain init container runs alone, beside the native sidecars
+    /// started before it; the pod needs the larger of the two. Each container's own requests and
+    /// limits are first defaulted as the API server and the namespace LimitRange do.
     pub fn of(component: &Component, d: &ContainerDefaults) -> Self {
-        let get = |section: Option<&BTreeMap<String, Quantity>>, key: &str| section.and_then(|s| s.get(key)).cloned();
-        let res = component.resources.as_ref();
-        let requests = res.and_then(|r| r.requests.as_ref());
-        let limits = res.and_then(|r| r.limits.as_ref());
-        let limit_cpu = get(limits, "cpu").unwrap_or_else(|| d.limit_cpu.clone());
-        let limit_memory = get(limits, "memory").unwrap_or_else(|| d.limit_memory.clone());
-        let request_cpu = get(requests, "cpu").or_else(|| get(limits, "cpu")).unwrap_or_else(|| d.request_cpu.clone());
-        let request_memory =
-            get(requests, "memory").or_else(|| get(limits, "memory")).unwrap_or_else(|| d.request_memory.clone());
-        Self {
-            requests: Footprint {
-                cpu: quantity_value(&request_cpu),
-                memory: quantity_value(&request_memory),
-                pods: 1.0,
-            },
-            limits: Footprint { cpu: quantity_value(&limit_cpu), memory: quantity_value(&limit_memory), pods: 1.0 },
+        let spec = component.pod_template.as_ref().and_then(|t| t.spec.as_ref());
+        let template_main = spec
+            .and_then(|s| s.containers.iter().find(|c| c.name == component.name))
+            .and_then(|c| c.resources.as_ref());
+        let main = container_resources(component.resources.as_ref().or(template_main), d);
+        let sidecars = spec
+            .into_iter()
+            .flat_map(|s| s.containers.iter())
+            .filter(|c| c.name != component.name)
+            .map(|c| container_resources(c.resources.as_ref(), d));
+        let mut running = sidecars.fold(main, |a, b| (a.0 + b.0, a.1 + b.1));
+        // Init containers in order: native sidecars add to what runs; the others run one at a time.
+        let (mut init_peak, mut started) = ((Footprint::default(), Footprint::default()), (Footprint::default(), Footprint::default()));
+        for init in spec.and_then(|s| s.init_containers.as_ref()).into_iter().flatten() {
+            let r = container_resources(init.resources.as_ref(), d);
+            if init.restart_policy.as_deref() == Some("Always") {
+                started = (started.0 + r.0, started.1 + r.1);
+            } else {
+                init_peak = (max(init_peak.0, started.0 + r.0), max(init_peak.1, started.1 + r.1));
+            }
         }
+        running = (running.0 + started.0, running.1 + started.1);
+        let one_pod = |f: Footprint| f.with(Dimension::Pods, 1.0);
+        Self { requests: one_pod(max(running.0, init_peak.0)), limits: one_pod(max(running.1, init_peak.1)) }
     }
+}
+
+/// Per dimension, the larger.
+fn max(a: Footprint, b: Footprint) -> Footprint {
+    Footprint { cpu: a.cpu.max(b.cpu), memory: a.memory.max(b.memory), pods: a.pods.max(b.pods) }
+}
+
+/// One container's (requests, limits), without pods: a request left out defaults to the
+/// container's own limit (API defaulting), else to the namespace default (LimitRange); a limit
+/// left out to the namespace default.
+fn container_resources(res: Option<&ResourceRequirements>, d: &ContainerDefaults) -> (Footprint, Footprint) {
+    let get = |section: Option<&BTreeMap<String, Quantity>>, key: &str| section.and_then(|s| s.get(key)).cloned();
+    let requests = res.and_then(|r| r.requests.as_ref());
+    let limits = res.and_then(|r| r.limits.as_ref());
+    let limit_cpu = get(limits, "cpu").unwrap_or_else(|| d.limit_cpu.clone());
+    let limit_memory = get(limits, "memory").unwrap_or_else(|| d.limit_memory.clone());
+    let request_cpu = get(requests, "cpu").or_else(|| get(limits, "cpu")).unwrap_or_else(|| d.request_cpu.clone());
+    let request_memory =
+        get(requests, "memory").or_else(|| get(limits, "memory")).unwrap_or_else(|| d.request_memory.clone());
+    (
+        Footprint { cpu: quantity_value(&request_cpu), memory: quantity_value(&request_memory), pods: 0.0 },
+        Footprint { cpu: quantity_value(&limit_cpu), memory: quantity_value(&limit_memory), pods: 0.0 },
+    )
 }
 
 #[cfg(test)]

@@ -2,16 +2,18 @@
 //! zones, which zones are usable, and what a placement survives. Pure functions, no client.
 
 mod footprint;
+mod node_fit;
 mod rebalance;
 
 pub use footprint::{ContainerDefaults, Dimension, Footprint, PodResources, footprint_of, quantity_value};
+pub use node_fit::{NodeConstraints, component_zones, tolerates};
 pub use rebalance::{Hold, Move, PodPlacement, RebalanceInput, choose_move};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 
-use crate::api::ZONE_LABEL;
+use crate::api::{ResilientApp, ResilientAppStatus, ZONE_LABEL};
 
 /// Pods one zone holds at most under an even spread with max skew 1: `ceil(replicas / zones)`.
 pub fn per_zone_ceiling(replicas: i32, zones: usize) -> i32 {
@@ -109,18 +111,22 @@ pub fn node_zone(node: &Node) -> Option<&str> {
 /// A node that can run new pods now: Ready, schedulable, and without a NoSchedule/NoExecute taint
 /// (the node lifecycle controller taints unreachable and not-ready nodes).
 pub fn node_usable(node: &Node) -> bool {
-    let ready = node
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
-        .is_some_and(|c| c.status == "True");
+    let ready = node_ready(node);
     let spec = node.spec.as_ref();
     let unschedulable = spec.and_then(|s| s.unschedulable).unwrap_or(false);
     let blocking_taint = spec
         .and_then(|s| s.taints.as_ref())
         .is_some_and(|ts| ts.iter().any(|t| t.effect == "NoExecute" || t.effect == "NoSchedule"));
     ready && !unschedulable && !blocking_taint
+}
+
+/// A node whose Ready condition is True.
+pub fn node_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+        .is_some_and(|c| c.status == "True")
 }
 
 /// Since when a node has not been Ready (its Ready condition is False or Unknown), or `None` while
@@ -208,6 +214,9 @@ pub struct PlannedZones {
     /// No allowed zone is usable now (every node cordoned, or node monitoring down): `zones` are
     /// the last ones seen, and nothing is rescaled until one is back.
     pub no_usable_zones: bool,
+    /// The zones of each component (by name) whose pod template rules nodes in or out; a
+    /// component not listed uses `zones`.
+    pub components: BTreeMap<String, Vec<String>>,
 }
 
 /// The usable zones allowed by `allow`, or, when there are none, the `last_seen` ones. No usable
@@ -220,9 +229,32 @@ pub fn plan_zones<'a>(
 ) -> PlannedZones {
     let zones = usable_zones(nodes, allow);
     if zones.is_empty() && !last_seen.is_empty() {
-        return PlannedZones { zones: last_seen.to_vec(), no_usable_zones: true };
+        return PlannedZones { zones: last_seen.to_vec(), no_usable_zones: true, components: BTreeMap::new() };
     }
-    PlannedZones { zones, no_usable_zones: false }
+    PlannedZones { zones, no_usable_zones: false, components: BTreeMap::new() }
+}
+
+/// The zones of an app and of each of its components: a component's nodeSelector, required node
+/// affinity and tolerations decide which nodes it may use, and a zone without one is not its zone.
+/// Without usable zones at all, every component keeps the zones last reported for it (`last`).
+pub fn plan_app_zones(nodes: &[&Node], app: &ResilientApp, last: Option<&ResilientAppStatus>) -> PlannedZones {
+    let allow = &app.spec.resilience.zones;
+    let last_zones = last.map(|s| s.zones.as_slice()).unwrap_or_default();
+    let mut planned = plan_zones(nodes.iter().copied(), allow, last_zones);
+    for c in &app.spec.components {
+        let constraints = NodeConstraints::of(c.pod_template.as_ref());
+        if constraints == NodeConstraints::default() {
+            continue;
+        }
+        let zones = if planned.no_usable_zones {
+            let reported = last.and_then(|s| s.components.iter().find(|s| s.name == c.name)).map(|s| s.zones.clone());
+            reported.filter(|z| !z.is_empty()).unwrap_or_else(|| planned.zones.clone())
+        } else {
+            component_zones(nodes.iter().copied(), allow, &constraints)
+        };
+        planned.components.insert(c.name.clone(), zones);
+    }
+    planned
 }
 
 /// Usable zones: zones of usable nodes, restricted to `allow` when it is not empty. Sorted.
