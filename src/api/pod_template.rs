@@ -59,8 +59,10 @@ fn strip_descriptions(v: &mut Value) {
 }
 
 /// CEL on a component: the pod-template fields the operator owns.
-pub const NODE_NAME_RULE: &str = "!has(self.podTemplate) || !has(self.podTemplate.spec) || !has(self.podTemplate.spec.nodeName)";
-pub const NODE_NAME_MESSAGE: &str = "spec.components[].podTemplate.spec.nodeName may not be set: the scheduler places the pods across zones";
+pub const NODE_NAME_RULE: &str =
+    "!has(self.podTemplate) || !has(self.podTemplate.spec) || !has(self.podTemplate.spec.nodeName)";
+pub const NODE_NAME_MESSAGE: &str =
+    "spec.components[].podTemplate.spec.nodeName may not be set: the scheduler places the pods across zones";
 pub const LABELS_RULE: &str = "!has(self.podTemplate) || !has(self.podTemplate.metadata) || !has(self.podTemplate.metadata.labels) || self.podTemplate.metadata.labels.all(k, !k.startsWith('resilient.dev/'))";
 pub const LABELS_MESSAGE: &str = "spec.components[].podTemplate.metadata.labels may not set resilient.dev/* labels: the operator selects and counts pods by them";
 pub const ZONE_SPREAD_RULE: &str = "!has(self.podTemplate) || !has(self.podTemplate.spec) || !has(self.podTemplate.spec.topologySpreadConstraints) || self.podTemplate.spec.topologySpreadConstraints.all(t, t.topologyKey != 'topology.kubernetes.io/zone')";
@@ -110,7 +112,8 @@ pub fn forbidden_fields(template: &PodTemplateSpec, failover_seconds: u32) -> Ve
         };
         let within = t.toleration_seconds.is_some_and(|s| s <= i64::from(failover_seconds));
         if !within {
-            let how_long = t.toleration_seconds.map_or("without tolerationSeconds".to_string(), |s| format!("for {s}s"));
+            let how_long =
+                t.toleration_seconds.map_or("without tolerationSeconds".to_string(), |s| format!("for {s}s"));
             out.push(ForbiddenField {
                 path: format!("spec.tolerations[{i}]"),
                 message: format!(

@@ -369,4 +369,20 @@ mod tests {
         let invalid = gate(&a, plan, Some(&ns(None, false)), &now()).unwrap_err();
         assert!(matches!(invalid.why, Blocker::InvalidSpec(ref e) if e[0].field == "spec.limits.defaultRequest.cpu"));
     }
+
+    #[test]
+    fn a_forbidden_pod_template_field_stalls_the_app_with_the_field_named() {
+        let mut a = app();
+        a.spec.components[0].pod_template =
+            Some(serde_json::from_value(serde_json::json!({"spec": {"nodeName": "node-a-1"}})).unwrap());
+        let plan = Plan::for_zones(&a, &["zone-a".to_string()]);
+        let blocked = gate(&a, plan, None, &now()).unwrap_err();
+        assert!(blocked.why.is_stalled());
+        assert_eq!(blocked.why.reason(), "ForbiddenField");
+        assert!(
+            blocked.why.message().starts_with("spec.components[web].podTemplate.spec.nodeName: "),
+            "{}",
+            blocked.why.message()
+        );
+    }
 }

@@ -48,12 +48,7 @@ impl Plan {
             .iter()
             .map(|c| (c.name.clone(), plan_replicas(c.replicas, c.min_available, zones_of(&c.name), tolerated)))
             .collect();
-        Self {
-            zones: zones.zones,
-            no_usable_zones: zones.no_usable_zones,
-            replicas,
-            component_zones: zones.components,
-        }
+        Self { zones: zones.zones, no_usable_zones: zones.no_usable_zones, replicas, component_zones: zones.components }
     }
 
     /// The plan for `app` over zones that are all usable, by every component (the `render`

@@ -59,7 +59,9 @@ pub fn compute_quota(app: &ResilientApp, plan: &Plan) -> BTreeMap<String, Quanti
     let (mut requests, mut limits) = (Footprint::default(), Footprint::default());
     for component in &app.spec.components {
         let replicas = plan.replicas_of(component);
-        let budget = replicas + surge_for(replicas) + failover_headroom(replicas, plan.zones_of(&component.name).len(), tolerated);
+        let budget = replicas
+            + surge_for(replicas)
+            + failover_headroom(replicas, plan.zones_of(&component.name).len(), tolerated);
         let per_pod = PodResources::of(component, &d);
         requests += per_pod.requests.times(budget);
         limits += per_pod.limits.times(budget);

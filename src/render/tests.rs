@@ -322,3 +322,199 @@ fn warnings_name_what_guarantees_less() {
         vec![serde_json::from_value(serde_json::json!({"namespaceSelector": {"matchLabels": {"x": "y"}}})).unwrap()];
     assert_eq!(reasons(&a).len(), 1);
 }
+
+/// A component with a pod template (given as JSON).
+fn with_template(mut c: Component, template: serde_json::Value) -> Component {
+    c.pod_template = Some(serde_json::from_value(template).unwrap());
+    c
+}
+
+fn pod_spec(d: &Desired, i: usize) -> &k8s_openapi::api::core::v1::PodSpec {
+    d.deployments[i].spec.as_ref().unwrap().template.spec.as_ref().unwrap()
+}
+
+#[test]
+fn pod_template_merges_under_what_the_operator_owns() {
+    let mut web = component("web", 4);
+    web.env = serde_json::from_value(serde_json::json!([{"name": "MODE", "value": "component"}])).unwrap();
+    let web = with_template(
+        web,
+        serde_json::json!({
+            "metadata": {"annotations": {"prometheus.io/scrape": "true"},
+                         "labels": {"team": "shop", "app.kubernetes.io/name": "mine"}},
+            "spec": {
+                "serviceAccountName": "web",
+                "securityContext": {"runAsUser": 65532, "fsGroup": 2000, "seccompProfile": {"type": "Unconfined"}},
+                "volumes": [{"name": "config", "configMap": {"name": "web-config"}}],
+                "containers": [
+                    {"name": "proxy", "image": "proxy:2", "securityContext": {"capabilities": {"add": ["NET_BIND_SERVICE"]}}},
+                    {"name": "web", "image": "ignored:0", "args": ["ignored"],
+                     "volumeMounts": [{"name": "config", "mountPath": "/etc/web"}],
+                     "envFrom": [{"configMapRef": {"name": "web-env"}}],
+                     "env": [{"name": "MODE", "value": "template"}, {"name": "EXTRA", "value": "1"}],
+                     "ports": [{"containerPort": 8080}, {"name": "metrics", "containerPort": 9100}],
+                     "securityContext": {"allowPrivilegeEscalation": true, "readOnlyRootFilesystem": true}}
+                ],
+                "initContainers": [{"name": "migrate", "image": "migrate:1"}],
+                "nodeSelector": {"disk": "ssd"},
+                "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "shop", "effect": "NoSchedule"}],
+                "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "arch", "operator": "In", "values": ["amd64"]}]},
+                    {"matchExpressions": [{"key": "arch", "operator": "In", "values": ["arm64"]}]}
+                ]}}},
+                "topologySpreadConstraints": [{"maxSkew": 2, "topologyKey": "kubernetes.io/hostname",
+                                               "whenUnsatisfiable": "DoNotSchedule"}],
+                "priorityClassName": "high",
+                "imagePullSecrets": [{"name": "registry"}]
+            }
+        }),
+    );
+    let mut a = app(vec![web]);
+    a.spec.resilience.zones = vec!["zone-a".into(), "zone-b".into()];
+    let d = render(&a, &zones(2));
+    let template = &d.deployments[0].spec.as_ref().unwrap().template;
+    let meta = template.metadata.as_ref().unwrap();
+    let labels = meta.labels.as_ref().unwrap();
+    assert_eq!(labels["team"], "shop");
+    assert_eq!(labels["app.kubernetes.io/name"], "web", "the operator's labels win");
+    assert_eq!(labels["resilient.dev/component"], "web");
+    assert_eq!(meta.annotations.as_ref().unwrap()["prometheus.io/scrape"], "true");
+    let spec = pod_spec(&d, 0);
+    // The main container comes first, merged; the sidecar keeps its place after it.
+    let names: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["web", "proxy"]);
+    let main = &spec.containers[0];
+    assert_eq!(main.image.as_deref(), Some("registry.example/app:1"));
+    assert_eq!(
+        main.args.as_deref(),
+        Some(&["ignored".to_string()][..]),
+        "the template's args stay when the component has none"
+    );
+    assert_eq!(main.volume_mounts.as_ref().unwrap()[0].mount_path, "/etc/web");
+    assert_eq!(main.env_from.as_ref().unwrap().len(), 1);
+    let env: Vec<(&str, &str)> =
+        main.env.iter().flatten().map(|e| (e.name.as_str(), e.value.as_deref().unwrap_or_default())).collect();
+    assert_eq!(env, [("EXTRA", "1"), ("MODE", "component")]);
+    let ports: Vec<i32> = main.ports.iter().flatten().map(|p| p.container_port).collect();
+    assert_eq!(ports, [8080, 9100]);
+    let sc = main.security_context.as_ref().unwrap();
+    assert_eq!(sc.allow_privilege_escalation, Some(false), "restricted wins over the template");
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.capabilities.as_ref().unwrap().drop.as_deref(), Some(&["ALL".to_string()][..]));
+    // Sidecars and init containers pass the level too, keeping what the level allows.
+    let proxy = spec.containers[1].security_context.as_ref().unwrap();
+    assert_eq!(proxy.allow_privilege_escalation, Some(false));
+    assert_eq!(proxy.capabilities.as_ref().unwrap().add.as_deref(), Some(&["NET_BIND_SERVICE".to_string()][..]));
+    let init = &spec.init_containers.as_ref().unwrap()[0];
+    assert_eq!(init.security_context.as_ref().unwrap().capabilities.as_ref().unwrap().drop.as_ref().unwrap(), &["ALL"]);
+    // Pod securityContext: the template's user kept, non-root and RuntimeDefault set over it.
+    let pod_sc = spec.security_context.as_ref().unwrap();
+    assert_eq!((pod_sc.run_as_user, pod_sc.fs_group, pod_sc.run_as_non_root), (Some(65532), Some(2000), Some(true)));
+    assert_eq!(pod_sc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
+    assert_eq!(spec.volumes.as_ref().unwrap()[0].name, "config");
+    assert_eq!(spec.service_account_name.as_deref(), Some("web"));
+    assert_eq!(spec.automount_service_account_token, None, "a named ServiceAccount keeps its token");
+    assert_eq!(spec.node_selector.as_ref().unwrap()["disk"], "ssd");
+    assert_eq!(spec.priority_class_name.as_deref(), Some("high"));
+    assert_eq!(spec.image_pull_secrets.as_ref().unwrap()[0].name, "registry");
+    // Tolerations: the operator's two, then the template's.
+    let tolerations: Vec<&str> = spec.tolerations.iter().flatten().filter_map(|t| t.key.as_deref()).collect();
+    assert_eq!(tolerations, ["node.kubernetes.io/unreachable", "node.kubernetes.io/not-ready", "dedicated"]);
+    // The zone allow-list is ANDed into every required term of the template.
+    let terms = &spec.affinity.as_ref().unwrap().node_affinity.as_ref().unwrap();
+    let terms = &terms.required_during_scheduling_ignored_during_execution.as_ref().unwrap().node_selector_terms;
+    assert_eq!(terms.len(), 2);
+    for term in terms {
+        let keys: Vec<&str> = term.match_expressions.iter().flatten().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["arch", "topology.kubernetes.io/zone"]);
+    }
+    // The zone spread is the operator's; the template's hostname spread replaces the soft one.
+    let spreads: Vec<(&str, &str, i32)> = spec
+        .topology_spread_constraints
+        .iter()
+        .flatten()
+        .map(|t| (t.topology_key.as_str(), t.when_unsatisfiable.as_str(), t.max_skew))
+        .collect();
+    assert_eq!(
+        spreads,
+        [("topology.kubernetes.io/zone", "DoNotSchedule", 1), ("kubernetes.io/hostname", "DoNotSchedule", 2)]
+    );
+}
+
+#[test]
+fn no_token_without_a_service_account() {
+    let plain = component("web", 2);
+    let asks = with_template(component("api", 2), serde_json::json!({"spec": {"automountServiceAccountToken": true}}));
+    let d = render(&app(vec![plain, asks]), &zones(3));
+    assert_eq!(pod_spec(&d, 0).automount_service_account_token, Some(false));
+    assert_eq!(pod_spec(&d, 1).automount_service_account_token, Some(true));
+    assert_eq!(pod_spec(&d, 1).containers.len(), 1, "a template without containers adds none");
+}
+
+#[test]
+fn template_security_under_each_level() {
+    let t = serde_json::json!({"spec": {"securityContext": {"runAsUser": 1000},
+        "containers": [{"name": "web", "securityContext": {"allowPrivilegeEscalation": true}}]}});
+    let mut a = app(vec![with_template(component("web", 2), t)]);
+    a.spec.pod_security = crate::api::PodSecurityLevel::Baseline;
+    let d = render(&a, &zones(3));
+    let spec = pod_spec(&d, 0);
+    assert_eq!(spec.containers[0].security_context.as_ref().unwrap().allow_privilege_escalation, Some(true));
+    assert_eq!(spec.security_context.as_ref().unwrap().run_as_non_root, None);
+    assert_eq!(spec.security_context.as_ref().unwrap().run_as_user, Some(1000));
+    a.spec.pod_security = crate::api::PodSecurityLevel::Privileged;
+    let d = render(&a, &zones(3));
+    let sc = pod_spec(&d, 0).security_context.as_ref().unwrap();
+    assert!(sc.seccomp_profile.is_none() && sc.run_as_user == Some(1000), "privileged adds nothing: {sc:?}");
+}
+
+#[test]
+fn forbidden_template_fields_are_named() {
+    let t = serde_json::json!({
+        "metadata": {"labels": {"resilient.dev/component": "other"}},
+        "spec": {"nodeName": "node-a-1",
+                 "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway"}],
+                 "tolerations": [
+                     {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 30},
+                     {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 31},
+                     {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoSchedule"},
+                     {"operator": "Exists"}
+                 ]}
+    });
+    let a = app(vec![with_template(component("web", 2), t)]);
+    let fields: Vec<String> = forbidden_fields(&a).into_iter().map(|e| e.field).collect();
+    assert_eq!(
+        fields,
+        [
+            "spec.components[web].podTemplate.metadata.labels[resilient.dev/component]",
+            "spec.components[web].podTemplate.spec.nodeName",
+            "spec.components[web].podTemplate.spec.topologySpreadConstraints[0]",
+            "spec.components[web].podTemplate.spec.tolerations[1]",
+            "spec.components[web].podTemplate.spec.tolerations[2]",
+        ]
+    );
+    assert!(forbidden_fields(&app(vec![component("web", 2)])).is_empty());
+}
+
+#[test]
+fn quota_counts_sidecars_and_the_largest_init_container() {
+    let plain = app(vec![component("web", 2)]);
+    let t = serde_json::json!({"spec": {
+    "containers": [{"name": "proxy", "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}}}],
+    "initContainers": [
+        {"name": "small", "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}},
+        {"name": "big", "resources": {"requests": {"cpu": "2", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "1Gi"}}}
+    ]}});
+    let with_init = app(vec![with_template(component("web", 2), t)]);
+    let (before, after) = (
+        quota::compute_quota(&plain, &Plan::for_zones(&plain, &zones(3))),
+        quota::compute_quota(&with_init, &Plan::for_zones(&with_init, &zones(3))),
+    );
+    // 3 replicas + 1 surge + 1 failover headroom = 5 pods. Plain: 100m each (the default request);
+    // with the template: max(100m + 50m running, 2 cores for the big init container) = 2 cores each.
+    assert_eq!(before["requests.cpu"], q("500m"));
+    assert_eq!(after["requests.cpu"], q("10000m"));
+    assert_eq!(after["pods"], q("5"));
+    // Memory: max(128Mi + 64Mi, 1Gi) = 1Gi each.
+    assert_eq!(after["requests.memory"], q("5120Mi"));
+}

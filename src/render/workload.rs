@@ -117,7 +117,9 @@ fn main_container(component: &Component, template: Option<Container>, level: Pod
             a.container_port == b.container_port
                 && a.protocol.as_deref().unwrap_or("TCP") == b.protocol.as_deref().unwrap_or("TCP")
         };
-        ports.extend(c.ports.take().unwrap_or_default().into_iter().filter(|p| !component.ports.iter().any(|o| same(o, p))));
+        ports.extend(
+            c.ports.take().unwrap_or_default().into_iter().filter(|p| !component.ports.iter().any(|o| same(o, p))),
+        );
         c.ports = Some(ports);
     }
     if component.resources.is_some() {

@@ -187,7 +187,8 @@ impl PodResources {
             .map(|c| container_resources(c.resources.as_ref(), d));
         let mut running = sidecars.fold(main, |a, b| (a.0 + b.0, a.1 + b.1));
         // Init containers in order: native sidecars add to what runs; the others run one at a time.
-        let (mut init_peak, mut started) = ((Footprint::default(), Footprint::default()), (Footprint::default(), Footprint::default()));
+        let (mut init_peak, mut started) =
+            ((Footprint::default(), Footprint::default()), (Footprint::default(), Footprint::default()));
         for init in spec.and_then(|s| s.init_containers.as_ref()).into_iter().flatten() {
             let r = container_resources(init.resources.as_ref(), d);
             if init.restart_policy.as_deref() == Some("Always") {
@@ -258,5 +259,40 @@ mod tests {
         let r = PodResources::of(&component, &ContainerDefaults::of(&app));
         assert_eq!(r.requests, Footprint { cpu: 2.0, memory: 64.0 * 1_048_576.0, pods: 1.0 });
         assert_eq!(r.limits, Footprint { cpu: 2.0, memory: 1024.0 * 1_048_576.0, pods: 1.0 });
+    }
+
+    #[test]
+    fn effective_pod_resources_follow_kubernetes() {
+        let app: ResilientApp = serde_json::from_value(serde_json::json!({
+            "apiVersion": "resilient.dev/v1alpha1", "kind": "ResilientApp", "metadata": {"name": "a"},
+            "spec": {"components": []}
+        }))
+        .unwrap();
+        let d = ContainerDefaults::of(&app);
+        let component: Component = serde_json::from_value(serde_json::json!({
+            "name": "web", "image": "x", "minAvailable": 1,
+            "podTemplate": {"spec": {
+                // The template's main container resources apply when the component sets none.
+                "containers": [
+                    {"name": "web", "resources": {"requests": {"cpu": "1"}}},
+                    {"name": "proxy", "resources": {"requests": {"cpu": "200m", "memory": "100Mi"}}}
+                ],
+                "initContainers": [
+                    {"name": "log", "restartPolicy": "Always", "resources": {"requests": {"cpu": "300m", "memory": "1Mi"}}},
+                    {"name": "setup", "resources": {"requests": {"cpu": "1700m", "memory": "2Gi"}, "limits": {"cpu": "2", "memory": "2Gi"}}},
+                    {"name": "first", "resources": {"requests": {"cpu": "100m"}}}
+                ]
+            }}
+        }))
+        .unwrap();
+        let r = PodResources::of(&component, &d);
+        // CPU: running 1 + 0.2 + 0.3 (native sidecar) = 1.5; "setup" runs beside "log": 0.3 + 1.7 = 2.0.
+        assert!((r.requests.cpu - 2.0).abs() < 1e-9, "{:?}", r.requests);
+        // Memory: running 128Mi (default) + 100Mi + 1Mi = 229Mi; "setup" beside "log": 2Gi + 1Mi.
+        assert_eq!(r.requests.memory, (2048.0 + 1.0) * 1_048_576.0);
+        assert_eq!(r.requests.pods, 1.0);
+        // Limits: a container without one gets the namespace default (500m, 512Mi). Running:
+        // 3 x 500m, 3 x 512Mi; "setup" beside "log": 2 + 500m, 2Gi + 512Mi.
+        assert!((r.limits.cpu - 2.5).abs() < 1e-9 && r.limits.memory == 2560.0 * 1_048_576.0, "{:?}", r.limits);
     }
 }

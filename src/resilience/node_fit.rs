@@ -92,7 +92,8 @@ fn matches_node_selector(selector: &NodeSelector, labels: &BTreeMap<String, Stri
             return false;
         }
         let name_fields = BTreeMap::from([("metadata.name".to_string(), name.to_string())]);
-        exprs.iter().all(|r| requirement_matches(r, labels)) && fields.iter().all(|r| requirement_matches(r, &name_fields))
+        exprs.iter().all(|r| requirement_matches(r, labels))
+            && fields.iter().all(|r| requirement_matches(r, &name_fields))
     })
 }
 

@@ -208,3 +208,125 @@ fn a_zone_fails_over_once_all_its_nodes_are_down_for_long_enough() {
     let only_a = ["zone-a".to_string()];
     assert!(zone_failover(&nodes, &only_a, at(1000), thirty).0.is_empty(), "no other allowed zone is up");
 }
+
+/// A Ready node in `zone` with these labels and taints (`key=value:Effect` or `key:Effect`).
+fn labelled_node(name: &str, zone: &str, labels: &[(&str, &str)], taints: &[&str]) -> Node {
+    let mut n = node(Some(zone), true, false, None);
+    n.metadata.name = Some(name.into());
+    n.metadata.labels.as_mut().unwrap().extend(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    n.spec.as_mut().unwrap().taints = Some(
+        taints
+            .iter()
+            .map(|t| {
+                let (kv, effect) = t.split_once(':').unwrap();
+                let (key, value) = kv.split_once('=').map_or((kv, None), |(k, v)| (k, Some(v.to_string())));
+                Taint { key: key.into(), value, effect: effect.into(), ..Default::default() }
+            })
+            .collect(),
+    );
+    n
+}
+
+fn constraints(template: serde_json::Value) -> NodeConstraints {
+    NodeConstraints::of(Some(&serde_json::from_value(template).unwrap()))
+}
+
+#[test]
+fn tolerations_follow_kubernetes_matching() {
+    let taint = |key: &str, value: Option<&str>, effect: &str| Taint {
+        key: key.into(),
+        value: value.map(Into::into),
+        effect: effect.into(),
+        ..Default::default()
+    };
+    let t = |json: serde_json::Value| serde_json::from_value::<k8s_openapi::api::core::v1::Toleration>(json).unwrap();
+    let gpu = taint("gpu", Some("yes"), "NoSchedule");
+    assert!(tolerates(&t(serde_json::json!({"key": "gpu", "value": "yes"})), &gpu), "Equal is the default");
+    assert!(!tolerates(&t(serde_json::json!({"key": "gpu", "value": "no"})), &gpu));
+    assert!(tolerates(&t(serde_json::json!({"key": "gpu", "operator": "Exists", "effect": "NoSchedule"})), &gpu));
+    assert!(!tolerates(&t(serde_json::json!({"key": "gpu", "operator": "Exists", "effect": "NoExecute"})), &gpu));
+    assert!(tolerates(&t(serde_json::json!({"operator": "Exists"})), &gpu), "an empty key with Exists tolerates all");
+    assert!(!tolerates(&t(serde_json::json!({"operator": "Equal"})), &gpu));
+}
+
+#[test]
+fn a_component_uses_the_zones_its_pod_template_allows() {
+    let nodes = vec![
+        labelled_node("a-1", "zone-a", &[("disk", "ssd"), ("gen", "5")], &[]),
+        labelled_node("b-1", "zone-b", &[("disk", "ssd"), ("gen", "3")], &[]),
+        labelled_node("c-1", "zone-c", &[("disk", "hdd")], &[]),
+        labelled_node("c-2", "zone-c", &[("disk", "ssd")], &["dedicated=batch:NoSchedule"]),
+        labelled_node("d-1", "zone-d", &[("disk", "ssd")], &["node.kubernetes.io/unreachable:NoExecute"]),
+    ];
+    let zones = |c: &NodeConstraints| component_zones(&nodes, &[], c);
+    assert_eq!(zones(&NodeConstraints::default()), ["zone-a", "zone-b", "zone-c"]);
+    // nodeSelector: zone-c's only ssd node is tainted, zone-d's is down.
+    let ssd = constraints(serde_json::json!({"spec": {"nodeSelector": {"disk": "ssd"}}}));
+    assert_eq!(zones(&ssd), ["zone-a", "zone-b"]);
+    // Tolerating the taint brings zone-c back; nothing makes a lost node usable.
+    let batch = constraints(serde_json::json!({"spec": {"nodeSelector": {"disk": "ssd"}, "tolerations": [
+        {"key": "dedicated", "operator": "Exists"}, {"operator": "Exists"}]}}));
+    assert_eq!(zones(&batch), ["zone-a", "zone-b", "zone-c"]);
+    // Required affinity: terms ORed, expressions ANDed, Gt compares integers, matchFields by name.
+    let affinity = |terms: serde_json::Value| {
+        constraints(serde_json::json!({"spec": {"affinity": {"nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}}}}}))
+    };
+    let newer =
+        affinity(serde_json::json!([{"matchExpressions": [{"key": "gen", "operator": "Gt", "values": ["4"]}]}]));
+    assert_eq!(zones(&newer), ["zone-a"]);
+    let either = affinity(serde_json::json!([
+        {"matchExpressions": [{"key": "gen", "operator": "Gt", "values": ["4"]}]},
+        {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["c-1"]}]}
+    ]));
+    assert_eq!(zones(&either), ["zone-a", "zone-c"]);
+    let not_hdd = affinity(serde_json::json!([{"matchExpressions": [
+        {"key": "disk", "operator": "NotIn", "values": ["hdd"]}, {"key": "gen", "operator": "Exists"}]}]));
+    assert_eq!(zones(&not_hdd), ["zone-a", "zone-b"]);
+    // The allow-list still applies.
+    assert_eq!(component_zones(&nodes, &["zone-b".into(), "zone-c".into()], &ssd), ["zone-b"]);
+}
+
+#[test]
+fn app_zones_are_planned_per_component() {
+    let nodes = [
+        labelled_node("a-1", "zone-a", &[("pool", "x")], &[]),
+        labelled_node("b-1", "zone-b", &[("pool", "x")], &[]),
+        labelled_node("c-1", "zone-c", &[], &[]),
+    ];
+    let refs: Vec<&Node> = nodes.iter().collect();
+    let app: ResilientApp = serde_json::from_value(serde_json::json!({
+        "apiVersion": "resilient.dev/v1alpha1", "kind": "ResilientApp", "metadata": {"name": "a"},
+        "spec": {"components": [
+            {"name": "web", "image": "x", "minAvailable": 4},
+            {"name": "pinned", "image": "x", "minAvailable": 4, "podTemplate": {"spec": {"nodeSelector": {"pool": "x"}}}}
+        ]}
+    }))
+    .unwrap();
+    let planned = plan_app_zones(&refs, &app, None);
+    assert_eq!(planned.zones, ["zone-a", "zone-b", "zone-c"]);
+    assert_eq!(planned.components.keys().collect::<Vec<_>>(), ["pinned"]);
+    assert_eq!(planned.components["pinned"], ["zone-a", "zone-b"]);
+    // Every zone down: each component keeps the zones last reported for it.
+    let down: Vec<Node> = nodes
+        .iter()
+        .cloned()
+        .map(|mut n| {
+            n.status.as_mut().unwrap().conditions.as_mut().unwrap()[0].status = "Unknown".into();
+            n
+        })
+        .collect();
+    let down_refs: Vec<&Node> = down.iter().collect();
+    let last = crate::api::ResilientAppStatus {
+        zones: vec!["zone-a".into(), "zone-b".into(), "zone-c".into()],
+        components: vec![crate::api::ComponentStatus {
+            name: "pinned".into(),
+            zones: vec!["zone-b".into(), "zone-c".into()],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let planned = plan_app_zones(&down_refs, &app, Some(&last));
+    assert!(planned.no_usable_zones);
+    assert_eq!(planned.components["pinned"], ["zone-b", "zone-c"]);
+}
