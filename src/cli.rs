@@ -373,11 +373,21 @@ pub fn read_app(file: &std::path::Path) -> anyhow::Result<Result<ResilientApp, E
 /// Every generated object as a multi-document YAML stream, in the order the operator applies them,
 /// with the replica plan of each component as a comment.
 pub fn render_yaml(app: &ResilientApp, zones: &[String]) -> anyhow::Result<String> {
+    render_plan_yaml(app, &Plan::for_zones(app, zones))
+}
+
+/// [`render_yaml`] for a plan made from the cluster's nodes (each component over its own zones).
+pub fn render_plan_yaml(app: &ResilientApp, plan: &Plan) -> anyhow::Result<String> {
     let f = app.spec.resilience.zone_failures_tolerated;
-    let mut out =
-        format!("# ResilientApp {} over zones [{}], tolerating {f} zone failure(s)\n", app.name(), zones.join(", "));
-    let plan = Plan::for_zones(app, zones);
+    let mut out = format!(
+        "# ResilientApp {} over zones [{}], tolerating {f} zone failure(s)\n",
+        app.name(),
+        plan.zones.join(", ")
+    );
     for (name, replicas) in &plan.replicas {
+        if plan.component_zones.contains_key(name) {
+            out.push_str(&format!("# component {name} can use zones [{}]\n", plan.zones_of(name).join(", ")));
+        }
         let note = match replicas.shortfall {
             None => "keeps minAvailable through the loss".to_string(),
             Some(Shortfall::InsufficientZones { .. }) => {
@@ -389,7 +399,7 @@ pub fn render_yaml(app: &ResilientApp, zones: &[String]) -> anyhow::Result<Strin
         };
         out.push_str(&format!("# component {name}: {} replicas, {note}\n", replicas.replicas));
     }
-    for child in render::render(app, &plan).into_steps().into_iter().flatten() {
+    for child in render::render(app, plan).into_steps().into_iter().flatten() {
         out.push_str("---\n");
         out.push_str(&to_yaml(&child)?);
     }

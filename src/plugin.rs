@@ -197,16 +197,18 @@ fn render_cmd(kube: &KubeArgs, args: &PluginRenderArgs) -> anyhow::Result<ExitCo
         Ok(app) => app,
         Err(code) => return Ok(code),
     };
-    let zones = match &args.zones {
-        Some(zones) => zones.clone(),
+    let plan = match &args.zones {
+        Some(zones) => crate::render::Plan::for_zones(&app, zones),
+        // Each component over the zones its pod template lets it use, as the operator plans it.
         None => runtime()?.block_on(async {
             use k8s_openapi::api::core::v1::Node;
             let client = client(kube).await?;
             let nodes = Api::<Node>::all(client).list(&ListParams::default()).await.context("listing nodes")?;
-            anyhow::Ok(crate::resilience::usable_zones(&nodes.items, &app.spec.resilience.zones))
+            let nodes: Vec<&Node> = nodes.items.iter().collect();
+            anyhow::Ok(crate::render::Plan::new(&app, crate::resilience::plan_app_zones(&nodes, &app, None)))
         })?,
     };
-    print!("{}", cli::render_yaml(&app, &zones)?);
+    print!("{}", cli::render_plan_yaml(&app, &plan)?);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -233,7 +233,7 @@ async fn real_nodes_run_the_installed_operator_and_the_examples_and_survive_a_zo
         ),
         "secret shop-db",
     );
-    for (app, level) in [(&hello, "baseline"), (&shop, "restricted")] {
+    for (app, level) in [(&hello, "restricted"), (&shop, "restricted")] {
         wait_status(&client, app, "Ready", Duration::from_secs(180), |s| is_true(s, "Ready")).await;
         let ns = namespaces.get(app).await.unwrap();
         assert_eq!(ns.labels()["pod-security.kubernetes.io/enforce"], level, "{app}");
