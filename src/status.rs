@@ -43,7 +43,9 @@ pub fn status_rows(apps: &[ResilientApp]) -> Vec<StatusRow> {
         let message = ready_condition.map(|c| c.message.clone()).unwrap_or_default();
         for component in &app.spec.components {
             let observed = status.components.iter().find(|c| c.name == component.name);
-            let mut ready_by_zone: BTreeMap<String, i32> = status.zones.iter().map(|z| (z.clone(), 0)).collect();
+            // The component's own zones (its pod template may narrow them); "-" in the table elsewhere.
+            let zones = observed.map(|c| &c.zones).filter(|z| !z.is_empty()).unwrap_or(&status.zones);
+            let mut ready_by_zone: BTreeMap<String, i32> = zones.iter().map(|z| (z.clone(), 0)).collect();
             if let Some(c) = observed {
                 ready_by_zone.extend(c.ready_by_zone.iter().map(|(z, n)| (z.clone(), *n)));
             }

@@ -125,8 +125,12 @@ async fn pod_template_reaches_the_deployment_and_its_node_selector_decides_the_z
         serde_json::from_value::<ConfigMap>(json!({"metadata": {"name": "web-config"}, "data": {"a": "b"}})).unwrap();
     Api::<ConfigMap>::namespaced(client.clone(), &name).create(&PostParams::default(), &cm).await.unwrap();
 
-    let ready = wait_status(&client, &name, "Ready with web planned for zone-a and zone-b", TIMEOUT, |s| {
-        is_true(s, "Ready") && s.components.iter().any(|c| c.name == "web" && c.ready_replicas == c.replicas)
+    // Ready, and in sync: a pass that finds the merged template already live writes nothing
+    // (a template field that always looked changed would keep Reconciling True).
+    let ready = wait_status(&client, &name, "Ready and in sync, web planned for zone-a and zone-b", TIMEOUT, |s| {
+        is_true(s, "Ready")
+            && condition(s, "Reconciling").is_none()
+            && s.components.iter().any(|c| c.name == "web" && c.ready_replicas == c.replicas)
     })
     .await;
     let status = ready.status.clone().unwrap();

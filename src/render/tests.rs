@@ -518,3 +518,19 @@ fn quota_counts_sidecars_and_the_largest_init_container() {
     // Memory: max(128Mi + 64Mi, 1Gi) = 1Gi each.
     assert_eq!(after["requests.memory"], q("5120Mi"));
 }
+
+#[test]
+fn a_sidecar_request_above_the_default_limit_is_named() {
+    let t = serde_json::json!({"spec": {
+        "containers": [{"name": "proxy", "resources": {"requests": {"memory": "1Gi"}}}],
+        "initContainers": [{"name": "setup", "resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}}]}});
+    let a = app(vec![with_template(component("web", 2), t)]);
+    let fields: Vec<String> = validate(&a).into_iter().map(|e| e.field).collect();
+    assert_eq!(
+        fields,
+        [
+            "spec.components[web].podTemplate.spec.containers[proxy].resources.requests.memory",
+            "spec.components[web].podTemplate.spec.initContainers[setup].resources.requests.cpu",
+        ]
+    );
+}

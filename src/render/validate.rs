@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use k8s_openapi::api::core::v1::ResourceRequirements;
+
 use super::Plan;
 use super::quota::surge_for;
 use crate::api::{ResilientApp, pod_template};
@@ -55,30 +57,53 @@ pub fn validate(app: &ResilientApp) -> Vec<SpecError> {
         }
     }
     for c in &app.spec.components {
-        let res = c.resources.as_ref();
-        let requests = res.and_then(|r| r.requests.as_ref());
-        let limits = res.and_then(|r| r.limits.as_ref());
-        for (key, default_limit) in [("cpu", &d.limit_cpu), ("memory", &d.limit_memory)] {
-            let Some(request) = requests.and_then(|r| r.get(key)) else {
-                continue;
-            };
-            match limits.and_then(|l| l.get(key)) {
-                Some(limit) if quantity_value(request) > quantity_value(limit) => errors.push(SpecError {
-                    field: format!("spec.components[{}].resources.requests.{key}", c.name),
-                    message: format!("{} is above its limit {}", request.0, limit.0),
-                }),
-                None if quantity_value(request) > quantity_value(default_limit) => errors.push(SpecError {
-                    field: format!("spec.components[{}].resources.requests.{key}", c.name),
-                    message: format!(
-                        "{} is above the namespace default limit {}; set resources.limits.{key} or raise spec.limits.default.{key}",
-                        request.0, default_limit.0
-                    ),
-                }),
-                _ => {}
-            }
+        let spec = c.pod_template.as_ref().and_then(|t| t.spec.as_ref());
+        let template_main = spec.and_then(|s| s.containers.iter().find(|t| t.name == c.name));
+        let main = c.resources.as_ref().or(template_main.and_then(|t| t.resources.as_ref()));
+        check_resources(&format!("spec.components[{}].resources", c.name), main, &d, &mut errors);
+        // The template's other containers: a request above the limit the LimitRange gives them
+        // would only show as pods the ReplicaSet cannot create.
+        let Some(spec) = spec else {
+            continue;
+        };
+        let sidecars = spec.containers.iter().filter(|t| t.name != c.name).map(|t| ("containers", t));
+        let inits = spec.init_containers.iter().flatten().map(|t| ("initContainers", t));
+        for (list, t) in sidecars.chain(inits) {
+            let field = format!("spec.components[{}].podTemplate.spec.{list}[{}].resources", c.name, t.name);
+            check_resources(&field, t.resources.as_ref(), &d, &mut errors);
         }
     }
     errors
+}
+
+/// A container's requests must not exceed its limits, or, without a limit, the namespace default.
+fn check_resources(
+    field: &str,
+    res: Option<&ResourceRequirements>,
+    d: &ContainerDefaults,
+    errors: &mut Vec<SpecError>,
+) {
+    let requests = res.and_then(|r| r.requests.as_ref());
+    let limits = res.and_then(|r| r.limits.as_ref());
+    for (key, default_limit) in [("cpu", &d.limit_cpu), ("memory", &d.limit_memory)] {
+        let Some(request) = requests.and_then(|r| r.get(key)) else {
+            continue;
+        };
+        match limits.and_then(|l| l.get(key)) {
+            Some(limit) if quantity_value(request) > quantity_value(limit) => errors.push(SpecError {
+                field: format!("{field}.requests.{key}"),
+                message: format!("{} is above its limit {}", request.0, limit.0),
+            }),
+            None if quantity_value(request) > quantity_value(default_limit) => errors.push(SpecError {
+                field: format!("{field}.requests.{key}"),
+                message: format!(
+                    "{} is above the namespace default limit {}; set resources.limits.{key} or raise spec.limits.default.{key}",
+                    request.0, default_limit.0
+                ),
+            }),
+            _ => {}
+        }
+    }
 }
 
 /// How an explicit `spec.quota` compares with what the components need.

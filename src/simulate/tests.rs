@@ -137,3 +137,33 @@ fn quota_headroom_is_checked() {
     assert!(!c.replacements_fit);
     assert!(c.notes.iter().any(|n| n.contains("quota pods")), "{:?}", c.notes);
 }
+
+#[test]
+fn a_component_is_simulated_over_the_zones_its_pod_template_allows() {
+    // web may only run on pool=x nodes, in zone-a and zone-b; zone-c has room but is not its zone.
+    let (mut nodes, _) = cluster("8");
+    for n in &mut nodes[..2] {
+        n.metadata.labels.as_mut().unwrap().insert("pool".into(), "x".into());
+    }
+    let pods: Vec<Pod> =
+        ["na", "na", "nb", "nb"].iter().enumerate().map(|(i, n)| pod(&format!("web-{i}"), n)).collect();
+    let mut a = app();
+    a.spec.components[0].min_available = 2;
+    a.spec.components[0].pod_template =
+        Some(serde_json::from_value(serde_json::json!({"spec": {"nodeSelector": {"pool": "x"}}})).unwrap());
+    let apps = [a];
+    // Losing zone-c changes nothing for web.
+    let lost_c = ["zone-c".to_string()];
+    let report =
+        simulate(&SimulationInput { apps: &apps, nodes: &nodes, pods: &pods, quotas: &[], lost_zones: &lost_c });
+    let c = &report.components[0];
+    assert_eq!((c.ready_after_loss, c.replicas_after, c.replacements), (4, 4, 0));
+    // Losing zone-a leaves web one zone: best effort m + f = 3 replicas, one new pod, all in zone-b.
+    let lost_a = ["zone-a".to_string()];
+    let report =
+        simulate(&SimulationInput { apps: &apps, nodes: &nodes, pods: &pods, quotas: &[], lost_zones: &lost_a });
+    let c = &report.components[0];
+    assert_eq!((c.ready_after_loss, c.guarantee_holds), (2, true));
+    assert_eq!((c.replicas_after, c.replacements, c.replacements_fit), (3, 1, true));
+    assert!(c.notes.iter().any(|n| n.contains("with 1 zone(s) left")), "{:?}", c.notes);
+}
