@@ -1,7 +1,8 @@
 //! `components[].podTemplate` against the local control plane: what it adds reaches the
 //! Deployment under the operator's fields, a nodeSelector narrows the component's zones (and its
 //! replicas with them), the quota counts sidecars and init containers, the token is mounted only
-//! with a ServiceAccount, and the fields the operator owns are rejected at admission by name.
+//! with a ServiceAccount, and the fields the operator owns are rejected at admission by name (and,
+//! in an app stored before those rules, stall it with the field named).
 
 mod common;
 
@@ -212,10 +213,25 @@ fn rejected(app: &Value, field: &str, why: &str) {
     assert!(stderr.contains(field) && stderr.contains(why), "error does not name `{field}` / `{why}`:\n{stderr}");
 }
 
+/// Puts the generated CRD back, whatever happens.
+struct RestoreCrd;
+
+impl Drop for RestoreCrd {
+    fn drop(&mut self) {
+        let crd =
+            serde_json::to_string(&<resilient_operator::api::ResilientApp as kube::CustomResourceExt>::crd()).unwrap();
+        let out = kubectl(
+            &["apply", "--server-side", "--force-conflicts", "--field-manager=resilient-tests", "-f", "-"],
+            Some(&crd),
+        );
+        assert!(out.status.success() || std::thread::panicking(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn fields_the_operator_owns_are_rejected_at_admission_by_name() {
-    let client = client().await;
-    ensure_crd(&client).await;
+async fn owned_fields_are_rejected_at_admission_and_stall_an_app_stored_before_the_rules() {
+    let started = Instant::now();
+    let client = setup().await;
     let name = unique("pt-bad");
     let with = |template: Value| {
         json!({
@@ -263,4 +279,40 @@ async fn fields_the_operator_owns_are_rejected_at_admission_by_name() {
     let explain = kubectl(&["explain", "resilientapps.spec.components.podTemplate.spec.containers"], None);
     let text = String::from_utf8_lossy(&explain.stdout);
     assert!(explain.status.success() && text.contains("volumeMounts") && text.contains("envFrom"), "{text}");
+    eprintln!("admission checks after {:?}", started.elapsed());
+
+    // An app stored before these rules existed (CRD upgrades do not re-validate stored objects):
+    // the operator stalls it itself, naming the field. Served without the component rules for a
+    // moment, the CRD takes the app; then it is put back.
+    let restore = RestoreCrd;
+    let mut crd =
+        serde_json::to_value(<resilient_operator::api::ResilientApp as kube::CustomResourceExt>::crd()).unwrap();
+    let component = &mut crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["components"]
+        ["items"];
+    component.as_object_mut().unwrap().remove("x-kubernetes-validations").expect("the component's CEL rules");
+    let out = kubectl(
+        &["apply", "--server-side", "--force-conflicts", "--field-manager=resilient-tests", "-f", "-"],
+        Some(&crd.to_string()),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut stored = with(json!({"spec": {"nodeName": "node-a-1"}}));
+    stored["spec"]["deletionPolicy"] = json!("Delete");
+    let _cleanup = Cleanup(name.clone());
+    wait_for("the CRD without its component rules served", TIMEOUT, || async {
+        kubectl(&["create", "-f", "-"], Some(&stored.to_string())).status.success().then_some(())
+    })
+    .await;
+    drop(restore);
+    let stalled = wait_status(&client, &name, "Stalled with reason ForbiddenField", TIMEOUT, |s| {
+        condition(s, "Stalled").is_some_and(|c| c.status == "True" && c.reason == "ForbiddenField")
+    })
+    .await;
+    let message = &condition(stalled.status.as_ref().unwrap(), "Stalled").unwrap().message;
+    assert!(message.starts_with("spec.components[web].podTemplate.spec.nodeName: may not be set"), "{message}");
+    let event = event_message(&client, &name, "ForbiddenField", TIMEOUT).await;
+    assert!(event.contains("spec.components[web].podTemplate.spec.nodeName"), "{event}");
+    // Nothing was created for it.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &name);
+    assert!(deployments.list(&ListParams::default()).await.map(|l| l.items.is_empty()).unwrap_or(true));
+    eprintln!("stored app stalled after {:?}", started.elapsed());
 }
