@@ -347,7 +347,8 @@ fn pod_template_merges_under_what_the_operator_owns() {
                 "securityContext": {"runAsUser": 65532, "fsGroup": 2000, "seccompProfile": {"type": "Unconfined"}},
                 "volumes": [{"name": "config", "configMap": {"name": "web-config"}}],
                 "containers": [
-                    {"name": "proxy", "image": "proxy:2", "securityContext": {"capabilities": {"add": ["NET_BIND_SERVICE"]}}},
+                    {"name": "proxy", "image": "proxy:2", "securityContext": {"capabilities": {"add": ["NET_BIND_SERVICE"]},
+                     "runAsNonRoot": false, "seccompProfile": {"type": "Unconfined"}}},
                     {"name": "web", "image": "ignored:0", "args": ["ignored"],
                      "volumeMounts": [{"name": "config", "mountPath": "/etc/web"}],
                      "envFrom": [{"configMapRef": {"name": "web-env"}}],
@@ -405,6 +406,7 @@ fn pod_template_merges_under_what_the_operator_owns() {
     let proxy = spec.containers[1].security_context.as_ref().unwrap();
     assert_eq!(proxy.allow_privilege_escalation, Some(false));
     assert_eq!(proxy.capabilities.as_ref().unwrap().add.as_deref(), Some(&["NET_BIND_SERVICE".to_string()][..]));
+    assert_eq!((proxy.run_as_non_root, &proxy.seccomp_profile), (None, &None), "no opting out of the pod's");
     let init = &spec.init_containers.as_ref().unwrap()[0];
     assert_eq!(init.security_context.as_ref().unwrap().capabilities.as_ref().unwrap().drop.as_ref().unwrap(), &["ALL"]);
     // Pod securityContext: the template's user kept, non-root and RuntimeDefault set over it.

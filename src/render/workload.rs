@@ -60,15 +60,24 @@ fn pod_security(level: PodSecurityLevel, template: Option<PodSecurityContext>) -
 /// set over it (restricted: no privilege escalation, every capability dropped; baseline: no
 /// privilege escalation unless the template asks for it).
 fn container_security(level: PodSecurityLevel, template: Option<SecurityContext>) -> Option<SecurityContext> {
+    if level == PodSecurityLevel::Privileged {
+        return template;
+    }
+    let mut sc = template.unwrap_or_default();
+    // The pod's profile applies; a container may not opt out of it.
+    if sc.seccomp_profile.as_ref().is_some_and(|p| p.type_ == "Unconfined") {
+        sc.seccomp_profile = None;
+    }
     match level {
-        PodSecurityLevel::Privileged => template,
+        PodSecurityLevel::Privileged => Some(sc),
         PodSecurityLevel::Baseline => {
-            let mut sc = template.unwrap_or_default();
             sc.allow_privilege_escalation.get_or_insert(false);
             Some(sc)
         }
         PodSecurityLevel::Restricted => {
-            let mut sc = template.unwrap_or_default();
+            if sc.run_as_non_root == Some(false) {
+                sc.run_as_non_root = None;
+            }
             sc.allow_privilege_escalation = Some(false);
             let caps = sc.capabilities.get_or_insert_with(Default::default);
             let drop = caps.drop.get_or_insert_with(Vec::new);
