@@ -101,8 +101,10 @@ impl Applier<'_> {
         let name = desired.name_any();
         if self.create_namespace {
             info!(app = %self.app, name, "creating namespace");
+            let desired =
+                diff::stamped(desired).map_err(|source| Error::Serialize { kind: "Namespace".into(), source })?;
             return match api
-                .create(&PostParams { field_manager: Some(MANAGER.into()), ..Default::default() }, desired)
+                .create(&PostParams { field_manager: Some(MANAGER.into()), ..Default::default() }, &desired)
                 .await
             {
                 Ok(_) => {
@@ -139,8 +141,8 @@ impl Applier<'_> {
         Ok(writes)
     }
 
-    /// Apply `desired` unless the cached live object already contains all of it. Returns the
-    /// number of writes (0 or 1).
+    /// Apply `desired` (stamped with its digest) unless the cached live object already contains
+    /// all of it. Returns the number of writes (0 or 1).
     async fn apply<K>(&self, store: &Cache<K>, desired: &K) -> Result<usize>
     where
         K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned,
@@ -152,7 +154,8 @@ impl Applier<'_> {
         if let Some(ns) = desired.namespace() {
             key = key.within(&ns);
         }
-        let want = serde_json::to_value(desired).map_err(|source| Error::Serialize { kind: kind.clone(), source })?;
+        let desired = diff::stamped(desired).map_err(|source| Error::Serialize { kind: kind.clone(), source })?;
+        let want = serde_json::to_value(&desired).map_err(|source| Error::Serialize { kind: kind.clone(), source })?;
         if let Some(live) = store.get(&key) {
             let have = serde_json::to_value(live.as_ref())
                 .map_err(|source| Error::Serialize { kind: kind.clone(), source })?;
@@ -164,7 +167,7 @@ impl Applier<'_> {
             debug!(app = %self.app, %kind, name, "creating object");
         }
         K::Scope::api::<K>(self.ctx.client.clone(), self.namespace)
-            .patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(desired))
+            .patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&desired))
             .await
             .map_err(|source| Error::Apply { kind: kind.clone(), name: name.clone(), source })?;
         self.ctx.metrics.api_write("apply", &kind);

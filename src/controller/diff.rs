@@ -5,7 +5,9 @@
 
 pub mod list_types;
 
+use kube::Resource;
 use kube_quantity::ParsedQuantity;
+use serde::Serialize;
 use serde_json::Value;
 
 use self::list_types::{Key, ListType, Node};
@@ -17,6 +19,22 @@ use self::list_types::{Key, ListType, Node};
 /// atomic list must match whole, in order. Pure and cheap: no I/O, no allocation per field.
 pub fn contains(live: &Value, desired: &Value) -> bool {
     contains_at(live, desired, list_types::of(desired))
+}
+
+/// The annotation on every child that holds a digest of what the operator last applied to it.
+pub const ANNOTATION_APPLIED: &str = "resilient.dev/applied";
+
+/// `desired` with a digest of itself in [`ANNOTATION_APPLIED`]. Containment alone cannot see a
+/// field or list entry the operator stops setting (a removed env var, a dropped toleration): the
+/// live object still holds it, and only an apply that leaves it out removes it. With the digest in
+/// what is compared, any change to the desired object is a difference, and the apply that follows
+/// removes what the operator no longer sets, while what others added still costs nothing.
+pub fn stamped<K: Resource + Serialize + Clone>(desired: &K) -> Result<K, serde_json::Error> {
+    let digest = ring::digest::digest(&ring::digest::SHA256, &serde_json::to_vec(desired)?);
+    let hex: String = digest.as_ref()[..16].iter().map(|b| format!("{b:02x}")).collect();
+    let mut stamped = desired.clone();
+    stamped.meta_mut().annotations.get_or_insert_default().insert(ANNOTATION_APPLIED.to_string(), hex);
+    Ok(stamped)
 }
 
 /// [`contains`] at a point of the object whose list types are `node` (none: atomic lists).
@@ -32,12 +50,10 @@ fn contains_at(live: &Value, desired: &Value, node: Option<&Node>) -> bool {
                 ListType::Atomic => {
                     want.len() == have.len() && want.iter().zip(have).all(|(w, h)| contains_at(h, w, items))
                 }
-                ListType::Set | ListType::Entries => {
-                    want.iter().all(|w| have.iter().any(|h| contains_at(h, w, items)))
+                ListType::Set | ListType::Entries => want.iter().all(|w| have.iter().any(|h| contains_at(h, w, items))),
+                ListType::Map(keys) => {
+                    want.iter().all(|w| have.iter().filter(|h| same_key(h, w, keys)).any(|h| contains_at(h, w, items)))
                 }
-                ListType::Map(keys) => want
-                    .iter()
-                    .all(|w| have.iter().filter(|h| same_key(h, w, keys)).any(|h| contains_at(h, w, items))),
             }
         }
         (want, Value::Null) => is_empty(want),
@@ -161,7 +177,8 @@ mod tests {
         let mut live = live();
         let containers = pod(&mut live)["containers"].as_array_mut().unwrap();
         // A sidecar injected before the operator's container.
-        containers.insert(0, json!({"name": "proxy", "image": "proxy:2", "env": [{"name": "MODE", "value": "sidecar"}]}));
+        containers
+            .insert(0, json!({"name": "proxy", "image": "proxy:2", "env": [{"name": "MODE", "value": "sidecar"}]}));
         let web = &mut containers[1];
         web["env"].as_array_mut().unwrap().insert(0, json!({"name": "INJECTED", "value": "1"}));
         web["ports"].as_array_mut().unwrap().push(json!({"name": "metrics", "containerPort": 9090, "protocol": "TCP"}));
@@ -237,7 +254,9 @@ mod tests {
             f(pod(&mut live)["tolerations"].as_array_mut().unwrap());
             contains(&live, &desired())
         };
-        assert!(with(|t| t.insert(0, json!({"key": "dedicated", "operator": "Equal", "value": "web", "effect": "NoSchedule"}))));
+        assert!(with(
+            |t| t.insert(0, json!({"key": "dedicated", "operator": "Equal", "value": "web", "effect": "NoSchedule"}))
+        ));
         assert!(with(|t| t.reverse()));
         assert!(!with(|t| {
             t.remove(1);
@@ -251,5 +270,23 @@ mod tests {
         let live = |items: Value| json!({"apiVersion": "example.com/v1", "kind": "Thing", "spec": {"items": items}});
         assert!(contains(&live(json!([{"name": "a", "defaulted": 1}])), &desired));
         assert!(!contains(&live(json!([{"name": "b"}, {"name": "a"}])), &desired));
+    }
+
+    #[test]
+    fn the_digest_changes_with_anything_the_operator_sets_and_only_then() {
+        use k8s_openapi::api::apps::v1::Deployment;
+        let mut desired: Deployment = serde_json::from_value(desired()).unwrap();
+        let digest = |d: &Deployment| stamped(d).unwrap().metadata.annotations.unwrap()[ANNOTATION_APPLIED].clone();
+        let first = digest(&desired);
+        assert_eq!(first.len(), 32);
+        assert_eq!(digest(&desired), first, "the digest is stable");
+        let live = serde_json::to_value(stamped(&desired).unwrap()).unwrap();
+        assert_eq!(live["metadata"]["labels"], json!({"resilient.dev/app": "shop"}));
+        // An env var the operator no longer sets: the live object still contains the rest, and
+        // only the digest tells.
+        desired.spec.as_mut().unwrap().template.spec.as_mut().unwrap().containers[0].env = None;
+        assert!(contains(&live, &serde_json::to_value(&desired).unwrap()));
+        assert!(!contains(&live, &serde_json::to_value(stamped(&desired).unwrap()).unwrap()));
+        assert_ne!(digest(&desired), first);
     }
 }

@@ -146,9 +146,7 @@ pub fn from_openapi(documents: &[Value], kinds: &[(&str, &str, &str)]) -> Result
         let (schemas, root) = documents
             .iter()
             .filter_map(|d| d["components"]["schemas"].as_object())
-            .find_map(|schemas| {
-                schemas.values().find(|s| is_kind(s, group, version, kind)).map(|root| (schemas, root))
-            })
+            .find_map(|schemas| schemas.values().find(|s| is_kind(s, group, version, kind)).map(|root| (schemas, root)))
             .ok_or_else(|| format!("no schema for {group}/{version} {kind}"))?;
         let mut lists = BTreeMap::new();
         walk(schemas, root, "", &mut lists, &mut Vec::new());
@@ -294,7 +292,10 @@ mod tests {
     fn list_types_read_like_server_side_apply() {
         let t = |s: Value| ListType::from_schema(&s, &json!({}));
         let k = |f: &str| Key { field: f.into(), default: None };
-        assert_eq!(t(json!({"x-kubernetes-list-type": "atomic", "x-kubernetes-patch-strategy": "merge"})), ListType::Atomic);
+        assert_eq!(
+            t(json!({"x-kubernetes-list-type": "atomic", "x-kubernetes-patch-strategy": "merge"})),
+            ListType::Atomic
+        );
         assert_eq!(t(json!({"x-kubernetes-list-type": "set"})), ListType::Set);
         assert_eq!(
             t(json!({"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["containerPort", "protocol"],
