@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 
-.PHONY: help demo test test-unit bench lint fmt crd cluster cluster-down cluster-status build install-plugin
+.PHONY: help demo test test-unit bench lint fmt crd list-types cluster cluster-down cluster-status build install-plugin
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -31,6 +31,10 @@ crd: ## regenerate crds/ from the Rust types (and its copies in config/crd and t
 	$(CARGO) run --locked -q -- crd > crds/resilientapps.resilient.dev.yaml
 	cp crds/resilientapps.resilient.dev.yaml config/crd/
 	cp crds/resilientapps.resilient.dev.yaml charts/resilient-operator/crds/
+
+list-types: ## regenerate src/controller/diff/list_types.json from the local cluster's OpenAPI schema (run `make cluster` first)
+	RESILIENT_WRITE_LIST_TYPES=1 $(CARGO) test --locked --test ownership list_types_match_the_live_schema || true
+	$(CARGO) test --locked --test ownership list_types_match_the_live_schema
 
 build: ## build the operator (debug)
 	$(CARGO) build --locked
