@@ -192,7 +192,10 @@ async fn what_others_add_costs_no_write_and_what_the_operator_owns_is_put_back()
             {"name": "hello", "env": [{"name": "INJECTED", "value": "1"}]},
             // Small enough to fit the app's quota, which has no room for a sidecar of the
             // LimitRange's default size.
+            // The example runs under `restricted`: an injected sidecar must pass it too.
             {"name": "proxy", "image": "registry.example/proxy:2",
+                "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]},
+                    "runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
                 "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"cpu": "10m", "memory": "16Mi"}}}]}}}});
     // Containers and env entries are keyed lists: no conflict, no force.
     apply_as(OTHER, &deployments, "hello", patch.clone(), false).await;
@@ -387,6 +390,8 @@ async fn a_returned_zone_is_rebalanced_with_a_sidecar_injected() {
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &name);
     let sidecar = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
         "spec": {"template": {"spec": {"containers": [{"name": "proxy", "image": "registry.example/proxy:2",
+            "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]},
+                "runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
             "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"cpu": "10m", "memory": "16Mi"}}}]}}}});
     apply_as(OTHER, &deployments, "web", sidecar, false).await;
     wait_for("the sidecar rolled out, spread evenly", READY_TIMEOUT, || async {
