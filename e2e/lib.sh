@@ -61,7 +61,12 @@ start_operator() { # binary log-file metrics-port [extra run arguments...]
 # then runs with exactly the permissions config/default grants it in a real cluster.
 install_operator_identity() {
   kubectl apply --server-side -k config/crd >/dev/null
-  kubectl wait --for condition=Established crd/resilientapps.resilient.dev --timeout=30s >/dev/null
+  # A CRD just created has no conditions for a moment, and `kubectl wait` fails on that: retry.
+  local deadline=$((SECONDS + 30))
+  until kubectl wait --for condition=Established crd/resilientapps.resilient.dev --timeout=30s >/dev/null 2>&1; do
+    [ $SECONDS -lt $deadline ] || { echo "the ResilientApp CRD is not Established after 30 s" >&2; return 1; }
+    sleep 0.5
+  done
   kubectl get namespace resilient-system >/dev/null 2>&1 || kubectl create namespace resilient-system >/dev/null
   kubectl apply --server-side --force-conflicts -k config/rbac >/dev/null
   kubectl apply --server-side --force-conflicts -k config/admission >/dev/null

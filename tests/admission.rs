@@ -149,7 +149,11 @@ fn ensure_installed() {
     let installed = INSTALLED.get_or_init(|| {
         let crd = root().join("config/crd");
         run(&["apply", "--server-side", "--force-conflicts", "-k", crd.to_str().unwrap()], None)?;
-        run(&["wait", "--for=condition=Established", "crd/resilientapps.resilient.dev", "--timeout=30s"], None)?;
+        // A CRD just created has no conditions for a moment, and `kubectl wait` fails on that.
+        poll("the CRD to be Established", || {
+            run(&["wait", "--for=condition=Established", "crd/resilientapps.resilient.dev", "--timeout=30s"], None)
+                .map(drop)
+        })?;
         operator_kubeconfig();
         poll("the app policy to deny the operator's namespace", || {
             let probe = app(&unique("probe"), json!({"namespace": "resilient-system"}));
