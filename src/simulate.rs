@@ -8,6 +8,7 @@ use kube::ResourceExt;
 use serde::Serialize;
 
 use crate::api::{LABEL_APP, LABEL_COMPONENT, ResilientApp};
+use crate::render::LABEL_PLACEHOLDER_FOR;
 use crate::resilience::{
     ContainerDefaults, Dimension, Footprint, NodeConstraints, PodResources, ZoneMap, component_zones, even_spread,
     footprint_of, node_usable, plan_replicas, pod_ready, usable_zones,
@@ -38,8 +39,15 @@ pub struct ComponentOutcome {
     pub replicas_after: i32,
     /// Pods to start in the surviving zones to reach `replicasAfter` with an even spread.
     pub replacements: i32,
-    /// Whether the replacements fit: node capacity by zone, quota headroom, the spread.
+    /// Whether the replacements fit: node capacity by zone (placeholder pods of reserveCapacity,
+    /// which replacements preempt, count as free), quota headroom, the spread.
     pub replacements_fit: bool,
+    /// With reserveCapacity: whether they would fit without the room the placeholders hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replacements_fit_without_reservation: Option<bool>,
+    /// A stateful component (volumeClaims): its pods wait for their zone, nothing is replaced.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stateful: bool,
     /// Why something does not hold or fit, or what changes.
     pub notes: Vec<String>,
 }
@@ -75,6 +83,35 @@ fn pod_requests(pod: &Pod) -> Footprint {
     requested.with(Dimension::Pods, 1.0)
 }
 
+/// A placeholder pod of reserveCapacity: it yields its room to any app pod.
+fn placeholder(pod: &Pod) -> bool {
+    pod.labels().contains_key(LABEL_PLACEHOLDER_FOR)
+}
+
+/// Where to put new pods: the nodes and their zones, and the nodes the component may use.
+struct Placement<'a> {
+    zones: &'a ZoneMap,
+    admitted: &'a std::collections::HashSet<String>,
+}
+
+/// Place `n` pods of `per_pod` in `zone`, each on the admitted node of the zone with the most free
+/// CPU; false when one finds no room.
+fn place(free: &mut BTreeMap<String, Footprint>, at: &Placement, zone: &str, n: i32, per_pod: Footprint) -> bool {
+    for _ in 0..n {
+        let best = free
+            .iter_mut()
+            .filter(|(node, _)| at.zones.zone_of_node(node).map(String::as_str) == Some(zone))
+            .filter(|(node, _)| at.admitted.contains(node.as_str()))
+            .filter(|(_, f)| per_pod.fits_in(f))
+            .max_by(|a, b| a.1.cpu.total_cmp(&b.1.cpu));
+        match best {
+            Some((_, f)) => *f -= per_pod,
+            None => return false,
+        }
+    }
+    true
+}
+
 /// Free capacity of every usable node, by node name.
 fn free_capacity(nodes: &[Node], pods: &[Pod]) -> BTreeMap<String, Footprint> {
     let mut free: BTreeMap<String, Footprint> = nodes
@@ -108,9 +145,14 @@ fn quota_headroom(quotas: &[ResourceQuota], namespace: &str) -> Option<Footprint
 /// Simulate the loss of `lost_zones` for every component of every app.
 pub fn simulate(input: &SimulationInput) -> SimulationReport {
     let node_zones = ZoneMap::of(input.nodes);
-    let mut free = free_capacity(input.nodes, input.pods);
+    // Replacements preempt placeholders: their room counts as free. `unreserved` is the same
+    // capacity without that room, for the comparison.
+    let app_pods: Vec<Pod> = input.pods.iter().filter(|p| !placeholder(p)).cloned().collect();
+    let mut free = free_capacity(input.nodes, &app_pods);
+    let mut unreserved = free_capacity(input.nodes, input.pods);
     // Lost zones take no new pods.
     free.retain(|node, _| node_zones.zone_of_node(node).is_none_or(|z| !input.lost_zones.contains(z)));
+    unreserved.retain(|node, _| node_zones.zone_of_node(node).is_none_or(|z| !input.lost_zones.contains(z)));
     let mut quota_left: HashMap<String, Option<Footprint>> = HashMap::new();
     let mut components = Vec::new();
     let all_surviving: Vec<String> =
@@ -147,8 +189,34 @@ pub fn simulate(input: &SimulationInput) -> SimulationReport {
                 .iter()
                 .filter(|p| pod_ready(p) && node_zones.zone_of(p).is_some_and(|z| !input.lost_zones.contains(z)))
                 .count() as i32;
-            let plan = plan_replicas(component.replicas, component.min_available, surviving.len(), tolerated);
             let mut notes = Vec::new();
+            if component.is_stateful() {
+                // Pods on zonal volumes wait for their zone: nothing is replaced, nothing scaled.
+                let zones_now = component_zones(input.nodes, allow, &constraints).len();
+                let replicas =
+                    plan_replicas(component.replicas, component.min_available, zones_now, tolerated).replicas;
+                notes.push(
+                    "replacements 0 (zonal volumes): the pods of the lost zones wait there for their volumes"
+                        .to_string(),
+                );
+                components.push(ComponentOutcome {
+                    app: name.clone(),
+                    namespace: namespace.clone(),
+                    component: component.name.clone(),
+                    min_available: component.min_available,
+                    ready_now,
+                    ready_after_loss,
+                    guarantee_holds: ready_after_loss >= component.min_available,
+                    replicas_after: replicas,
+                    replacements: 0,
+                    replacements_fit: true,
+                    replacements_fit_without_reservation: None,
+                    stateful: true,
+                    notes,
+                });
+                continue;
+            }
+            let plan = plan_replicas(component.replicas, component.min_available, surviving.len(), tolerated);
             if plan.shortfall.is_some() {
                 notes.push(format!(
                     "with {} zone(s) left the app no longer tolerates {tolerated} more zone failure(s)",
@@ -177,27 +245,23 @@ pub fn simulate(input: &SimulationInput) -> SimulationReport {
                 notes.push("no surviving zone can take pods".to_string());
             }
             // Node capacity: place each new pod on the node of its zone with the most free CPU.
+            let mut fits_unreserved = fits;
             for (zone, n) in &needed_by_zone {
-                for _ in 0..*n {
-                    let best = free
-                        .iter_mut()
-                        .filter(|(node, _)| node_zones.zone_of_node(node) == Some(zone))
-                        .filter(|(node, _)| admitted.contains(node.as_str()))
-                        .filter(|(_, f)| per_pod.fits_in(f))
-                        .max_by(|a, b| a.1.cpu.total_cmp(&b.1.cpu));
-                    match best {
-                        Some((_, f)) => *f -= per_pod,
-                        None => {
-                            fits = false;
-                            notes.push(format!(
-                                "{zone} has no node with room for another pod ({}m CPU, {}Mi)",
-                                (per_pod.cpu * 1000.0).round(),
-                                (per_pod.memory / 1048576.0).round()
-                            ));
-                            break;
-                        }
-                    }
+                let at = Placement { zones: &node_zones, admitted: &admitted };
+                if !place(&mut free, &at, zone, *n, per_pod) {
+                    fits = false;
+                    notes.push(format!(
+                        "{zone} has no node with room for another pod ({}m CPU, {}Mi)",
+                        (per_pod.cpu * 1000.0).round(),
+                        (per_pod.memory / 1048576.0).round()
+                    ));
                 }
+                fits_unreserved &= place(&mut unreserved, &at, zone, *n, per_pod);
+            }
+            let reserving = app.spec.resilience.reserve_capacity;
+            if reserving && fits && !fits_unreserved {
+                notes
+                    .push("the replacements fit only because placeholders (reserveCapacity) hold room for them".into());
             }
             // Quota: terminating pods of the lost zones still count until they are gone.
             if let Some(left) = headroom.as_mut() {
@@ -229,6 +293,8 @@ pub fn simulate(input: &SimulationInput) -> SimulationReport {
                 replicas_after: plan.replicas,
                 replacements,
                 replacements_fit: fits,
+                replacements_fit_without_reservation: reserving.then_some(fits_unreserved && fits),
+                stateful: false,
                 notes,
             });
         }
@@ -257,8 +323,13 @@ pub fn table(report: &SimulationReport) -> String {
                 c.ready_after_loss.to_string(),
                 if c.guarantee_holds { "holds" } else { "BROKEN" }.to_string(),
                 c.replicas_after.to_string(),
-                c.replacements.to_string(),
-                if c.replacements_fit { "yes" } else { "NO" }.to_string(),
+                if c.stateful { format!("{} (zonal volumes)", c.replacements) } else { c.replacements.to_string() },
+                match (c.replacements_fit, c.replacements_fit_without_reservation) {
+                    (false, _) => "NO",
+                    (true, Some(false)) => "yes (reserved)",
+                    (true, _) => "yes",
+                }
+                .to_string(),
             ]
         })
         .collect();

@@ -10,6 +10,8 @@ pub enum ConditionType {
     ZoneFailureTolerant,
     Reconciling,
     Stalled,
+    /// Present only with `resilience.reserveCapacity`: every placeholder pod is scheduled.
+    FailoverCapacityReserved,
 }
 
 impl ConditionType {
@@ -19,6 +21,7 @@ impl ConditionType {
             Self::ZoneFailureTolerant => "ZoneFailureTolerant",
             Self::Reconciling => "Reconciling",
             Self::Stalled => "Stalled",
+            Self::FailoverCapacityReserved => "FailoverCapacityReserved",
         }
     }
 }

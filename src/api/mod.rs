@@ -201,6 +201,12 @@ pub struct Resilience {
     /// Restore an even spread after a lost zone comes back.
     #[serde(default = "default_true")]
     pub rebalance: bool,
+
+    /// Keep placeholder pods (lowest priority, preempted by replacements) in every zone, sized to
+    /// the replacements that zone would receive in the worst loss of zoneFailuresTolerated zones.
+    /// They count against the app's quota.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reserve_capacity: bool,
 }
 
 impl Default for Resilience {
@@ -210,6 +216,7 @@ impl Default for Resilience {
             zones: Vec::new(),
             failover_seconds: default_failover_seconds(),
             rebalance: true,
+            reserve_capacity: false,
         }
     }
 }
@@ -312,6 +319,15 @@ pub struct Access {
     validation = Rule::new(pod_template::ZONE_SPREAD_RULE)
         .message(pod_template::ZONE_SPREAD_MESSAGE)
         .field_path(".podTemplate.spec.topologySpreadConstraints"),
+    validation = Rule::new("has(self.volumeClaims) == has(oldSelf.volumeClaims)")
+        .message("spec.components[].volumeClaims cannot be added or removed: a component is a StatefulSet (with volumeClaims) or a Deployment for its whole life; add a component under another name and remove this one")
+        .field_path(".volumeClaims"),
+    validation = Rule::new("!has(self.volumeClaims) || size(self.name) <= 52")
+        .message("spec.components[].name of a component with volumeClaims must be at most 52 characters (StatefulSet pods are labelled with the name plus a revision hash)")
+        .field_path(".name"),
+    validation = Rule::new("!self.name.contains('-placeholder')")
+        .message("spec.components[].name may not contain '-placeholder': those names are reserved for the placeholder pods of resilience.reserveCapacity")
+        .field_path(".name"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct Component {
@@ -356,6 +372,39 @@ pub struct Component {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(transform = pod_template::pod_template_schema)]
     pub pod_template: Option<PodTemplateSpec>,
+    /// Persistent volumes of every pod: present, the component is a StatefulSet (one claim per pod
+    /// and entry) instead of a Deployment. Immutable, like a StatefulSet's volumeClaimTemplates.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(min = 1, max = 16))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.components[].volumeClaims is immutable (a StatefulSet's volumeClaimTemplates cannot change)"))]
+    pub volume_claims: Vec<VolumeClaim>,
+}
+
+impl Component {
+    /// A component with volume claims runs as a StatefulSet on zonal volumes: its pods cannot move.
+    pub fn is_stateful(&self) -> bool {
+        !self.volume_claims.is_empty()
+    }
+}
+
+/// One persistent volume per pod of a stateful component.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeClaim {
+    /// Names the claim template, the pod volume and (with the pod name) each PersistentVolumeClaim.
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
+    /// Storage requested per pod.
+    pub size: Quantity,
+    /// Should have volumeBindingMode WaitForFirstConsumer (warned about otherwise): the volume is
+    /// then created in the zone the scheduler chose for the pod, so the zone spread holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub storage_class_name: Option<String>,
+    /// Where the main container mounts it.
+    #[schemars(length(min = 1, max = 4096), regex(pattern = r"^/"))]
+    pub mount_path: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

@@ -30,6 +30,12 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("reading StorageClass {name}")]
+    ReadStorageClass {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("writing status")]
     Status(#[source] kube::Error),
     #[error("namespace {0} appeared before the operator could create it; it is not adopted")]
@@ -70,7 +76,7 @@ impl Error {
             Self::Apply { .. } => "apply",
             Self::Delete { .. } => "delete",
             Self::Evict { .. } => "evict",
-            Self::ReadNamespace { .. } => "read",
+            Self::ReadNamespace { .. } | Self::ReadStorageClass { .. } => "read",
             Self::Status(_) => "status",
             Self::NamespaceTaken(_) => "namespace",
             Self::Cleanup(_) => "cleanup",

@@ -209,6 +209,9 @@ pub fn gate(app: &ResilientApp, plan: Plan, namespace: Option<&Namespace>, now: 
         QuotaFit::NoRoomForSurge(message) => warnings.push(Warning { reason: "QuotaNoSurgeRoom", message }),
         QuotaFit::Fits => {}
     }
+    if let Some(message) = render::reservation_fit(app, &plan) {
+        warnings.push(Warning { reason: "QuotaNoReservationRoom", message });
+    }
     Ok(Validated { plan, warnings, create_namespace, adopting })
 }
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{ApiResource, DynamicObject, EvictParams, Patch, PatchParams};
 use kube::core::error_boundary::InvalidObject;
@@ -24,7 +25,7 @@ use super::error::{Error, Result, error_chain};
 use super::gate::{Blocked, Blocker, Gate, gate, plan_of};
 use super::status::{self, Notice, Observed, Pass, may_rebalance};
 use crate::api::{FINALIZER, LABEL_COMPONENT, MANAGER, ResilientApp, ResilientAppStatus};
-use crate::render::Plan;
+use crate::render::{Plan, StorageClassModes, storage_classes, storage_warnings};
 use crate::resilience::{
     PodPlacement, RebalanceInput, ZoneMap, allowed_zones_healthy, choose_move, plan_app_zones, pod_ready, zone_failover,
 };
@@ -125,7 +126,10 @@ async fn reconcile_app(app: &ResilientApp, ctx: &Context) -> Result<Action> {
     let node_refs: Vec<&Node> = nodes.iter().map(AsRef::as_ref).collect();
     let plan = Plan::new(app, plan_app_zones(&node_refs, app, app.status.as_ref()));
     let now = Time(jiff::Timestamp::now());
-    let gate = gate(app, plan, read_namespace(ctx, &namespace).await?.as_deref(), &now);
+    let mut gate = gate(app, plan, read_namespace(ctx, &namespace).await?.as_deref(), &now);
+    if let Ok(validated) = &mut gate {
+        validated.warnings.extend(storage_warnings(app, &storage_class_modes(ctx, app).await?));
+    }
     let (gate, applied) = apply_if_open(ctx, app, gate).await?;
     let attempt = ctx.count_rejections(&name, &gate);
     tracing::Span::current().record("writes", applied.writes);
@@ -134,7 +138,7 @@ async fn reconcile_app(app: &ResilientApp, ctx: &Context) -> Result<Action> {
     let (lost, failover_in) =
         zone_failover(nodes.iter().map(AsRef::as_ref), &app.spec.resilience.zones, now.0, failover);
     let failed_over = match &gate {
-        Ok(_) if !lost.is_empty() => fail_over(ctx, &namespace, &observed, &lost).await?,
+        Ok(_) if !lost.is_empty() => fail_over(ctx, app, &namespace, &observed, &lost).await?,
         _ => None,
     };
     let rebalanced = match lost.is_empty() && may_rebalance(app, &gate, applied.writes) {
@@ -198,7 +202,22 @@ pub(super) async fn read_namespace(ctx: &Context, name: &str) -> Result<Option<A
     }
 }
 
-/// The app's Deployments (by component) and pods in its namespace, and the zone of every node.
+/// The volumeBindingMode of every StorageClass the app's volume claims name (`None`: no such
+/// class). Read only for apps with stateful components.
+async fn storage_class_modes(ctx: &Context, app: &ResilientApp) -> Result<StorageClassModes> {
+    let api: Api<StorageClass> = Api::all(ctx.client.clone());
+    let mut modes = StorageClassModes::new();
+    for name in storage_classes(app) {
+        let class =
+            api.get_opt(&name).await.map_err(|source| Error::ReadStorageClass { name: name.clone(), source })?;
+        let mode = class.map(|c| c.volume_binding_mode.unwrap_or_else(|| "Immediate".to_string()));
+        modes.insert(name, mode);
+    }
+    Ok(modes)
+}
+
+/// The app's Deployments and StatefulSets (by component) and pods in its namespace, and the zone
+/// of every node.
 fn observe(ctx: &Context, name: &str, namespace: &str, nodes: &[Arc<Node>]) -> Observed {
     let deployments = ctx
         .stores
@@ -208,9 +227,24 @@ fn observe(ctx: &Context, name: &str, namespace: &str, nodes: &[Arc<Node>]) -> O
         .filter(|d| d.namespace().as_deref() == Some(namespace))
         .filter_map(|d| d.labels().get(LABEL_COMPONENT).cloned().map(|c| (c, d)))
         .collect();
+    let stateful_sets = ctx
+        .stores
+        .stateful_sets
+        .of_app(name)
+        .into_iter()
+        .filter(|d| d.namespace().as_deref() == Some(namespace))
+        .filter_map(|d| d.labels().get(LABEL_COMPONENT).cloned().map(|c| (c, d)))
+        .collect();
     let pods =
         ctx.stores.pods.of_app(name).into_iter().filter(|p| p.namespace().as_deref() == Some(namespace)).collect();
-    Observed { deployments, pods, node_zones: ZoneMap::of(nodes.iter().map(AsRef::as_ref)) }
+    Observed { deployments, stateful_sets, pods, node_zones: ZoneMap::of(nodes.iter().map(AsRef::as_ref)) }
+}
+
+/// Whether a pod belongs to a stateful component of `app`: it is bound to a zonal volume, so it
+/// is never deleted to fail over nor evicted to rebalance (at most one pod per identity).
+fn stateful_pod(app: &ResilientApp, pod: &Pod) -> bool {
+    let component = pod.labels().get(LABEL_COMPONENT);
+    app.spec.components.iter().any(|c| c.is_stateful() && Some(&c.name) == component)
 }
 
 /// The status this pass starts from: the one last written (the watch cache can lag behind our own
@@ -224,11 +258,20 @@ fn previous_status(ctx: &Context, app: &ResilientApp) -> ResilientAppStatus {
 /// Delete (gracefully, as taint eviction would) the app's pods in zones lost for failoverSeconds,
 /// so that their ReplicaSets replace them at once in the zones that are up, instead of waiting for
 /// the node lifecycle controller to taint the zone's nodes one at a time. Returns what was done.
-async fn fail_over(ctx: &Context, namespace: &str, observed: &Observed, lost: &[String]) -> Result<Option<String>> {
+/// Pods of stateful components stay: their volumes are in the lost zone, a replacement could not
+/// run anywhere else, and deleting one whose node may still run it would break at-most-one.
+async fn fail_over(
+    ctx: &Context,
+    app: &ResilientApp,
+    namespace: &str,
+    observed: &Observed,
+    lost: &[String],
+) -> Result<Option<String>> {
     let doomed: Vec<&Arc<Pod>> = observed
         .pods
         .iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| !stateful_pod(app, p))
         .filter(|p| observed.node_zones.zone_of(p).is_some_and(|z| lost.contains(z)))
         .collect();
     if doomed.is_empty() {
@@ -263,7 +306,8 @@ async fn rebalance(
 ) -> Result<Option<String>> {
     let zones = &plan_of(gate).zones;
     let healthy = allowed_zones_healthy(nodes.iter().map(AsRef::as_ref), &app.spec.resilience.zones, zones);
-    for component in &app.spec.components {
+    // Stateful pods cannot move: their volumes pin them to their zone.
+    for component in app.spec.components.iter().filter(|c| !c.is_stateful()) {
         let Some(plan) = plan_of(gate).replicas.get(&component.name) else {
             continue;
         };

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::runtime::controller::Action;
@@ -13,8 +13,8 @@ use kube::runtime::events::EventType;
 
 use super::gate::{Blocker, Gate, plan_of};
 use crate::api::{ComponentStatus, ConditionType, Conditions, LABEL_COMPONENT, ResilientApp, ResilientAppStatus};
-use crate::render::{Plan, Warning};
-use crate::resilience::{Shortfall, ZoneMap, pod_ready, ready_after_worst_zone_loss};
+use crate::render::{LABEL_PLACEHOLDER_FOR, Plan, Warning, reservations};
+use crate::resilience::{Dimension, Shortfall, ZoneMap, pod_ready, ready_after_worst_zone_loss};
 
 /// After an eviction, look again this soon (pod events usually come first).
 pub const REBALANCE_RETRY: Duration = Duration::from_secs(5);
@@ -28,6 +28,8 @@ pub const STALLED_RETRY: Duration = Duration::from_secs(60);
 pub struct Observed {
     /// Live Deployments by component name.
     pub deployments: HashMap<String, Arc<Deployment>>,
+    /// Live StatefulSets by component name.
+    pub stateful_sets: HashMap<String, Arc<StatefulSet>>,
     /// Live pods of the app.
     pub pods: Vec<Arc<Pod>>,
     /// Zone of every known node.
@@ -164,6 +166,9 @@ pub fn transitions(old: &[Condition], new: &[Condition], warnings: &[Warning]) -
     }
     if let Some(c) = changed(ConditionType::ZoneFailureTolerant) {
         out.push(Notice::new(severity(c), &c.reason, "CheckZoneFailure", &c.message));
+    }
+    if let Some(c) = changed(ConditionType::FailoverCapacityReserved) {
+        out.push(Notice::new(severity(c), &c.reason, "ReserveCapacity", &c.message));
     }
     if let Some(c) = changed(ConditionType::Ready) {
         out.push(Notice::new(severity(c), &c.reason, "CheckAvailability", &c.message));
@@ -351,7 +356,12 @@ fn conditions(app: &ResilientApp, pass: &Pass, components: &[ComponentStatus]) -
         }
     }
 
-    // Reconciling: this pass changed something, or a Deployment has not finished rolling out.
+    stateful_note(app, &mut c);
+    if let Some((status, reason, message)) = capacity_reserved(app, plan, pass.observed) {
+        c.set(ConditionType::FailoverCapacityReserved, status, reason, message);
+    }
+
+    // Reconciling: this pass changed something, or a workload has not finished rolling out.
     let progressing: Vec<String> = components
         .iter()
         .filter_map(|s| {
@@ -362,6 +372,13 @@ fn conditions(app: &ResilientApp, pass: &Pass, components: &[ComponentStatus]) -
                     && st.updated_replicas.unwrap_or(0) >= s.replicas
                     && st.available_replicas.unwrap_or(0) >= s.replicas
                     && st.replicas.unwrap_or(0) == s.replicas
+            }) || pass.observed.stateful_sets.get(&s.name).is_some_and(|d| {
+                let st = d.status.clone().unwrap_or_default();
+                st.observed_generation >= d.metadata.generation
+                    && st.updated_replicas.unwrap_or(0) >= s.replicas
+                    && st.ready_replicas.unwrap_or(0) >= s.replicas
+                    && st.replicas == s.replicas
+                    && st.current_revision == st.update_revision
             });
             (!rolled_out || s.ready_replicas < s.replicas)
                 .then(|| format!("{}: {} of {} replicas ready", s.name, s.ready_replicas, s.replicas))
@@ -383,6 +400,81 @@ fn conditions(app: &ResilientApp, pass: &Pass, components: &[ComponentStatus]) -
     }
     c.set(ConditionType::Stalled, false, "", "");
     c
+}
+
+/// Stateful components are never replaced in another zone: say so in the ZoneFailureTolerant
+/// message, as `simulate` does.
+fn stateful_note(app: &ResilientApp, c: &mut Conditions) {
+    let stateful: Vec<&str> = app.spec.components.iter().filter(|c| c.is_stateful()).map(|c| c.name.as_str()).collect();
+    if stateful.is_empty() {
+        return;
+    }
+    if let Some(w) = c.wanted.iter_mut().find(|w| w.0 == ConditionType::ZoneFailureTolerant) {
+        w.3.push_str(&format!("; {}: replacements 0 (zonal volumes)", stateful.join(", ")));
+    }
+}
+
+/// `FailoverCapacityReserved` (only with reserveCapacity): every placeholder pod the plan wants is
+/// scheduled in its zone. False names each zone that is short and what is Pending there.
+pub fn capacity_reserved(app: &ResilientApp, plan: &Plan, observed: &Observed) -> Option<(bool, &'static str, String)> {
+    if !app.spec.resilience.reserve_capacity {
+        return None;
+    }
+    let wanted = reservations(app, plan);
+    if wanted.is_empty() {
+        return Some((
+            true,
+            "NothingToReserve",
+            format!(
+                "no component would get replacements in the loss of {} of the {} usable zones (stateful components, or too few zones): no placeholders",
+                app.spec.resilience.zone_failures_tolerated,
+                plan.zones.len()
+            ),
+        ));
+    }
+    let mut short = Vec::new();
+    for r in &wanted {
+        let label = |p: &Pod, k: &str| p.metadata.labels.as_ref().and_then(|l| l.get(k)).cloned();
+        let scheduled = observed
+            .pods
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter(|p| label(p, LABEL_PLACEHOLDER_FOR).as_ref() == Some(&r.component))
+            .filter(|p| observed.node_zones.zone_of(p) == Some(&r.zone))
+            .count() as i32;
+        if scheduled < r.count {
+            short.push(format!(
+                "{}: {} of {} placeholders for {} ({} and {} each) Pending",
+                r.zone,
+                r.count - scheduled,
+                r.count,
+                r.component,
+                Dimension::Cpu.describe(r.per_pod.cpu),
+                Dimension::Memory.describe(r.per_pod.memory),
+            ));
+        }
+    }
+    if short.is_empty() {
+        let pods: i32 = wanted.iter().map(|r| r.count).sum();
+        let mut per: Vec<String> = wanted.iter().map(|r| format!("{}: {} per zone", r.component, r.count)).collect();
+        per.dedup();
+        return Some((
+            true,
+            "CapacityReserved",
+            format!(
+                "{pods} placeholder pods hold room in {} for the replacements of the worst loss of {} zone(s) ({})",
+                {
+                    let mut zones: Vec<&str> = wanted.iter().map(|r| r.zone.as_str()).collect();
+                    zones.sort_unstable();
+                    zones.dedup();
+                    zones.join(", ")
+                },
+                app.spec.resilience.zone_failures_tolerated,
+                per.join(", ")
+            ),
+        ));
+    }
+    Some((false, "PlaceholdersPending", short.join("; ")))
 }
 
 #[cfg(test)]

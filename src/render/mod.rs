@@ -3,16 +3,22 @@
 
 mod namespace;
 mod network;
+mod placeholder;
 mod quota;
 mod validate;
 mod workload;
 
-pub use quota::surge_for;
-pub use validate::{QuotaFit, SpecError, forbidden_fields, quota_fit, validate};
+pub use placeholder::{
+    LABEL_PLACEHOLDER_FOR, LABEL_PLACEHOLDER_ZONE, PAUSE_IMAGE, PRIORITY_CLASS, Reservation, placeholder_name,
+    reservations,
+};
+pub use quota::{compute_quota, surge_for};
+pub use validate::{QuotaFit, SpecError, forbidden_fields, quota_fit, reservation_fit, validate};
+pub use workload::HEADLESS_SUFFIX;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -41,12 +47,23 @@ impl Plan {
     /// Each component's replicas are planned for its own zones (see [`PlannedZones::components`]).
     pub fn new(app: &ResilientApp, zones: PlannedZones) -> Self {
         let tolerated = app.spec.resilience.zone_failures_tolerated;
-        let zones_of = |name: &str| zones.components.get(name).unwrap_or(&zones.zones).len();
+        let zones_of = |name: &str| zones.components.get(name).unwrap_or(&zones.zones);
         let replicas = app
             .spec
             .components
             .iter()
-            .map(|c| (c.name.clone(), plan_replicas(c.replicas, c.min_available, zones_of(&c.name), tolerated)))
+            .map(|c| {
+                // Stateful pods cannot move: a zone lost now must not raise their replicas, so
+                // they are planned for their zones plus the allowed zones that are lost.
+                let count = if c.is_stateful() {
+                    let mut all: BTreeSet<&String> = zones_of(&c.name).iter().collect();
+                    all.extend(zones.known.iter().filter(|z| !zones.zones.contains(z)));
+                    all.len()
+                } else {
+                    zones_of(&c.name).len()
+                };
+                (c.name.clone(), plan_replicas(c.replicas, c.min_available, count, tolerated))
+            })
             .collect();
         Self { zones: zones.zones, no_usable_zones: zones.no_usable_zones, replicas, component_zones: zones.components }
     }
@@ -54,7 +71,7 @@ impl Plan {
     /// The plan for `app` over zones that are all usable, by every component (the `render`
     /// command, tests).
     pub fn for_zones(app: &ResilientApp, zones: &[String]) -> Self {
-        Self::new(app, PlannedZones { zones: zones.to_vec(), ..Default::default() })
+        Self::new(app, PlannedZones { zones: zones.to_vec(), known: zones.to_vec(), ..Default::default() })
     }
 
     /// The zones a component can use.
@@ -80,8 +97,13 @@ pub struct Desired {
     pub network_policies: Vec<NetworkPolicy>,
     pub role_bindings: Vec<RoleBinding>,
     pub deployments: Vec<Deployment>,
+    /// Stateful components (with volumeClaims).
+    pub stateful_sets: Vec<StatefulSet>,
     pub pod_disruption_budgets: Vec<PodDisruptionBudget>,
+    /// The components' Services and the headless Services of stateful components.
     pub services: Vec<Service>,
+    /// The placeholder Deployments of `resilience.reserveCapacity`.
+    pub placeholders: Vec<Deployment>,
 }
 
 /// The one list of the kinds the operator creates, in apply order, each with the field of its
@@ -97,6 +119,7 @@ macro_rules! child_kinds {
             Service: services,
             PodDisruptionBudget: pod_disruption_budgets,
             Deployment: deployments,
+            StatefulSet: stateful_sets,
         }
     };
 }
@@ -129,8 +152,8 @@ impl Desired {
     /// applied concurrently, and each step starts once the previous one is done. The Namespace;
     /// its quota and container defaults, so the first pods already get them; NetworkPolicies,
     /// RoleBindings, Services and PDBs, so default-deny is in place before any pod exists; then the
-    /// Deployments.
-    pub fn into_steps(self) -> [Vec<Child>; 4] {
+    /// Deployments and StatefulSets; then the placeholders (the app's own pods take quota first).
+    pub fn into_steps(self) -> [Vec<Child>; 5] {
         let Desired {
             namespace,
             resource_quota,
@@ -138,8 +161,10 @@ impl Desired {
             network_policies,
             role_bindings,
             deployments,
+            stateful_sets,
             pod_disruption_budgets,
             services,
+            placeholders,
         } = self;
         let mut policies_and_access: Vec<Child> = Vec::new();
         policies_and_access.extend(network_policies.into_iter().map(Child::NetworkPolicy));
@@ -150,7 +175,12 @@ impl Desired {
             vec![Child::Namespace(namespace)],
             vec![Child::ResourceQuota(resource_quota), Child::LimitRange(limit_range)],
             policies_and_access,
-            deployments.into_iter().map(Child::Deployment).collect(),
+            deployments
+                .into_iter()
+                .map(Child::Deployment)
+                .chain(stateful_sets.into_iter().map(Child::StatefulSet))
+                .collect(),
+            placeholders.into_iter().map(Child::Deployment).collect(),
         ]
     }
 }
@@ -189,15 +219,75 @@ pub fn warnings(app: &ResilientApp) -> Vec<Warning> {
     out
 }
 
+/// How a StorageClass named by a volume claim binds its volumes: its `volumeBindingMode`
+/// (`Immediate` when unset), or `None` when there is no such class.
+pub type StorageClassModes = BTreeMap<String, Option<String>>;
+
+/// The StorageClasses the app's volume claims name.
+pub fn storage_classes(app: &ResilientApp) -> Vec<String> {
+    let mut names: Vec<String> = app
+        .spec
+        .components
+        .iter()
+        .flat_map(|c| c.volume_claims.iter().filter_map(|v| v.storage_class_name.clone()))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Warnings about the StorageClasses of the volume claims (pure): a class that binds volumes
+/// before the pod is scheduled may put a pod's volume in another zone than the spread wants (the
+/// pod then follows its volume, and the spread, so the guarantee, is lost); a class that does not
+/// exist leaves the claims Pending.
+pub fn storage_warnings(app: &ResilientApp, modes: &StorageClassModes) -> Vec<Warning> {
+    let mut out = Vec::new();
+    for c in &app.spec.components {
+        for v in &c.volume_claims {
+            let Some(class) = &v.storage_class_name else {
+                continue;
+            };
+            match modes.get(class) {
+                Some(Some(mode)) if mode == "WaitForFirstConsumer" => {}
+                Some(Some(mode)) => out.push(Warning {
+                    reason: "StorageClassBindsEarly",
+                    message: format!(
+                        "components[{}].volumeClaims[{}]: StorageClass {class} has volumeBindingMode {}, not WaitForFirstConsumer: volumes are created before the scheduler picks a zone, so pods follow their volumes and the zone spread is not guaranteed",
+                        c.name,
+                        v.name,
+                        mode
+                    ),
+                }),
+                // Not looked up (the class could not be read): nothing to say.
+                None => {}
+                Some(None) => out.push(Warning {
+                    reason: "StorageClassMissing",
+                    message: format!(
+                        "components[{}].volumeClaims[{}]: StorageClass {class} does not exist: the claims stay Pending",
+                        c.name, v.name
+                    ),
+                }),
+            }
+        }
+    }
+    out
+}
+
 /// Build every child of `app` for its plan. Call [`validate`] first.
 pub fn render(app: &ResilientApp, plan: &Plan) -> Desired {
     let ctx = RenderContext::new(app);
     let mut deployments = Vec::new();
+    let mut stateful_sets = Vec::new();
     let mut pod_disruption_budgets = Vec::new();
     let mut services = Vec::new();
     for component in &app.spec.components {
         let replicas = plan.replicas_of(component);
-        deployments.push(workload::deployment(&ctx, component, replicas));
+        if component.is_stateful() {
+            stateful_sets.push(workload::stateful_set(&ctx, component, replicas));
+            services.push(workload::headless_service(&ctx, component));
+        } else {
+            deployments.push(workload::deployment(&ctx, component, replicas));
+        }
         pod_disruption_budgets.push(workload::pod_disruption_budget(&ctx, component, replicas));
         if let Some(service) = workload::service(&ctx, component) {
             services.push(service);
@@ -210,8 +300,10 @@ pub fn render(app: &ResilientApp, plan: &Plan) -> Desired {
         network_policies: network::network_policies(&ctx),
         role_bindings: namespace::role_bindings(&ctx),
         deployments,
+        stateful_sets,
         pod_disruption_budgets,
         services,
+        placeholders: placeholder::placeholder_deployments(&ctx, plan),
     }
 }
 

@@ -536,3 +536,190 @@ fn a_sidecar_request_above_the_default_limit_is_named() {
         ]
     );
 }
+
+fn stateful(name: &str, min_available: i32) -> Component {
+    serde_json::from_value(serde_json::json!({
+        "name": name, "image": "registry.example/db:1", "minAvailable": min_available,
+        "ports": [{"name": "sql", "containerPort": 5432}],
+        "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}},
+        "volumeClaims": [
+            {"name": "data", "size": "10Gi", "storageClassName": "zonal", "mountPath": "/var/lib/db"},
+            {"name": "wal", "size": "2Gi", "mountPath": "/var/lib/wal"}
+        ]
+    }))
+    .unwrap()
+}
+
+#[test]
+fn a_component_with_volume_claims_is_a_stateful_set_with_a_headless_service() {
+    let a = app(vec![stateful("db", 2), component("web", 4)]);
+    let d = render(&a, &zones(3));
+    assert_eq!(d.deployments.iter().map(|x| x.metadata.name.clone().unwrap()).collect::<Vec<_>>(), ["web"]);
+    assert_eq!(d.stateful_sets.len(), 1);
+    let sts = d.stateful_sets[0].spec.clone().unwrap();
+    assert_eq!(sts.replicas, Some(3));
+    assert_eq!(sts.pod_management_policy.as_deref(), Some("Parallel"));
+    assert_eq!(sts.service_name.as_deref(), Some("db-headless"));
+    let claims = sts.volume_claim_templates.unwrap();
+    assert_eq!(claims.iter().map(|c| c.metadata.name.clone().unwrap()).collect::<Vec<_>>(), ["data", "wal"]);
+    let data = claims[0].spec.clone().unwrap();
+    assert_eq!(data.storage_class_name.as_deref(), Some("zonal"));
+    assert_eq!(data.resources.unwrap().requests.unwrap()["storage"], q("10Gi"));
+    assert_eq!(claims[1].spec.clone().unwrap().storage_class_name, None, "the cluster default class");
+    // The same pod template as a Deployment: zone spread (one set, no per-revision key),
+    // tolerations, security; the claims mounted in the main container.
+    let pod = sts.template.spec.unwrap();
+    let zone_spread = &pod.topology_spread_constraints.as_ref().unwrap()[0];
+    assert_eq!(
+        (zone_spread.topology_key.as_str(), zone_spread.when_unsatisfiable.as_str()),
+        ("topology.kubernetes.io/zone", "DoNotSchedule")
+    );
+    assert_eq!(zone_spread.match_label_keys, None);
+    assert_eq!(pod.tolerations.as_ref().unwrap()[0].toleration_seconds, Some(30));
+    let mounts = pod.containers[0].volume_mounts.clone().unwrap();
+    assert_eq!(
+        mounts.iter().map(|m| (m.name.as_str(), m.mount_path.as_str())).collect::<Vec<_>>(),
+        [("data", "/var/lib/db"), ("wal", "/var/lib/wal")]
+    );
+    // Headless Service for stable names, besides the PDB.
+    let headless = d.services.iter().find(|s| s.metadata.name.as_deref() == Some("db-headless")).unwrap();
+    assert_eq!(headless.spec.as_ref().unwrap().cluster_ip.as_deref(), Some("None"));
+    assert!(d.pod_disruption_budgets.iter().any(|p| p.metadata.name.as_deref() == Some("db")));
+    // A StatefulSet is applied with the Deployments.
+    let steps = d.into_steps();
+    assert!(steps[3].iter().any(|c| c.kind_and_meta().0 == "StatefulSet"));
+}
+
+#[test]
+fn claims_follow_the_deletion_policy() {
+    let policy = |p: crate::api::DeletionPolicy| {
+        let mut a = app(vec![stateful("db", 2)]);
+        a.spec.deletion_policy = p;
+        let r = render(&a, &zones(3)).stateful_sets[0]
+            .spec
+            .clone()
+            .unwrap()
+            .persistent_volume_claim_retention_policy
+            .unwrap();
+        (r.when_deleted.unwrap(), r.when_scaled.unwrap())
+    };
+    use crate::api::DeletionPolicy::*;
+    assert_eq!(policy(Retain), ("Retain".to_string(), "Retain".to_string()));
+    assert_eq!(policy(Orphan), ("Retain".to_string(), "Retain".to_string()));
+    assert_eq!(policy(Delete), ("Delete".to_string(), "Retain".to_string()));
+}
+
+#[test]
+fn stateful_replicas_are_not_raised_while_a_zone_is_lost() {
+    let a = app(vec![stateful("db", 2), component("web", 4)]);
+    let lost = crate::resilience::PlannedZones {
+        zones: vec!["zone-b".into(), "zone-c".into()],
+        known: zones(3),
+        ..Default::default()
+    };
+    let plan = Plan::new(&a, lost);
+    assert_eq!(plan.replicas["db"].replicas, 3, "planned for the zones that exist, lost or not");
+    assert_eq!(plan.replicas["web"].replicas, 8, "a Deployment is planned for the usable zones");
+}
+
+#[test]
+fn quota_counts_storage_claims_and_no_surge_for_stateful_components() {
+    let a = app(vec![stateful("db", 2)]);
+    let hard = compute_quota(&a, &Plan::for_zones(&a, &zones(3)));
+    // 3 replicas x (10Gi + 2Gi), 3 x 2 claims; pods: the replicas only (no surge, no replacement).
+    assert_eq!(hard["requests.storage"], q("36Gi"));
+    assert_eq!(hard["persistentvolumeclaims"], q("6"));
+    assert_eq!(hard["pods"], q("3"));
+    assert_eq!(hard["requests.cpu"], q("1500m"));
+    // Without stateful components nothing about storage is added (existing apps are unchanged).
+    let b = app(vec![component("web", 4)]);
+    let hard = compute_quota(&b, &Plan::for_zones(&b, &zones(3)));
+    assert!(!hard.contains_key("requests.storage") && !hard.contains_key("persistentvolumeclaims"));
+}
+
+#[test]
+fn storage_classes_that_bind_early_or_do_not_exist_are_warned_about() {
+    let a = app(vec![stateful("db", 2)]);
+    assert_eq!(storage_classes(&a), ["zonal"]);
+    let modes = |m: Option<&str>| StorageClassModes::from([("zonal".to_string(), m.map(str::to_string))]);
+    assert!(storage_warnings(&a, &modes(Some("WaitForFirstConsumer"))).is_empty());
+    let early = storage_warnings(&a, &modes(Some("Immediate")));
+    assert_eq!(early.len(), 1);
+    assert_eq!(early[0].reason, "StorageClassBindsEarly");
+    assert!(early[0].message.contains("StorageClass zonal has volumeBindingMode Immediate"), "{}", early[0].message);
+    assert_eq!(storage_warnings(&a, &modes(None))[0].reason, "StorageClassMissing");
+}
+
+#[test]
+fn placeholders_reserve_room_per_zone_and_are_paid_for_in_the_quota() {
+    let mut web = component("web", 4);
+    web.resources = Some(ResourceRequirements {
+        requests: Some([("cpu".to_string(), q("250m")), ("memory".to_string(), q("256Mi"))].into()),
+        ..Default::default()
+    });
+    let mut a = app(vec![web, stateful("db", 2)]);
+    let plan = Plan::for_zones(&a, &zones(3));
+    let without = compute_quota(&a, &plan);
+    assert!(render(&a, &zones(3)).placeholders.is_empty(), "off by default");
+    a.spec.resilience.reserve_capacity = true;
+    let r = reservations(&a, &plan);
+    // web: 6 replicas (2 per zone) become 8 over two zones (4 per zone): 2 per zone. db: none.
+    assert_eq!(
+        r.iter().map(|r| (r.component.as_str(), r.zone.as_str(), r.count)).collect::<Vec<_>>(),
+        [("web", "zone-a", 2), ("web", "zone-b", 2), ("web", "zone-c", 2)]
+    );
+    let d = render(&a, &zones(3));
+    assert_eq!(d.placeholders.len(), 3);
+    let p = &d.placeholders[0];
+    assert_eq!(p.metadata.name.as_deref(), Some("web-placeholder-zone-a"));
+    assert!(
+        !p.metadata.labels.as_ref().unwrap().contains_key(crate::api::LABEL_COMPONENT),
+        "not a pod of the component"
+    );
+    let spec = p.spec.clone().unwrap();
+    assert_eq!(spec.replicas, Some(2));
+    let pod = spec.template.spec.unwrap();
+    assert_eq!(pod.priority_class_name.as_deref(), Some(PRIORITY_CLASS));
+    assert_eq!(pod.termination_grace_period_seconds, Some(0));
+    assert_eq!(pod.containers[0].image.as_deref(), Some(PAUSE_IMAGE));
+    let requests = pod.containers[0].resources.clone().unwrap().requests.unwrap();
+    assert_eq!((&requests["cpu"], &requests["memory"]), (&q("250m"), &q("256Mi")));
+    let terms =
+        pod.affinity.unwrap().node_affinity.unwrap().required_during_scheduling_ignored_during_execution.unwrap();
+    assert_eq!(
+        terms.node_selector_terms[0].match_expressions.as_ref().unwrap()[0].values,
+        Some(vec!["zone-a".to_string()])
+    );
+    // Placeholders are applied last, after the app's own workloads.
+    let steps = render(&a, &zones(3)).into_steps();
+    assert_eq!(steps[4].len(), 3);
+    // Quota: 6 placeholders, twice over (a preempted one is recreated while its replacement runs).
+    let with = compute_quota(&a, &plan);
+    let pods = |h: &std::collections::BTreeMap<String, Quantity>| h["pods"].0.parse::<i32>().unwrap();
+    assert_eq!(pods(&with) - pods(&without), 12);
+    assert_eq!(with["requests.cpu"], q(&format!("{}m", 250 * 12 + 250 * 10 + 500 * 3)));
+}
+
+#[test]
+fn placeholder_names_are_valid_for_any_zone_label() {
+    assert_eq!(placeholder_name("web", "us-east-1a"), "web-placeholder-us-east-1a");
+    assert_eq!(placeholder_name("web", "Zone_B.1"), "web-placeholder-zone-b-1");
+}
+
+#[test]
+fn an_explicit_quota_without_room_for_the_placeholders_is_reported() {
+    let mut a = app(vec![component("web", 4)]);
+    a.spec.resilience.reserve_capacity = true;
+    let plan = Plan::for_zones(&a, &zones(3));
+    // 6 replicas + 6 placeholders.
+    a.spec.quota = Some(crate::api::Quota { cpu: None, memory: None, pods: Some(12) });
+    assert_eq!(reservation_fit(&a, &plan), None);
+    a.spec.quota = Some(crate::api::Quota { cpu: None, memory: None, pods: Some(10) });
+    let m = reservation_fit(&a, &plan).unwrap();
+    assert!(
+        m.starts_with("spec.quota.pods cannot hold the replicas and the placeholders") && m.contains("12 pods"),
+        "{m}"
+    );
+    a.spec.resilience.reserve_capacity = false;
+    assert_eq!(reservation_fit(&a, &plan), None);
+}

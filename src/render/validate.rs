@@ -5,6 +5,7 @@ use std::fmt;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 
 use super::Plan;
+use super::placeholder::reservations;
 use super::quota::surge_for;
 use crate::api::{ResilientApp, pod_template};
 use crate::resilience::{ContainerDefaults, Dimension, Footprint, PodResources, quantity_value};
@@ -106,6 +107,42 @@ fn check_resources(
     }
 }
 
+fn hard_limits(quota: &crate::api::Quota) -> Footprint {
+    Footprint {
+        cpu: quota.cpu.as_ref().map_or(f64::INFINITY, quantity_value),
+        memory: quota.memory.as_ref().map_or(f64::INFINITY, quantity_value),
+        pods: quota.pods.map_or(f64::INFINITY, f64::from),
+    }
+}
+
+fn field(d: Dimension) -> &'static str {
+    match d {
+        Dimension::Cpu => "spec.quota.cpu",
+        Dimension::Memory => "spec.quota.memory",
+        Dimension::Pods => "spec.quota.pods",
+    }
+}
+
+/// With reserveCapacity and an explicit `spec.quota`: a message when the quota cannot hold the
+/// replicas and every placeholder at once (the placeholders it refuses hold no room).
+pub fn reservation_fit(app: &ResilientApp, plan: &Plan) -> Option<String> {
+    let quota = app.spec.quota.as_ref()?;
+    let reserved: Footprint = reservations(app, plan).iter().map(|r| r.per_pod.times(r.count)).sum();
+    if reserved.pods == 0.0 {
+        return None;
+    }
+    let d = ContainerDefaults::of(app);
+    let replicas: Footprint =
+        app.spec.components.iter().map(|c| PodResources::of(c, &d).requests.times(plan.replicas_of(c))).sum();
+    let need = replicas + reserved;
+    let short = need.exceeds(&hard_limits(quota))?;
+    Some(format!(
+        "{} cannot hold the replicas and the placeholders of reserveCapacity at once ({} needed): some placeholders are refused and reserve nothing",
+        field(short),
+        short.describe(need.get(short))
+    ))
+}
+
 /// How an explicit `spec.quota` compares with what the components need.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum QuotaFit {
@@ -127,18 +164,10 @@ pub fn quota_fit(app: &ResilientApp, plan: &Plan) -> QuotaFit {
         let replicas = plan.replicas_of(c);
         let per_pod = PodResources::of(c, &d).requests;
         base += per_pod.times(replicas);
-        surge += per_pod.times(replicas + surge_for(replicas));
+        // A StatefulSet rolls one pod at a time: no surge.
+        surge += per_pod.times(replicas + if c.is_stateful() { 0 } else { surge_for(replicas) });
     }
-    let hard = Footprint {
-        cpu: quota.cpu.as_ref().map_or(f64::INFINITY, quantity_value),
-        memory: quota.memory.as_ref().map_or(f64::INFINITY, quantity_value),
-        pods: quota.pods.map_or(f64::INFINITY, f64::from),
-    };
-    let field = |d: Dimension| match d {
-        Dimension::Cpu => "spec.quota.cpu",
-        Dimension::Memory => "spec.quota.memory",
-        Dimension::Pods => "spec.quota.pods",
-    };
+    let hard = hard_limits(quota);
     if let Some(d) = base.exceeds(&hard) {
         return QuotaFit::TooSmall(format!(
             "{} is too small: the components need {} for their replicas alone",

@@ -1,24 +1,40 @@
-//! Per component: a Deployment spread across zones, a PodDisruptionBudget and a Service.
+//! Per component: a Deployment (or, with volumeClaims, a StatefulSet and its headless Service)
+//! spread across zones, a PodDisruptionBudget and a Service. Both workloads share one pod template.
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment, StatefulSet,
+    StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+};
 use k8s_openapi::api::core::v1::{
     Affinity, Container, ContainerPort, EnvVar, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
-    PodSecurityContext, PodTemplateSpec, Probe, SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec,
-    TCPSocketAction, Toleration, TopologySpreadConstraint,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodTemplateSpec, Probe, SeccompProfile,
+    SecurityContext, Service, ServicePort, ServiceSpec, TCPSocketAction, Toleration, TopologySpreadConstraint,
+    VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::RenderContext;
 use super::quota::surge_for;
-use crate::api::{Component, PodSecurityLevel, ZONE_LABEL};
+use crate::api::{Component, DeletionPolicy, PodSecurityLevel, ZONE_LABEL};
 
 pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
 pub const TAINT_UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 pub const TAINT_NOT_READY: &str = "node.kubernetes.io/not-ready";
 
-fn spread(ctx: &RenderContext, component: &str, key: &str, when_unsatisfiable: &str) -> TopologySpreadConstraint {
+/// The suffix of a stateful component's headless Service (stable pod names: `<pod>.<component>-headless`).
+pub const HEADLESS_SUFFIX: &str = "-headless";
+
+fn spread(
+    ctx: &RenderContext,
+    component: &str,
+    key: &str,
+    when_unsatisfiable: &str,
+    per_revision: bool,
+) -> TopologySpreadConstraint {
     TopologySpreadConstraint {
         max_skew: 1,
         topology_key: key.to_string(),
@@ -27,8 +43,9 @@ fn spread(ctx: &RenderContext, component: &str, key: &str, when_unsatisfiable: &
             match_labels: Some(ctx.selector_labels(component)),
             ..Default::default()
         }),
-        // Each rollout revision is spread on its own.
-        match_label_keys: Some(vec!["pod-template-hash".to_string()]),
+        // Each rollout revision of a Deployment is spread on its own. StatefulSet pods keep their
+        // volumes, so they are spread as one set.
+        match_label_keys: per_revision.then(|| vec!["pod-template-hash".to_string()]),
         // Tainted (lost) nodes are not a domain, so replacements schedule in the surviving zones.
         node_taints_policy: Some("Honor".to_string()),
         node_affinity_policy: Some("Honor".to_string()),
@@ -145,7 +162,7 @@ fn main_container(component: &Component, template: Option<Container>, level: Pod
 }
 
 /// Required node affinity: the template's, with the zone allow-list ANDed into every term.
-fn affinity(template: Option<Affinity>, zones: &[String]) -> Option<Affinity> {
+pub(super) fn affinity(template: Option<Affinity>, zones: &[String]) -> Option<Affinity> {
     if zones.is_empty() {
         return template;
     }
@@ -186,7 +203,18 @@ pub(super) fn pod_template(ctx: &RenderContext, component: &Component) -> PodTem
     // The main container first, then the sidecars in their order.
     let mut containers = std::mem::take(&mut spec.containers);
     let main = containers.iter().position(|c| c.name == component.name).map(|i| containers.remove(i));
-    let mut all = vec![main_container(component, main, level)];
+    let mut main = main_container(component, main, level);
+    // A stateful component's claims, mounted in the main container.
+    if component.is_stateful() {
+        let mounts = main.volume_mounts.get_or_insert_with(Vec::new);
+        mounts.retain(|m| !component.volume_claims.iter().any(|v| v.name == m.name));
+        mounts.extend(component.volume_claims.iter().map(|v| VolumeMount {
+            name: v.name.clone(),
+            mount_path: v.mount_path.clone(),
+            ..Default::default()
+        }));
+    }
+    let mut all = vec![main];
     all.extend(containers.into_iter().map(|mut c| {
         c.security_context = container_security(level, c.security_context.take());
         c
@@ -223,9 +251,10 @@ pub(super) fn pod_template(ctx: &RenderContext, component: &Component) -> PodTem
 
     // The zone spread is the operator's; a hostname spread of the template replaces its soft one.
     let own = spec.topology_spread_constraints.take().unwrap_or_default();
-    let mut spreads = vec![spread(ctx, &component.name, ZONE_LABEL, "DoNotSchedule")];
+    let per_revision = !component.is_stateful();
+    let mut spreads = vec![spread(ctx, &component.name, ZONE_LABEL, "DoNotSchedule", per_revision)];
     if !own.iter().any(|t| t.topology_key == HOSTNAME_LABEL) {
-        spreads.push(spread(ctx, &component.name, HOSTNAME_LABEL, "ScheduleAnyway"));
+        spreads.push(spread(ctx, &component.name, HOSTNAME_LABEL, "ScheduleAnyway", per_revision));
     }
     spreads.extend(own.into_iter().filter(|t| t.topology_key != ZONE_LABEL));
     spec.topology_spread_constraints = Some(spreads);
@@ -255,6 +284,85 @@ pub(super) fn deployment(ctx: &RenderContext, component: &Component, replicas: i
     }
 }
 
+/// A stateful component: a StatefulSet whose pods each get their own claims. Pods start and stop
+/// in parallel (no ordinal ordering: the zone spread, not the order, is what matters here); the
+/// claims outlive the StatefulSet unless the app's deletionPolicy is Delete, and always outlive a
+/// scale-down (the pod that comes back finds its data).
+pub(super) fn stateful_set(ctx: &RenderContext, component: &Component, replicas: i32) -> StatefulSet {
+    let when_deleted = match ctx.app.spec.deletion_policy {
+        DeletionPolicy::Delete => "Delete",
+        DeletionPolicy::Retain | DeletionPolicy::Orphan => "Retain",
+    };
+    let claims = component
+        .volume_claims
+        .iter()
+        .map(|v| PersistentVolumeClaim {
+            metadata: ObjectMeta {
+                name: Some(v.name.clone()),
+                labels: Some(ctx.component_labels(&component.name)),
+                ..Default::default()
+            },
+            spec: Some(PersistentVolumeClaimSpec {
+                access_modes: Some(vec!["ReadWriteOnce".to_string()]),
+                storage_class_name: v.storage_class_name.clone(),
+                resources: Some(VolumeResourceRequirements {
+                    requests: Some(BTreeMap::from([("storage".to_string(), v.size.clone())])),
+                    limits: None,
+                }),
+                ..Default::default()
+            }),
+            status: None,
+        })
+        .collect();
+    StatefulSet {
+        metadata: ctx.meta(&component.name, ctx.component_labels(&component.name)),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(replicas),
+            selector: LabelSelector { match_labels: Some(ctx.selector_labels(&component.name)), ..Default::default() },
+            service_name: Some(format!("{}{HEADLESS_SUFFIX}", component.name)),
+            pod_management_policy: Some("Parallel".to_string()),
+            persistent_volume_claim_retention_policy: Some(StatefulSetPersistentVolumeClaimRetentionPolicy {
+                when_deleted: Some(when_deleted.to_string()),
+                when_scaled: Some("Retain".to_string()),
+            }),
+            template: pod_template(ctx, component),
+            volume_claim_templates: Some(claims),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// The headless Service of a stateful component: a stable DNS name per pod, ready or not (peers
+/// of a database find each other before they are ready).
+pub(super) fn headless_service(ctx: &RenderContext, component: &Component) -> Service {
+    Service {
+        metadata: ctx.meta(&format!("{}{HEADLESS_SUFFIX}", component.name), ctx.component_labels(&component.name)),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".to_string()),
+            selector: Some(ctx.selector_labels(&component.name)),
+            ports: Some(service_ports(component)),
+            publish_not_ready_addresses: Some(true),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+fn service_ports(component: &Component) -> Vec<ServicePort> {
+    component
+        .ports
+        .iter()
+        .map(|p| ServicePort {
+            name: p.name.clone(),
+            port: p.container_port,
+            target_port: Some(IntOrString::Int(p.container_port)),
+            protocol: Some(p.protocol.clone().unwrap_or_else(|| "TCP".to_string())),
+            ..Default::default()
+        })
+        .collect()
+}
+
 /// `maxUnavailable = replicas - minAvailable`, but never 0: a PDB that blocks every drain would
 /// stop node maintenance for good.
 pub(super) fn pod_disruption_budget(ctx: &RenderContext, component: &Component, replicas: i32) -> PodDisruptionBudget {
@@ -275,17 +383,7 @@ pub(super) fn pod_disruption_budget(ctx: &RenderContext, component: &Component, 
 
 pub(super) fn service(ctx: &RenderContext, component: &Component) -> Option<Service> {
     let service = component.service.as_ref()?;
-    let ports = component
-        .ports
-        .iter()
-        .map(|p| ServicePort {
-            name: p.name.clone(),
-            port: p.container_port,
-            target_port: Some(IntOrString::Int(p.container_port)),
-            protocol: Some(p.protocol.clone().unwrap_or_else(|| "TCP".to_string())),
-            ..Default::default()
-        })
-        .collect();
+    let ports = service_ports(component);
     Some(Service {
         metadata: ctx.meta(&component.name, ctx.component_labels(&component.name)),
         spec: Some(ServiceSpec {

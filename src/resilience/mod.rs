@@ -94,6 +94,26 @@ pub fn plan_replicas(explicit: Option<i32>, min_available: i32, zones: usize, to
     }
 }
 
+/// Placeholder pods one zone should hold for a component (`replicas` now, over `zones` zones) so
+/// that the replacements it receives in the worst loss of `tolerated` other zones find room: the
+/// operator then plans the component for the zones left, and a surviving zone goes from at least
+/// `floor(replicas / zones)` pods to at most `ceil(replicas' / (zones - tolerated))`. Zero when
+/// nothing is tolerated or no zone would survive.
+pub fn placeholders_per_zone(
+    explicit: Option<i32>,
+    min_available: i32,
+    replicas: i32,
+    zones: usize,
+    tolerated: u8,
+) -> i32 {
+    if tolerated == 0 || zones <= tolerated as usize || replicas <= 0 {
+        return 0;
+    }
+    let left = zones - tolerated as usize;
+    let after = plan_replicas(explicit, min_available, left, tolerated).replicas;
+    (per_zone_ceiling(after, left) - replicas / zones as i32).max(0)
+}
+
 /// Ready pods left when the `tolerated` zones holding the most ready pods are lost.
 pub fn ready_after_worst_zone_loss(ready_by_zone: &BTreeMap<String, i32>, tolerated: u8) -> i32 {
     let mut counts: Vec<i32> = ready_by_zone.values().copied().collect();
@@ -211,6 +231,10 @@ impl ZoneMap {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PlannedZones {
     pub zones: Vec<String>,
+    /// Every allowed zone that has nodes, usable or not (a lost zone included), and `zones`.
+    /// Stateful components are planned for these: their pods cannot move, so a lost zone must not
+    /// raise their replicas.
+    pub known: Vec<String>,
     /// No allowed zone is usable now (every node cordoned, or node monitoring down): `zones` are
     /// the last ones seen, and nothing is rescaled until one is back.
     pub no_usable_zones: bool,
@@ -227,11 +251,21 @@ pub fn plan_zones<'a>(
     allow: &[String],
     last_seen: &[String],
 ) -> PlannedZones {
-    let zones = usable_zones(nodes, allow);
+    let nodes: Vec<&Node> = nodes.into_iter().collect();
+    let zones = usable_zones(nodes.iter().copied(), allow);
+    let mut known: BTreeSet<String> = nodes
+        .iter()
+        .filter_map(|n| node_zone(n))
+        .filter(|z| allow.is_empty() || allow.iter().any(|a| a == z))
+        .map(str::to_string)
+        .collect();
+    known.extend(zones.iter().cloned());
     if zones.is_empty() && !last_seen.is_empty() {
-        return PlannedZones { zones: last_seen.to_vec(), no_usable_zones: true, components: BTreeMap::new() };
+        known.extend(last_seen.iter().cloned());
+        let known = known.into_iter().collect();
+        return PlannedZones { zones: last_seen.to_vec(), known, no_usable_zones: true, components: BTreeMap::new() };
     }
-    PlannedZones { zones, no_usable_zones: false, components: BTreeMap::new() }
+    PlannedZones { zones, known: known.into_iter().collect(), no_usable_zones: false, components: BTreeMap::new() }
 }
 
 /// The zones of an app and of each of its components: a component's nodeSelector, required node

@@ -330,3 +330,52 @@ fn app_zones_are_planned_per_component() {
     assert!(planned.no_usable_zones);
     assert_eq!(planned.components["pinned"], ["zone-b", "zone-c"]);
 }
+
+#[test]
+fn placeholders_cover_what_a_surviving_zone_receives_in_the_worst_loss() {
+    // minAvailable 4 over 3 zones: 6 replicas, 2 per zone; losing one, 8 over 2 zones: 4 per zone.
+    assert_eq!(placeholders_per_zone(None, 4, 6, 3, 1), 2);
+    // minAvailable 2: 3 replicas, 1 per zone; after the loss 4 over 2 zones: 2 per zone.
+    assert_eq!(placeholders_per_zone(None, 2, 3, 3, 1), 1);
+    // Uneven: 7 explicit replicas over 3 zones (2 or 3 per zone), the same 7 over 2 zones
+    // afterwards: a zone holding 2 may have to take up to 4.
+    assert_eq!(placeholders_per_zone(Some(7), 4, 7, 3, 1), 2);
+    // Two zones tolerated out of three: one zone must take everything (best effort m + f = 6).
+    assert_eq!(placeholders_per_zone(None, 4, 12, 3, 2), 2);
+    // Nothing tolerated, or no zone would survive: nothing to reserve.
+    assert_eq!(placeholders_per_zone(None, 4, 4, 3, 0), 0);
+    assert_eq!(placeholders_per_zone(None, 4, 5, 1, 1), 0);
+    assert_eq!(placeholders_per_zone(None, 4, 0, 3, 1), 0);
+}
+
+proptest! {
+    /// Whatever the counts, a surviving zone never receives more replacements than it reserves.
+    #[test]
+    fn reservation_covers_every_single_zone_loss(m in 1i32..40, z in 2usize..6) {
+        let r = replicas_for(m, z, 1).unwrap();
+        let per_zone = placeholders_per_zone(None, m, r, z, 1);
+        let after = plan_replicas(None, m, z - 1, 1).replicas;
+        // Any placement with skew <= 1 before and after: the emptiest zone before may become the
+        // fullest one after.
+        let most_after = crate::resilience::even_spread(after, z - 1).max().unwrap();
+        let least_before = crate::resilience::even_spread(r, z).min().unwrap();
+        let received = most_after - least_before;
+        prop_assert!(per_zone >= received.max(0));
+        prop_assert!(per_zone >= 0);
+    }
+}
+
+#[test]
+fn a_lost_zone_stays_known_for_stateful_components() {
+    let nodes = [
+        node(Some("zone-a"), true, false, None),
+        node(Some("zone-b"), false, false, Some("NoExecute")),
+        node(Some("zone-c"), true, false, None),
+    ];
+    let planned = plan_zones(&nodes, &[], &[]);
+    assert_eq!(planned.zones, ["zone-a", "zone-c"]);
+    assert_eq!(planned.known, ["zone-a", "zone-b", "zone-c"]);
+    // The allow-list filters known zones too.
+    let allowed = plan_zones(&nodes, &["zone-a".to_string(), "zone-b".to_string()], &[]);
+    assert_eq!(allowed.known, ["zone-a", "zone-b"]);
+}

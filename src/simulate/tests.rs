@@ -167,3 +167,62 @@ fn a_component_is_simulated_over_the_zones_its_pod_template_allows() {
     assert_eq!((c.replicas_after, c.replacements, c.replacements_fit), (3, 1, true));
     assert!(c.notes.iter().any(|n| n.contains("with 1 zone(s) left")), "{:?}", c.notes);
 }
+
+#[test]
+fn a_stateful_component_gets_no_replacements() {
+    let (nodes, pods) = cluster("8");
+    let mut a = app();
+    a.spec.components[0].volume_claims =
+        vec![serde_json::from_value(serde_json::json!({"name": "data", "size": "1Gi", "mountPath": "/data"})).unwrap()];
+    let apps = [a];
+    let lost = ["zone-a".to_string()];
+    let report = simulate(&SimulationInput { apps: &apps, nodes: &nodes, pods: &pods, quotas: &[], lost_zones: &lost });
+    let c = &report.components[0];
+    assert_eq!((c.ready_after_loss, c.guarantee_holds), (4, true));
+    assert_eq!((c.replicas_after, c.replacements, c.replacements_fit), (6, 0, true));
+    assert!(c.notes[0].starts_with("replacements 0 (zonal volumes)"));
+    assert!(table(&report).contains("0 (zonal volumes)"), "{}", table(&report));
+}
+
+#[test]
+fn placeholders_make_room_for_replacements() {
+    // zone-b's node has 3 CPUs: its two pods use 2; two placeholders of 0.5 CPU hold the rest.
+    let (nodes, mut pods) = cluster("3");
+    let cpu = |c: &str| {
+        vec![k8s_openapi::api::core::v1::Container {
+            name: "x".into(),
+            resources: Some(k8s_openapi::api::core::v1::ResourceRequirements {
+                requests: Some([("cpu".to_string(), Quantity(c.into()))].into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }]
+    };
+    for p in &mut pods {
+        p.spec.as_mut().unwrap().containers = cpu("1");
+    }
+    for i in 0..2 {
+        let mut ph = pod(&format!("ph-{i}"), "nb");
+        ph.metadata.labels = Some([(crate::render::LABEL_PLACEHOLDER_FOR.to_string(), "web".to_string())].into());
+        ph.spec.as_mut().unwrap().containers = cpu("500m");
+        pods.push(ph);
+    }
+    let mut a = app();
+    a.spec.resilience.reserve_capacity = true;
+    let apps = [a];
+    let lost = ["zone-a".to_string()];
+    let report = simulate(&SimulationInput { apps: &apps, nodes: &nodes, pods: &pods, quotas: &[], lost_zones: &lost });
+    let c = &report.components[0];
+    // Two replacements of 1 CPU each in zone-b: only one fits the 1 CPU the placeholders hold.
+    assert!(!c.replacements_fit, "{:?}", c.notes);
+    // With 4 CPUs the placeholders' room makes it fit, and only that room.
+    let (mut nodes, _) = cluster("4");
+    nodes[1] = node("nb", "zone-b", "4");
+    for p in pods.iter_mut().filter(|p| p.name_any().starts_with("ph-")) {
+        p.spec.as_mut().unwrap().containers = cpu("1");
+    }
+    let report = simulate(&SimulationInput { apps: &apps, nodes: &nodes, pods: &pods, quotas: &[], lost_zones: &lost });
+    let c = &report.components[0];
+    assert_eq!((c.replacements_fit, c.replacements_fit_without_reservation), (true, Some(false)), "{:?}", c.notes);
+    assert!(table(&report).contains("yes (reserved)"));
+}

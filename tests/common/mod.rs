@@ -117,9 +117,9 @@ pub fn operator_kubeconfig() -> &'static PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
         let _ = kubectl(&["create", "namespace", "resilient-system"], None);
-        // config/rbac and config/admission, as config/default installs them: the operator also
-        // runs inside the ValidatingAdmissionPolicy that confines its ServiceAccount.
-        for dir in ["config/rbac", "config/admission"] {
+        // config/rbac, config/admission and config/priority, as config/default installs them: the
+        // operator also runs inside the ValidatingAdmissionPolicy that confines its ServiceAccount.
+        for dir in ["config/rbac", "config/admission", "config/priority"] {
             let path = root().join(dir);
             let applied = kubectl(&["apply", "--server-side", "--force-conflicts", "-k", path.to_str().unwrap()], None);
             assert!(applied.status.success(), "applying {dir}: {}", String::from_utf8_lossy(&applied.stderr));

@@ -47,7 +47,7 @@ fn observed(pods: Vec<Arc<Pod>>) -> Observed {
             ..Default::default()
         })
         .collect();
-    Observed { deployments: HashMap::new(), pods, node_zones: ZoneMap::of(&nodes) }
+    Observed { deployments: HashMap::new(), pods, node_zones: ZoneMap::of(&nodes), ..Default::default() }
 }
 
 fn ok(a: &ResilientApp, zones: &[String]) -> Gate {
@@ -316,4 +316,65 @@ fn an_undecodable_app_is_stalled_and_keeps_transition_times() {
     assert_eq!(find(&first.conditions, ConditionType::Stalled).unwrap().reason, "InvalidObject");
     let again = undecodable(&first, Some(1), "cannot read", &t(20));
     assert_eq!(again, first, "nothing changed: no second write");
+}
+
+fn placeholder(node: Option<&str>) -> Arc<Pod> {
+    Arc::new(Pod {
+        metadata: ObjectMeta {
+            labels: Some([(crate::render::LABEL_PLACEHOLDER_FOR.to_string(), "web".to_string())].into()),
+            ..Default::default()
+        },
+        spec: Some(PodSpec { node_name: node.map(str::to_string), ..Default::default() }),
+        ..Default::default()
+    })
+}
+
+#[test]
+fn failover_capacity_reserved_names_the_zone_and_what_is_pending() {
+    let mut a = app(4);
+    let pods: Vec<Arc<Pod>> = ["a", "a", "b", "b", "c", "c"].iter().map(|n| pod(&format!("node-{n}"), true)).collect();
+    // Off: no such condition.
+    let o = outcome(&a, &ok(&a, &zones()), &observed(pods.clone()), 0);
+    assert!(cond(&o, ConditionType::FailoverCapacityReserved).is_none());
+    a.spec.resilience.reserve_capacity = true;
+    // 2 placeholders per zone wanted; zone-b has one, the other is Pending.
+    let mut with = pods.clone();
+    with.extend(["node-a", "node-a", "node-b", "node-c", "node-c"].map(|n| placeholder(Some(n))));
+    with.push(placeholder(None));
+    let o = outcome(&a, &ok(&a, &zones()), &observed(with.clone()), 0);
+    let c = cond(&o, ConditionType::FailoverCapacityReserved).unwrap();
+    assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "PlaceholdersPending"));
+    assert_eq!(c.message, "zone-b: 1 of 2 placeholders for web (100m CPU and 128Mi memory each) Pending");
+    // All scheduled: True, and a recovery Event when it flips.
+    with.pop();
+    with.push(placeholder(Some("node-b")));
+    let pass = Pass {
+        app: &a,
+        gate: &ok(&a, &zones()),
+        observed: &observed(with),
+        writes: 0,
+        rebalanced: None,
+        attempt: 0,
+        failed_over: None,
+        failover_in: None,
+    };
+    let next = compute(&pass, &o.status, &t(2), Duration::from_secs(300));
+    let c = cond(&next, ConditionType::FailoverCapacityReserved).unwrap();
+    assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "CapacityReserved"), "{}", c.message);
+    assert!(next.events.iter().any(|e| e.reason == "CapacityReserved" && e.type_ == EventType::Normal));
+}
+
+#[test]
+fn stateful_components_say_they_get_no_replacements() {
+    let spec: ResilientAppSpec = serde_json::from_value(serde_json::json!({
+        "components": [{"name": "web", "image": "x", "minAvailable": 2, "ports": [{"containerPort": 80}],
+                        "volumeClaims": [{"name": "data", "size": "1Gi", "mountPath": "/data"}]}]
+    }))
+    .unwrap();
+    let a = ResilientApp::new("shop", spec);
+    let pods = ["a", "b", "c"].iter().map(|n| pod(&format!("node-{n}"), true)).collect();
+    let o = outcome(&a, &ok(&a, &zones()), &observed(pods), 0);
+    let zft = cond(&o, ConditionType::ZoneFailureTolerant).unwrap();
+    assert_eq!(zft.status, "True");
+    assert!(zft.message.ends_with("; web: replacements 0 (zonal volumes)"), "{}", zft.message);
 }
