@@ -240,7 +240,9 @@ pub fn unique(prefix: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-    format!("{prefix}-{:x}", (std::process::id() * 1000 + n) ^ (nanos & 0xfff))
+    // Unique within the process by the counter (mixing it with the clock once made two names of
+    // one test equal); the pid and the clock keep names of other runs and processes apart.
+    format!("{prefix}-{:x}{:02x}-{n:x}", std::process::id(), nanos & 0xff)
 }
 
 /// An example from `examples/` with another name (so tests can run side by side).
