@@ -22,6 +22,9 @@ fi
 K8S_VERSION=v1.35.4
 ETCD_VERSION=v3.6.14
 KWOK_VERSION=v0.8.0
+# Built from e2e/tools/metrics-server (its own cache key); serves metrics.k8s.io for the HPA
+# controller and `kubectl top`, from the pod usage kwok simulates.
+METRICS_SERVER_VERSION=v0.9.0
 ZONES=(zone-a zone-b zone-c)
 NODES_PER_ZONE=2
 
@@ -31,6 +34,7 @@ ETCD_PEER_PORT=$((ETCD_CLIENT_PORT + 1))
 KCM_PORT=${KCP_KCM_PORT:-10257}
 SCHED_PORT=${KCP_SCHED_PORT:-10259}
 KWOK_PORT=${KCP_KWOK_PORT:-10247}
+METRICS_SERVER_PORT=${KCP_METRICS_SERVER_PORT:-$((KWOK_PORT + 1))}
 # The node lifecycle controller marks a silent node Unknown after this grace period
 # (Kubernetes default 50s; shortened so tests are quick). Pod tolerations keep the default 300s.
 NODE_MONITOR_GRACE=${KCP_NODE_MONITOR_GRACE:-20s}
@@ -66,8 +70,15 @@ ensure_bin_var() { [ -n "$BIN" ] || { BIN=$(bin_dir); KUBECTL="$BIN/kubectl --ku
 # shellcheck source=e2e/nodes.sh
 . "$ROOT/e2e/nodes.sh"
 
+# metrics-server, built from Go modules like every other tool, under a key of its own module.
+metrics_server_bin() { echo "$(tool_bin_dir metrics-server)/metrics-server"; }
+build_metrics_server() {
+  go_build_into "$(tool_bin_dir metrics-server)" metrics-server sigs.k8s.io/metrics-server/cmd/metrics-server metrics-server "-s -w"
+}
+
 build() {
   build_helm
+  build_metrics_server
   ensure_bin_var
   local all=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok kstatus) missing=() b
   for b in "${all[@]}"; do [ -x "$BIN/$b" ] || missing+=("$b"); done
@@ -121,6 +132,21 @@ subjectAltName=DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernete
 EOE
     openssl req -new -key admin.key -subj "/O=system:masters/CN=resilient-dev-admin" -out admin.csr 2>/dev/null
     openssl x509 -req -in admin.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 -extfile admin.ext -out admin.crt 2>/dev/null
+    # The aggregation layer: the API server proxies metrics.k8s.io to metrics-server with a client
+    # certificate of a CA of its own (front proxy), and the user in request headers.
+    openssl genrsa -out front-proxy-ca.key 2048 2>/dev/null
+    openssl req -x509 -new -key front-proxy-ca.key -subj /CN=resilient-dev-front-proxy-ca -days 3650 -out front-proxy-ca.crt 2>/dev/null
+    openssl genrsa -out front-proxy-client.key 2048 2>/dev/null
+    printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n' >front-proxy-client.ext
+    openssl req -new -key front-proxy-client.key -subj /CN=front-proxy-client -out front-proxy-client.csr 2>/dev/null
+    openssl x509 -req -in front-proxy-client.csr -CA front-proxy-ca.crt -CAkey front-proxy-ca.key -CAcreateserial -days 3650 \
+      -extfile front-proxy-client.ext -out front-proxy-client.crt 2>/dev/null
+    # metrics-server's serving certificate: the aggregator checks it against <service>.<namespace>.svc.
+    openssl genrsa -out metrics-server.key 2048 2>/dev/null
+    printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:metrics-server.kube-system.svc,DNS:localhost,IP:127.0.0.1\n' >metrics-server.ext
+    openssl req -new -key metrics-server.key -subj /CN=metrics-server.kube-system.svc -out metrics-server.csr 2>/dev/null
+    openssl x509 -req -in metrics-server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
+      -extfile metrics-server.ext -out metrics-server.crt 2>/dev/null
   )
   cat >"$W/kubeconfig" <<EOK
 apiVersion: v1
@@ -212,7 +238,7 @@ wait_for() { # description, timeout seconds, command...
 
 healthy() {
   local c
-  for c in etcd kube-apiserver kube-controller-manager kube-scheduler kwok; do pid_alive $c || return 1; done
+  for c in etcd kube-apiserver kube-controller-manager kube-scheduler kwok metrics-server; do pid_alive $c || return 1; done
   local i
   for i in $(seq 1 "$(real_node_count)"); do
     # The kubelet may be stopped on purpose (zone-down).
@@ -223,13 +249,17 @@ healthy() {
 
 kwok_stages() {
   # The stage definitions ship inside the kwok module; standalone kwok has no built-in defaults.
+  # So do the resource-usage simulation (a pod uses what its kwok.x-k8s.io/usage-cpu and
+  # usage-memory annotations say, else 1m and 1Mi) and the kubelet-like /metrics/resource endpoint
+  # per node that metrics-server scrapes (path in the node annotation below).
   local dir
   dir=$(cd "$TOOLS/kwok" && go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | sed -n 's/.*"Dir": "\(.*\)",*/\1/p')
   [ -d "$dir/kustomize/stage" ] || die "kwok stage files not found in the module cache ($dir)"
   local f
-  for f in node/fast/node-initialize.yaml node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
-    pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
-    cat "$dir/kustomize/stage/$f"
+  for f in stage/node/fast/node-initialize.yaml stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
+    stage/pod/fast/pod-ready.yaml stage/pod/fast/pod-complete.yaml stage/pod/fast/pod-delete.yaml \
+    metrics/resource/metrics-resource.yaml metrics/usage/usage-from-annotation.yaml; do
+    cat "$dir/kustomize/$f"
     echo '---'
   done
 }
@@ -245,7 +275,8 @@ apiVersion: v1
 kind: Node
 metadata:
   name: $n
-  annotations: {node.alpha.kubernetes.io/ttl: "0", kwok.x-k8s.io/node: fake}
+  annotations: {node.alpha.kubernetes.io/ttl: "0", kwok.x-k8s.io/node: fake,
+                metrics.k8s.io/resource-metrics-path: /metrics/nodes/$n/metrics/resource}
   labels:
     kwok.x-k8s.io/managed: "true"
     type: kwok
@@ -264,6 +295,41 @@ status:
 EON
     done
   done
+}
+
+# metrics-server as a process on the host, registered with the aggregation layer through an
+# ExternalName Service (the API server dials https://localhost:PORT, as it resolves such a Service).
+metrics_server_up() {
+  log "starting metrics-server $METRICS_SERVER_VERSION on https://127.0.0.1:$METRICS_SERVER_PORT"
+  start_proc metrics-server "$(metrics_server_bin)" --kubeconfig="$W/kubeconfig" \
+    --authentication-kubeconfig="$W/kubeconfig" --authorization-kubeconfig="$W/kubeconfig" \
+    --bind-address=127.0.0.1 --secure-port="$METRICS_SERVER_PORT" \
+    --tls-cert-file="$PKI/metrics-server.crt" --tls-private-key-file="$PKI/metrics-server.key" \
+    --kubelet-preferred-address-types=InternalIP --kubelet-use-node-status-port --kubelet-insecure-tls \
+    --metric-resolution=10s --kubelet-request-timeout=5s
+  $KUBECTL apply -f - >/dev/null <<EOM
+apiVersion: v1
+kind: Service
+metadata: {name: metrics-server, namespace: kube-system}
+spec: {type: ExternalName, externalName: localhost}
+---
+apiVersion: apiregistration.k8s.io/v1
+kind: APIService
+metadata: {name: v1beta1.metrics.k8s.io}
+spec:
+  group: metrics.k8s.io
+  version: v1beta1
+  groupPriorityMinimum: 100
+  versionPriority: 100
+  service: {name: metrics-server, namespace: kube-system, port: $METRICS_SERVER_PORT}
+  caBundle: $(base64 -w0 <"$PKI/ca.crt")
+EOM
+  wait_for "the metrics.k8s.io API (metrics-server)" 90 metrics_api_available
+}
+
+metrics_api_available() {
+  pid_alive metrics-server || die "metrics-server exited (see $LOGS/metrics-server.log)"
+  $KUBECTL wait --for=condition=Available apiservice/v1beta1.metrics.k8s.io --timeout=5s
 }
 
 print_env() {
@@ -287,7 +353,7 @@ up() {
     down_quiet
   fi
   local p
-  for p in "$APISERVER_PORT" "$ETCD_CLIENT_PORT" "$ETCD_PEER_PORT" "$KCM_PORT" "$SCHED_PORT" "$KWOK_PORT"; do
+  for p in "$APISERVER_PORT" "$ETCD_CLIENT_PORT" "$ETCD_PEER_PORT" "$KCM_PORT" "$SCHED_PORT" "$KWOK_PORT" "$METRICS_SERVER_PORT"; do
     port_free "$p" || die "port 127.0.0.1:$p is in use by another process (see: ss -ltnp 'sport = :$p')"
   done
   local t0
@@ -295,7 +361,7 @@ up() {
   mkdir -p "$W" "$LOGS"
   cat >"$W/cluster.env" <<EOE
 KCP_APISERVER_PORT=$APISERVER_PORT KCP_ETCD_PORT=$ETCD_CLIENT_PORT KCP_KCM_PORT=$KCM_PORT KCP_SCHED_PORT=$SCHED_PORT
-KCP_KWOK_PORT=$KWOK_PORT KCP_REAL_NODES=$REAL_NODES KCP_NET_ID=$NET_ID
+KCP_KWOK_PORT=$KWOK_PORT KCP_METRICS_SERVER_PORT=$METRICS_SERVER_PORT KCP_REAL_NODES=$REAL_NODES KCP_NET_ID=$NET_ID
 EOE
   pki
   local advertise=127.0.0.1
@@ -329,7 +395,10 @@ EOA
     --tls-cert-file="$PKI/admin.crt" --tls-private-key-file="$PKI/admin.key" --client-ca-file="$PKI/ca.crt" \
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --service-account-key-file="$PKI/admin.key" --service-account-signing-key-file="$PKI/admin.key" \
-    --proxy-client-cert-file="$PKI/admin.crt" --proxy-client-key-file="$PKI/admin.key" \
+    --proxy-client-cert-file="$PKI/front-proxy-client.crt" --proxy-client-key-file="$PKI/front-proxy-client.key" \
+    --requestheader-client-ca-file="$PKI/front-proxy-ca.crt" --requestheader-allowed-names=front-proxy-client \
+    --requestheader-username-headers=X-Remote-User --requestheader-group-headers=X-Remote-Group \
+    --requestheader-extra-headers-prefix=X-Remote-Extra- \
     --service-cluster-ip-range=10.96.0.0/16 \
     --audit-policy-file="$W/audit-policy.yaml" --audit-log-path="$LOGS/audit.log" --audit-log-format=json \
     --audit-log-maxsize=500 --audit-log-maxbackup=1
@@ -350,13 +419,14 @@ EOA
   start_proc kwok "$BIN/kwok" --kubeconfig="$W/kubeconfig" --config="$W/kwok.yaml" \
     --manage-all-nodes=false --manage-nodes-with-label-selector=kwok.x-k8s.io/managed=true \
     --node-lease-duration-seconds="$NODE_LEASE_SECONDS" --cidr=10.244.0.0/16 --node-ip=127.0.0.1 \
-    --server-address="127.0.0.1:$KWOK_PORT"
+    --server-address="127.0.0.1:$KWOK_PORT" --node-port="$KWOK_PORT"
   wait_for "kube-controller-manager /healthz" 60 curl -fsSk "https://127.0.0.1:$KCM_PORT/healthz"
   wait_for "kube-scheduler /healthz" 60 curl -fsSk "https://127.0.0.1:$SCHED_PORT/healthz"
   log "creating ${#ZONES[@]} zones x $NODES_PER_ZONE nodes"
   nodes_yaml | $KUBECTL apply -f - >/dev/null
   wait_for "all nodes Ready" 120 $KUBECTL wait --for=condition=Ready node --all --timeout=5s
   wait_for "the default ServiceAccount" 60 $KUBECTL get serviceaccount default -n default
+  metrics_server_up
   if [ "$(real_node_count)" -gt 0 ]; then
     start_apiserver_forwarder
     real_nodes_up
@@ -383,7 +453,7 @@ stop_pid() { # name
 down_quiet() {
   local c
   real_nodes_down
-  for c in kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do stop_pid $c; done
+  for c in metrics-server kwok kube-scheduler kube-controller-manager kube-apiserver etcd; do stop_pid $c; done
   undo_host_objects
   if grep -q " $W/" /proc/self/mountinfo; then
     log "WARNING: mounts left under $W; not removing it"
@@ -447,7 +517,7 @@ status() {
   ensure_bin_var
   local c
   echo "binaries: $BIN"
-  for c in etcd kube-apiserver kube-controller-manager kube-scheduler kwok; do
+  for c in etcd kube-apiserver kube-controller-manager kube-scheduler kwok metrics-server; do
     if pid_alive $c; then
       printf '  %-24s running  pid %-8s rss %s KiB\n' "$c" "$(cat "$PIDS/$c.pid")" "$(ps -o rss= -p "$(cat "$PIDS/$c.pid")" | tr -d ' ')"
     else
