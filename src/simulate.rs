@@ -35,7 +35,11 @@ pub struct ComponentOutcome {
     pub ready_after_loss: i32,
     /// `readyAfterLoss >= minAvailable`.
     pub guarantee_holds: bool,
-    /// Replicas the operator runs once the zones are gone (it recomputes for the zones left).
+    /// Replicas running now: for an autoscaled component, what its autoscaler set (as the app's
+    /// status last reported it), else the planned count.
+    pub replicas_now: i32,
+    /// Replicas the operator runs once the zones are gone (it recomputes for the zones left). For
+    /// an autoscaled component: the new floor, or what the autoscaler runs now if that is more.
     pub replicas_after: i32,
     /// Pods to start in the surviving zones to reach `replicasAfter` with an even spread.
     pub replacements: i32,
@@ -190,6 +194,8 @@ pub fn simulate(input: &SimulationInput) -> SimulationReport {
                 .filter(|p| pod_ready(p) && node_zones.zone_of(p).is_some_and(|z| !input.lost_zones.contains(z)))
                 .count() as i32;
             let mut notes = Vec::new();
+            let reported = app.status.iter().flat_map(|s| &s.components).find(|s| s.name == component.name);
+            let replicas_now = reported.map_or(0, |s| s.replicas);
             if component.is_stateful() {
                 // Pods on zonal volumes wait for their zone: nothing is replaced, nothing scaled.
                 let zones_now = component_zones(input.nodes, allow, &constraints).len();
@@ -207,6 +213,7 @@ pub fn simulate(input: &SimulationInput) -> SimulationReport {
                     ready_now,
                     ready_after_loss,
                     guarantee_holds: ready_after_loss >= component.min_available,
+                    replicas_now,
                     replicas_after: replicas,
                     replacements: 0,
                     replacements_fit: true,
@@ -217,6 +224,26 @@ pub fn simulate(input: &SimulationInput) -> SimulationReport {
                 continue;
             }
             let plan = plan_replicas(component.replicas, component.min_available, surviving.len(), tolerated);
+            let replicas_after = match &component.autoscaling {
+                Some(autoscaling) => {
+                    let after = plan.replicas.max(replicas_now);
+                    if plan.replicas > replicas_now {
+                        notes.push(format!(
+                            "autoscaled: the operator raises the autoscaler's minReplicas to {} (zone-survival floor for {} zone(s))",
+                            plan.replicas,
+                            surviving.len()
+                        ));
+                    }
+                    if plan.replicas > autoscaling.max_replicas {
+                        notes.push(format!(
+                            "autoscaled: the new floor {} is above maxReplicas {}",
+                            plan.replicas, autoscaling.max_replicas
+                        ));
+                    }
+                    after
+                }
+                None => plan.replicas,
+            };
             if plan.shortfall.is_some() {
                 notes.push(format!(
                     "with {} zone(s) left the app no longer tolerates {tolerated} more zone failure(s)",
@@ -233,7 +260,7 @@ pub fn simulate(input: &SimulationInput) -> SimulationReport {
             current.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
             let needed_by_zone: Vec<(String, i32)> = current
                 .iter()
-                .zip(even_spread(plan.replicas, current.len()))
+                .zip(even_spread(replicas_after, current.len()))
                 .filter(|((_, have), target)| target > have)
                 .map(|((zone, have), target)| (zone.clone(), target - have))
                 .collect();
@@ -290,7 +317,8 @@ pub fn simulate(input: &SimulationInput) -> SimulationReport {
                 ready_now,
                 ready_after_loss,
                 guarantee_holds: ready_after_loss >= component.min_available,
-                replicas_after: plan.replicas,
+                replicas_now,
+                replicas_after,
                 replacements,
                 replacements_fit: fits,
                 replacements_fit_without_reservation: reserving.then_some(fits_unreserved && fits),
@@ -309,9 +337,19 @@ pub fn table(report: &SimulationReport) -> String {
         report.lost_zones.join(" and "),
         if report.surviving_zones.is_empty() { "none".to_string() } else { report.surviving_zones.join(", ") }
     );
-    let header =
-        ["APP", "COMPONENT", "MIN", "READY NOW", "READY AFTER", "GUARANTEE", "REPLICAS AFTER", "REPLACEMENTS", "FIT"];
-    let rows: Vec<[String; 9]> = report
+    let header = [
+        "APP",
+        "COMPONENT",
+        "MIN",
+        "READY NOW",
+        "READY AFTER",
+        "GUARANTEE",
+        "REPLICAS NOW",
+        "REPLICAS AFTER",
+        "REPLACEMENTS",
+        "FIT",
+    ];
+    let rows: Vec<[String; 10]> = report
         .components
         .iter()
         .map(|c| {
@@ -322,6 +360,7 @@ pub fn table(report: &SimulationReport) -> String {
                 c.ready_now.to_string(),
                 c.ready_after_loss.to_string(),
                 if c.guarantee_holds { "holds" } else { "BROKEN" }.to_string(),
+                c.replicas_now.to_string(),
                 c.replicas_after.to_string(),
                 if c.stateful { format!("{} (zonal volumes)", c.replacements) } else { c.replacements.to_string() },
                 match (c.replacements_fit, c.replacements_fit_without_reservation) {
@@ -334,7 +373,7 @@ pub fn table(report: &SimulationReport) -> String {
         })
         .collect();
     let widths: Vec<usize> =
-        (0..9).map(|i| rows.iter().map(|r| r[i].len()).chain([header[i].len()]).max().unwrap_or(0)).collect();
+        (0..10).map(|i| rows.iter().map(|r| r[i].len()).chain([header[i].len()]).max().unwrap_or(0)).collect();
     let line = |cells: Vec<&str>| {
         cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("  ").trim_end().to_string()
     };

@@ -10,6 +10,7 @@ pub use conditions::{ConditionType, Conditions};
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::autoscaling::v2::{HorizontalPodAutoscalerBehavior, MetricSpec};
 use k8s_openapi::api::core::v1::{ContainerPort, EnvVar, PodTemplateSpec, Probe, ResourceRequirements};
 use k8s_openapi::api::networking::v1::{NetworkPolicyEgressRule, NetworkPolicyPeer};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -328,6 +329,12 @@ pub struct Access {
     validation = Rule::new("!self.name.contains('-placeholder')")
         .message("spec.components[].name may not contain '-placeholder': those names are reserved for the placeholder pods of resilience.reserveCapacity")
         .field_path(".name"),
+    validation = Rule::new("!(has(self.replicas) && has(self.autoscaling))")
+        .message("spec.components[].replicas and spec.components[].autoscaling are mutually exclusive: with autoscaling the HorizontalPodAutoscaler sets the replicas, between the zone-survival floor and autoscaling.maxReplicas")
+        .field_path(".autoscaling"),
+    validation = Rule::new("!(has(self.volumeClaims) && has(self.autoscaling))")
+        .message("spec.components[].autoscaling is not supported with volumeClaims: a stateful component's pods are pinned to their zonal volumes, so its replicas stay as planned")
+        .field_path(".autoscaling"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct Component {
@@ -343,6 +350,10 @@ pub struct Component {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = MAX_REPLICAS))]
     pub replicas: Option<i32>,
+    /// A HorizontalPodAutoscaler sets the replicas, never below the zone-survival replica count.
+    /// Mutually exclusive with replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Autoscaling>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -405,6 +416,24 @@ pub struct VolumeClaim {
     /// Where the main container mounts it.
     #[schemars(length(min = 1, max = 4096), regex(pattern = r"^/"))]
     pub mount_path: String,
+}
+
+/// An autoscaling/v2 HorizontalPodAutoscaler for the component. Its minReplicas is the replica
+/// count that keeps minAvailable through the loss of zoneFailuresTolerated zones (the floor),
+/// recomputed as zones are lost and come back.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Autoscaling {
+    /// The most replicas the autoscaler may run. Below the floor the app is Stalled.
+    #[schemars(range(min = 1, max = MAX_REPLICAS))]
+    pub max_replicas: i32,
+    /// autoscaling/v2 MetricSpecs. Default: average CPU utilization 80 % of requests.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub metrics: Vec<MetricSpec>,
+    /// autoscaling/v2 scaling behavior (stabilization windows, policies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub behavior: Option<HorizontalPodAutoscalerBehavior>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

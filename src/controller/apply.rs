@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 use std::fmt::Debug;
 
 use futures::future::try_join_all;
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
@@ -18,8 +19,8 @@ use super::diff;
 use super::error::{Error, Result};
 use super::gate::Validated;
 use super::index::Cache;
-use crate::api::{LABEL_RETAINED_FROM, MANAGER, ResilientApp};
-use crate::render::{Child, Desired, child_kinds};
+use crate::api::{LABEL_COMPONENT, LABEL_RETAINED_FROM, MANAGER, ResilientApp};
+use crate::render::{ANNOTATION_REPLICAS_HANDED_OFF, Child, Desired, Plan, REPLICAS_HANDOFF_MANAGER, child_kinds};
 
 /// Whether `meta`'s controller owner reference points at the object with `uid`.
 pub(super) fn controlled_by(meta: &ObjectMeta, uid: &str) -> bool {
@@ -55,8 +56,14 @@ pub struct Applied {
 /// concurrently), then delete the children of the app that no longer belong.
 pub(super) async fn apply(ctx: &Context, app: &ResilientApp, validated: &Validated) -> Result<Applied> {
     let (name, namespace, uid) = (app.name_any(), app.target_namespace(), app.uid().unwrap_or_default());
-    let applier =
-        Applier { ctx, app: &name, namespace: &namespace, uid: &uid, create_namespace: validated.create_namespace };
+    let applier = Applier {
+        ctx,
+        app: &name,
+        namespace: &namespace,
+        uid: &uid,
+        create_namespace: validated.create_namespace,
+        plan: &validated.plan,
+    };
     let desired: Desired = validated.render(app);
     let mut writes = 0;
     let mut keep: Vec<Child> = Vec::new();
@@ -77,12 +84,16 @@ struct Applier<'a> {
     uid: &'a str,
     /// The namespace does not exist yet: create it.
     create_namespace: bool,
+    /// The replicas of every component (an autoscaled Deployment starts with its floor).
+    plan: &'a Plan,
 }
 
 impl Applier<'_> {
     async fn apply_child(&self, child: &Child) -> Result<usize> {
-        if let Child::Namespace(ns) = child {
-            return self.apply_namespace(ns).await;
+        match child {
+            Child::Namespace(ns) => return self.apply_namespace(ns).await,
+            Child::Deployment(d) => return self.apply_deployment(d).await,
+            _ => {}
         }
         macro_rules! dispatch {
             ($($kind:ident: $field:ident,)*) => {
@@ -139,6 +150,95 @@ impl Applier<'_> {
             writes += 1;
         }
         Ok(writes)
+    }
+
+    /// Apply a Deployment, handing its `replicas` over to the autoscaler (or taking them back)
+    /// without the Deployment ever dropping to the default of 1 replica.
+    ///
+    /// Server-side apply removes a field when its only manager stops applying it. So before the
+    /// operator's manager first applies an autoscaled Deployment without `replicas`, a second
+    /// manager ([`REPLICAS_HANDOFF_MANAGER`]) applies the current count once (and a marker
+    /// annotation): it co-owns the field, so the field stays when the operator lets go, and
+    /// the autoscaler takes it over when it scales. Taking them back is the reverse: the
+    /// operator applies `replicas` (forced: its value may be the live one already), then the
+    /// handoff manager applies nothing, which releases the field and removes the marker.
+    async fn apply_deployment(&self, desired: &Deployment) -> Result<usize> {
+        let store = &self.ctx.stores.deployments;
+        let name = desired.name_any();
+        let autoscaled = desired.spec.as_ref().is_some_and(|s| s.replicas.is_none());
+        let mut live = store.get(&ObjectRef::new(&name).within(self.namespace));
+        if live.is_none() && autoscaled {
+            // Not in the cache: new, or the cache lags. Writing the floor over an autoscaled
+            // Deployment would fight its autoscaler, so ask the API server.
+            live = Api::<Deployment>::namespaced(self.ctx.client.clone(), self.namespace)
+                .get_opt(&name)
+                .await
+                .map_err(|source| Error::Apply { kind: "Deployment".into(), name: name.clone(), source })?
+                .map(std::sync::Arc::new);
+        }
+        let handed_off = live.as_ref().is_some_and(|d| d.annotations().contains_key(ANNOTATION_REPLICAS_HANDED_OFF));
+        match (autoscaled, handed_off) {
+            (false, false) | (true, true) => self.apply(store, desired).await,
+            (true, false) => {
+                let mut writes = 0;
+                let replicas = match live.as_ref().and_then(|d| d.spec.as_ref()?.replicas) {
+                    Some(live) => live,
+                    None => {
+                        // A new Deployment starts at its floor, applied by the operator like any other.
+                        let floor = self.floor_of(desired);
+                        let mut first = desired.clone();
+                        first.spec.get_or_insert_default().replicas = Some(floor);
+                        writes += self.apply(store, &first).await?;
+                        floor
+                    }
+                };
+                info!(app = %self.app, name, replicas, "handing the Deployment's replicas over to its autoscaler");
+                let handoff = serde_json::json!({
+                    "apiVersion": "apps/v1",
+                    "kind": "Deployment",
+                    "metadata": {"name": name, "namespace": self.namespace,
+                                 "annotations": {ANNOTATION_REPLICAS_HANDED_OFF: "true"}},
+                    "spec": {"replicas": replicas},
+                });
+                self.apply_as(REPLICAS_HANDOFF_MANAGER, &name, &handoff).await?;
+                // Applied now even when nothing else changed, so that the operator's manager
+                // drops `replicas` at once.
+                self.apply_as(MANAGER, &name, &self.stamped(desired)?).await?;
+                Ok(writes + 2)
+            }
+            (false, true) => {
+                info!(app = %self.app, name, "taking the Deployment's replicas back from its autoscaler");
+                self.apply_as(MANAGER, &name, &self.stamped(desired)?).await?;
+                let release = serde_json::json!({
+                    "apiVersion": "apps/v1",
+                    "kind": "Deployment",
+                    "metadata": {"name": name, "namespace": self.namespace},
+                });
+                self.apply_as(REPLICAS_HANDOFF_MANAGER, &name, &release).await?;
+                Ok(2)
+            }
+        }
+    }
+
+    /// The planned replicas of the component a Deployment runs.
+    fn floor_of(&self, deployment: &Deployment) -> i32 {
+        let component = deployment.labels().get(LABEL_COMPONENT).cloned().unwrap_or_default();
+        self.plan.replicas.get(&component).map_or(1, |p| p.replicas)
+    }
+
+    /// `desired` with the digest of what the operator applies, as [`Self::apply`] sends it.
+    fn stamped(&self, desired: &Deployment) -> Result<Deployment> {
+        diff::stamped(desired).map_err(|source| Error::Serialize { kind: "Deployment".into(), source })
+    }
+
+    /// Server-side apply (forced) of a Deployment in the app namespace as `manager`.
+    async fn apply_as<T: Serialize + Debug>(&self, manager: &str, name: &str, object: &T) -> Result<()> {
+        Api::<Deployment>::namespaced(self.ctx.client.clone(), self.namespace)
+            .patch(name, &PatchParams::apply(manager).force(), &Patch::Apply(object))
+            .await
+            .map_err(|source| Error::Apply { kind: "Deployment".into(), name: name.to_string(), source })?;
+        self.ctx.metrics.api_write("apply", "Deployment");
+        Ok(())
     }
 
     /// Apply `desired` (stamped with its digest) unless the cached live object already contains

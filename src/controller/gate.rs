@@ -185,7 +185,8 @@ pub fn gate(app: &ResilientApp, plan: Plan, namespace: Option<&Namespace>, now: 
     if !forbidden.is_empty() {
         return Err(Blocked { plan, why: Blocker::ForbiddenField(forbidden) });
     }
-    let errors = render::validate(app);
+    let mut errors = render::validate(app);
+    errors.extend(render::max_replicas_errors(app, &plan));
     if !errors.is_empty() {
         return Err(Blocked { plan, why: Blocker::InvalidSpec(errors) });
     }

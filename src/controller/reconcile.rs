@@ -308,9 +308,9 @@ async fn rebalance(
     let healthy = allowed_zones_healthy(nodes.iter().map(AsRef::as_ref), &app.spec.resilience.zones, zones);
     // Stateful pods cannot move: their volumes pin them to their zone.
     for component in app.spec.components.iter().filter(|c| !c.is_stateful()) {
-        let Some(plan) = plan_of(gate).replicas.get(&component.name) else {
+        if !plan_of(gate).replicas.contains_key(&component.name) {
             continue;
-        };
+        }
         let pods: Vec<PodPlacement> = observed
             .pods
             .iter()
@@ -326,7 +326,8 @@ async fn rebalance(
             pods: &pods,
             usable_zones: plan_of(gate).zones_of(&component.name),
             all_zones_healthy: healthy,
-            replicas: plan.replicas,
+            // An autoscaled component: spread what its autoscaler runs now.
+            replicas: observed.replicas_of(component, plan_of(gate)),
             min_available: component.min_available,
         };
         let chosen = match choose_move(&input) {

@@ -36,6 +36,18 @@ pub struct Observed {
     pub node_zones: ZoneMap,
 }
 
+impl Observed {
+    /// The replicas a component runs: its plan, or, for an autoscaled component, what its
+    /// autoscaler set on the live Deployment (the plan until that Deployment exists).
+    pub fn replicas_of(&self, component: &crate::api::Component, plan: &Plan) -> i32 {
+        let planned = plan.replicas.get(&component.name).map_or(0, |p| p.replicas);
+        if component.autoscaling.is_none() {
+            return planned;
+        }
+        self.deployments.get(&component.name).and_then(|d| d.spec.as_ref()?.replicas).unwrap_or(planned)
+    }
+}
+
 /// What one pass decided, saw and did.
 pub struct Pass<'a> {
     pub app: &'a ResilientApp,
@@ -202,7 +214,7 @@ pub fn component_statuses(app: &ResilientApp, plan: &Plan, observed: &Observed) 
             ComponentStatus {
                 name: c.name.clone(),
                 zones: zones.to_vec(),
-                replicas: plan.replicas.get(&c.name).map_or(0, |p| p.replicas),
+                replicas: observed.replicas_of(c, plan),
                 ready_replicas: ready,
                 min_available: c.min_available,
                 ready_after_worst_zone_loss: ready_after_worst_zone_loss(&ready_by_zone, tolerated),

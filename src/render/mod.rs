@@ -1,6 +1,7 @@
 //! Pure builders: a validated `ResilientApp` and the usable zones in, every child object out.
 //! No client and no async, so this is where most unit tests live.
 
+mod autoscaling;
 mod namespace;
 mod network;
 mod placeholder;
@@ -8,6 +9,10 @@ mod quota;
 mod validate;
 mod workload;
 
+pub use autoscaling::{
+    ANNOTATION_REPLICAS_HANDED_OFF, DEFAULT_CPU_UTILIZATION, REPLICAS_HANDOFF_MANAGER, max_replicas_errors,
+    replicas_ceiling,
+};
 pub use placeholder::{
     LABEL_PLACEHOLDER_FOR, LABEL_PLACEHOLDER_ZONE, PAUSE_IMAGE, PRIORITY_CLASS, Reservation, placeholder_name,
     reservations,
@@ -19,6 +24,7 @@ pub use workload::HEADLESS_SUFFIX;
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -104,6 +110,7 @@ pub struct Desired {
     pub services: Vec<Service>,
     /// The placeholder Deployments of `resilience.reserveCapacity`.
     pub placeholders: Vec<Deployment>,
+    pub horizontal_pod_autoscalers: Vec<HorizontalPodAutoscaler>,
 }
 
 /// The one list of the kinds the operator creates, in apply order, each with the field of its
@@ -120,6 +127,7 @@ macro_rules! child_kinds {
             PodDisruptionBudget: pod_disruption_budgets,
             Deployment: deployments,
             StatefulSet: stateful_sets,
+            HorizontalPodAutoscaler: horizontal_pod_autoscalers,
         }
     };
 }
@@ -152,8 +160,10 @@ impl Desired {
     /// applied concurrently, and each step starts once the previous one is done. The Namespace;
     /// its quota and container defaults, so the first pods already get them; NetworkPolicies,
     /// RoleBindings, Services and PDBs, so default-deny is in place before any pod exists; then the
-    /// Deployments and StatefulSets; then the placeholders (the app's own pods take quota first).
-    pub fn into_steps(self) -> [Vec<Child>; 5] {
+    /// Deployments and StatefulSets; then the placeholders (the app's own pods take quota first);
+    /// then the HorizontalPodAutoscalers, once the Deployments they scale exist and their replicas
+    /// have been handed over.
+    pub fn into_steps(self) -> [Vec<Child>; 6] {
         let Desired {
             namespace,
             resource_quota,
@@ -165,6 +175,7 @@ impl Desired {
             pod_disruption_budgets,
             services,
             placeholders,
+            horizontal_pod_autoscalers,
         } = self;
         let mut policies_and_access: Vec<Child> = Vec::new();
         policies_and_access.extend(network_policies.into_iter().map(Child::NetworkPolicy));
@@ -181,6 +192,7 @@ impl Desired {
                 .chain(stateful_sets.into_iter().map(Child::StatefulSet))
                 .collect(),
             placeholders.into_iter().map(Child::Deployment).collect(),
+            horizontal_pod_autoscalers.into_iter().map(Child::HorizontalPodAutoscaler).collect(),
         ]
     }
 }
@@ -280,13 +292,17 @@ pub fn render(app: &ResilientApp, plan: &Plan) -> Desired {
     let mut stateful_sets = Vec::new();
     let mut pod_disruption_budgets = Vec::new();
     let mut services = Vec::new();
+    let mut horizontal_pod_autoscalers = Vec::new();
     for component in &app.spec.components {
         let replicas = plan.replicas_of(component);
         if component.is_stateful() {
             stateful_sets.push(workload::stateful_set(&ctx, component, replicas));
             services.push(workload::headless_service(&ctx, component));
         } else {
-            deployments.push(workload::deployment(&ctx, component, replicas));
+            let mut deployment = workload::deployment(&ctx, component, replicas);
+            autoscaling::leave_replicas_to_autoscaler(&mut deployment, component);
+            deployments.push(deployment);
+            horizontal_pod_autoscalers.extend(autoscaling::horizontal_pod_autoscaler(&ctx, component, replicas));
         }
         pod_disruption_budgets.push(workload::pod_disruption_budget(&ctx, component, replicas));
         if let Some(service) = workload::service(&ctx, component) {
@@ -304,6 +320,7 @@ pub fn render(app: &ResilientApp, plan: &Plan) -> Desired {
         pod_disruption_budgets,
         services,
         placeholders: placeholder::placeholder_deployments(&ctx, plan),
+        horizontal_pod_autoscalers,
     }
 }
 

@@ -83,13 +83,15 @@ pub fn storage_budget(app: &ResilientApp, plan: &Plan) -> (f64, i64) {
 /// (replicas + surge + failover headroom) x per-pod requests and limits, and that many pods; the
 /// placeholders of reserveCapacity twice over (a preempted placeholder is recreated, Pending,
 /// while the replacement that preempted it runs); with stateful components, their storage and
-/// claims (`requests.storage`, `persistentvolumeclaims`).
+/// claims (`requests.storage`, `persistentvolumeclaims`); an autoscaled component counts
+/// with maxReplicas as its replicas.
 pub fn compute_quota(app: &ResilientApp, plan: &Plan) -> BTreeMap<String, Quantity> {
     let d = ContainerDefaults::of(app);
     let tolerated = app.spec.resilience.zone_failures_tolerated;
     let (mut requests, mut limits) = (Footprint::default(), Footprint::default());
     for component in &app.spec.components {
-        let replicas = plan.replicas_of(component);
+        // An autoscaled component may run up to maxReplicas.
+        let replicas = super::replicas_ceiling(component, plan.replicas_of(component));
         let budget = pod_budget(component.is_stateful(), replicas, plan.zones_of(&component.name).len(), tolerated);
         let per_pod = PodResources::of(component, &d);
         requests += per_pod.requests.times(budget);

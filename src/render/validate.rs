@@ -153,7 +153,8 @@ pub enum QuotaFit {
     TooSmall(String),
 }
 
-/// Compare `spec.quota` (when given) with the replicas and rollout surge of every component.
+/// Compare `spec.quota` (when given) with the replicas and rollout surge of every component (for an
+/// autoscaled one: its floor, then maxReplicas and their surge).
 pub fn quota_fit(app: &ResilientApp, plan: &Plan) -> QuotaFit {
     let Some(quota) = &app.spec.quota else {
         return QuotaFit::Fits;
@@ -162,10 +163,13 @@ pub fn quota_fit(app: &ResilientApp, plan: &Plan) -> QuotaFit {
     let (mut base, mut surge) = (Footprint::default(), Footprint::default());
     for c in &app.spec.components {
         let replicas = plan.replicas_of(c);
+        // An autoscaled component needs its floor now, and room to grow to maxReplicas.
+        let ceiling = super::replicas_ceiling(c, replicas);
         let per_pod = PodResources::of(c, &d).requests;
         base += per_pod.times(replicas);
-        // A StatefulSet rolls one pod at a time: no surge.
-        surge += per_pod.times(replicas + if c.is_stateful() { 0 } else { surge_for(replicas) });
+        // A StatefulSet rolls one pod at a time: no surge. An autoscaled component may grow to
+        // maxReplicas.
+        surge += per_pod.times(ceiling + if c.is_stateful() { 0 } else { surge_for(ceiling) });
     }
     let hard = hard_limits(quota);
     if let Some(d) = base.exceeds(&hard) {

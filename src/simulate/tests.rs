@@ -226,3 +226,30 @@ fn placeholders_make_room_for_replacements() {
     assert_eq!((c.replacements_fit, c.replacements_fit_without_reservation), (true, Some(false)), "{:?}", c.notes);
     assert!(table(&report).contains("yes (reserved)"));
 }
+
+#[test]
+fn an_autoscaled_component_reports_its_live_count_and_keeps_it_through_a_loss() {
+    let (nodes, pods) = cluster("8");
+    let mut autoscaled = app();
+    autoscaled.spec.components[0].autoscaling =
+        Some(serde_json::from_value(serde_json::json!({"maxReplicas": 12})).unwrap());
+    let lost = ["zone-a".to_string()];
+    let report_for = |live: i32| {
+        let mut a = autoscaled.clone();
+        a.status = Some(crate::api::ResilientAppStatus {
+            components: vec![crate::api::ComponentStatus { name: "web".into(), replicas: live, ..Default::default() }],
+            ..Default::default()
+        });
+        simulate(&SimulationInput { apps: &[a], nodes: &nodes, pods: &pods, quotas: &[], lost_zones: &lost })
+    };
+    // The autoscaler runs 6, the floor for two zones is 8: the operator raises minReplicas to 8.
+    let report = report_for(6);
+    let c = &report.components[0];
+    assert_eq!((c.replicas_now, c.replicas_after, c.replacements), (6, 8, 4));
+    assert!(c.notes.iter().any(|n| n.contains("minReplicas to 8")), "{:?}", c.notes);
+    // The autoscaler runs 10 (more than the floor): all 10 stay, 5 per surviving zone.
+    let report = report_for(10);
+    let c = &report.components[0];
+    assert_eq!((c.replicas_now, c.replicas_after, c.replacements), (10, 10, 6));
+    assert!(table(&report).contains("REPLICAS NOW"));
+}

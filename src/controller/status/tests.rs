@@ -378,3 +378,36 @@ fn stateful_components_say_they_get_no_replacements() {
     assert_eq!(zft.status, "True");
     assert!(zft.message.ends_with("; web: replacements 0 (zonal volumes)"), "{}", zft.message);
 }
+
+#[test]
+fn an_autoscaled_component_reports_the_live_replicas() {
+    let mut a = app(4);
+    let deployment = |replicas: Option<i32>| {
+        Arc::new(Deployment {
+            spec: Some(k8s_openapi::api::apps::v1::DeploymentSpec { replicas, ..Default::default() }),
+            ..Default::default()
+        })
+    };
+    let plan = Plan::for_zones(&a, &zones());
+    let mut obs = observed(vec![]);
+    obs.deployments.insert("web".into(), deployment(Some(11)));
+    // Without autoscaling the plan is what runs (a drifted count is put back).
+    assert_eq!(component_statuses(&a, &plan, &obs)[0].replicas, 6);
+    a.spec.components[0].autoscaling = Some(serde_json::from_value(serde_json::json!({"maxReplicas": 20})).unwrap());
+    assert_eq!(component_statuses(&a, &plan, &obs)[0].replicas, 11);
+    // Before the Deployment exists: the floor it starts with.
+    obs.deployments.clear();
+    assert_eq!(component_statuses(&a, &plan, &obs)[0].replicas, 6);
+}
+
+#[test]
+fn max_replicas_below_the_floor_is_stalled_with_both_numbers() {
+    let mut a = app(4);
+    a.spec.components[0].autoscaling = Some(serde_json::from_value(serde_json::json!({"maxReplicas": 5})).unwrap());
+    let gate =
+        crate::controller::gate::gate(&a, Plan::for_zones(&a, &zones()), None, &Time(jiff::Timestamp::UNIX_EPOCH));
+    let out = outcome(&a, &gate, &observed(vec![]), 0);
+    let stalled = find(&out.status.conditions, ConditionType::Stalled).expect("Stalled");
+    assert_eq!(stalled.reason, "InvalidSpec");
+    assert!(stalled.message.contains("maxReplicas 5 is below the zone-survival floor 6"), "{}", stalled.message);
+}
