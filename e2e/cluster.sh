@@ -290,6 +290,10 @@ spec: {providerID: "kwok://$n"}
 status:
   capacity: {cpu: "8", memory: 32Gi, pods: "110", ephemeral-storage: 100Gi}
   allocatable: {cpu: 7910m, memory: 31Gi, pods: "110", ephemeral-storage: 95Gi}
+  # Both kinds of address from the start: kwok's node-initialize stage, run again when a zone
+  # comes back, writes an empty address list when one of them is missing (metrics-server then
+  # cannot reach the node).
+  addresses: [{type: InternalIP, address: 127.0.0.1}, {type: Hostname, address: $n}]
   nodeInfo: {architecture: amd64, operatingSystem: linux, kubeletVersion: $K8S_VERSION, kubeProxyVersion: $K8S_VERSION,
              bootID: "", containerRuntimeVersion: "kwok", kernelVersion: "", machineID: "", osImage: "kwok", systemUUID: ""}
 EON

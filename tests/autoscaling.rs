@@ -223,6 +223,9 @@ async fn load_scales_up_the_operator_keeps_out_and_the_floor_follows_a_zone_outa
     })
     .await;
     eprintln!("scaled up to {scaled} replicas {:?} after the load began", started.elapsed());
+    let owners = replica_owners(&deployments.get("web").await.unwrap());
+    eprintln!("replicas owned by {owners:?} after the scale-up");
+    assert!(!owners.contains(&"resilient-operator/Apply".to_string()), "{owners:?}");
     // Status and simulate report the live count, not the floor.
     let live_now = wait_for("the status to report the live count", Duration::from_secs(60), || async {
         let live = live_replicas(&client, &name).await?;
