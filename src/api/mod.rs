@@ -483,6 +483,7 @@ pub struct ComponentStatus {
     /// and tolerations leave it. Its replicas are computed for these.
     #[serde(default)]
     pub zones: Vec<String>,
+    /// The planned replicas, or, with autoscaling, what the autoscaler runs now.
     pub replicas: i32,
     pub ready_replicas: i32,
     pub min_available: i32,
