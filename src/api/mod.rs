@@ -429,11 +429,20 @@ pub struct Autoscaling {
     pub max_replicas: i32,
     /// autoscaling/v2 MetricSpecs. Default: average CPU utilization 80 % of requests.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 16))]
+    #[schemars(length(max = 16), transform = without_inner_descriptions)]
     pub metrics: Vec<MetricSpec>,
     /// autoscaling/v2 scaling behavior (stabilization windows, policies).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = without_inner_descriptions)]
     pub behavior: Option<HorizontalPodAutoscalerBehavior>,
+}
+
+/// The autoscaling/v2 types are documented by Kubernetes (`kubectl explain hpa.spec`): their
+/// descriptions are left out of the CRD, as for the pod template, to keep it small.
+fn without_inner_descriptions(schema: &mut schemars::Schema) {
+    if let Some(obj) = schema.as_object_mut() {
+        obj.iter_mut().filter(|(k, _)| *k != "description").for_each(|(_, v)| pod_template::strip_descriptions(v));
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

@@ -47,7 +47,7 @@ pub fn pod_template_schema(schema: &mut Schema) {
     }
 }
 
-fn strip_descriptions(v: &mut Value) {
+pub(crate) fn strip_descriptions(v: &mut Value) {
     match v {
         Value::Object(map) => {
             map.remove("description");
