@@ -324,4 +324,14 @@ async fn autoscaling_and_replicas_are_rejected_together() {
         message.contains("spec.components[].replicas and spec.components[].autoscaling are mutually exclusive"),
         "{message}"
     );
+    let stateful = app(
+        &name,
+        2,
+        json!({"autoscaling": {"maxReplicas": 6}, "volumeClaims": [{"name": "data", "size": "1Gi", "mountPath": "/data"}]}),
+    );
+    let err = Api::<ResilientApp>::all(client.clone())
+        .patch(&name, &PatchParams::apply("resilient-tests").force(), &Patch::Apply(&stateful))
+        .await
+        .expect_err("autoscaling with volumeClaims is rejected");
+    assert!(err.to_string().contains("autoscaling is not supported with volumeClaims"), "{err}");
 }
