@@ -20,7 +20,7 @@ pub use error::{Error, Result, error_chain};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
@@ -139,6 +139,19 @@ pub struct Memory {
     /// lag behind our own writes; this keeps a lagging cache from causing a second identical
     /// write or a duplicate Event.
     last_status: HashMap<String, (String, ResilientAppStatus)>,
+    /// When the first pass of a generation whose status is not written yet ran (uid, generation).
+    first_pass: HashMap<String, (String, Option<i64>, Instant)>,
+    /// Apps (by name, with their uid) seen Ready by this process, or Ready when first seen.
+    been_ready: HashMap<String, String>,
+    /// Spec warnings already published, per app (uid, generation): once per generation each.
+    warned: HashMap<String, (String, Option<i64>, Vec<String>)>,
+}
+
+/// How long the first status of a generation may wait for the rollout to settle.
+pub const FIRST_STATUS_HOLD: Duration = Duration::from_secs(10);
+
+fn is_ready(status: &ResilientAppStatus) -> bool {
+    status.conditions.iter().any(|c| c.type_ == crate::api::ConditionType::Ready.as_str() && c.status == "True")
 }
 
 impl Memory {
@@ -149,6 +162,70 @@ impl Memory {
 
     pub fn wrote_status(&mut self, name: &str, uid: &str, status: ResilientAppStatus) {
         self.last_status.insert(name.to_string(), (uid.to_string(), status));
+    }
+
+    /// Whether to hold back writing `status`, and for how long at most: the first status of a
+    /// generation (`settling`) waits, while the app is not Ready, up to [`FIRST_STATUS_HOLD`]
+    /// after the first pass that wanted to write it, so a new app's rollout costs one status write
+    /// instead of one per step (created, scheduled, ready). Anything else is written at once.
+    pub fn hold_first_status(
+        &mut self,
+        name: &str,
+        uid: &str,
+        status: &ResilientAppStatus,
+        settling: bool,
+        now: Instant,
+    ) -> Option<Duration> {
+        let generation = status.observed_generation;
+        if !settling || is_ready(status) {
+            self.first_pass.remove(name);
+            return None;
+        }
+        let entry = self.first_pass.entry(name.to_string()).or_insert_with(|| (uid.to_string(), generation, now));
+        if entry.0 != uid || entry.1 != generation {
+            *entry = (uid.to_string(), generation, now);
+        }
+        let left = FIRST_STATUS_HOLD.saturating_sub(now.saturating_duration_since(entry.2));
+        if left.is_zero() {
+            self.first_pass.remove(name);
+            return None;
+        }
+        Some(left)
+    }
+
+    /// The Events of a pass worth publishing: not the recoveries (Ready, ZoneFailureTolerant
+    /// turning True) of an app that has never been Ready (a new app coming up is routine), and
+    /// not a spec warning already published for this generation.
+    pub fn worth_publishing(
+        &mut self,
+        name: &str,
+        uid: &str,
+        status: &ResilientAppStatus,
+        events: Vec<status::Notice>,
+    ) -> Vec<status::Notice> {
+        let was_ready = self.been_ready.get(name).is_some_and(|u| u == uid);
+        if is_ready(status) {
+            self.been_ready.insert(name.to_string(), uid.to_string());
+        }
+        let generation = status.observed_generation;
+        let warned = self.warned.entry(name.to_string()).or_insert_with(|| (uid.to_string(), generation, Vec::new()));
+        if warned.0 != uid || warned.1 != generation {
+            *warned = (uid.to_string(), generation, Vec::new());
+        }
+        events
+            .into_iter()
+            .filter(|e| was_ready || !status::is_recovery(e))
+            .filter(|e| {
+                if !status::is_spec_warning(e) {
+                    return true;
+                }
+                if warned.2.contains(&e.note) {
+                    return false;
+                }
+                warned.2.push(e.note.clone());
+                true
+            })
+            .collect()
     }
 
     /// One more consecutive failure; returns how many there are now.
@@ -166,6 +243,9 @@ impl Memory {
     pub fn forget(&mut self, name: &str) {
         self.failures.remove(name);
         self.last_status.remove(name);
+        self.first_pass.remove(name);
+        self.been_ready.remove(name);
+        self.warned.remove(name);
     }
 
     /// Apps anything is remembered about.
@@ -359,6 +439,67 @@ mod tests {
         m.forget("other");
         assert!(m.is_empty());
         assert_eq!(m.failed("other"), 1, "backoff starts over for a new app of the same name");
+    }
+
+    fn status(generation: i64, ready: bool) -> ResilientAppStatus {
+        ResilientAppStatus {
+            observed_generation: Some(generation),
+            conditions: vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                type_: "Ready".into(),
+                status: if ready { "True" } else { "False" }.into(),
+                reason: "R".into(),
+                message: String::new(),
+                observed_generation: Some(generation),
+                last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::UNIX_EPOCH),
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_first_status_of_a_generation_waits_for_the_rollout_at_most_the_hold() {
+        let mut m = Memory::default();
+        let t0 = Instant::now();
+        let not_ready = status(1, false);
+        assert_eq!(m.hold_first_status("shop", "u1", &not_ready, true, t0), Some(FIRST_STATUS_HOLD));
+        let later = t0 + Duration::from_secs(4);
+        assert_eq!(
+            m.hold_first_status("shop", "u1", &not_ready, true, later),
+            Some(FIRST_STATUS_HOLD - Duration::from_secs(4))
+        );
+        // Ready: written at once.
+        assert_eq!(m.hold_first_status("shop", "u1", &status(1, true), true, later), None);
+        // Still not ready when the hold is over: written.
+        assert!(m.hold_first_status("cart", "u2", &not_ready, true, t0).is_some());
+        assert_eq!(m.hold_first_status("cart", "u2", &not_ready, true, t0 + FIRST_STATUS_HOLD), None);
+        // Not the first status of a generation (a zone lost, say): never held.
+        assert_eq!(m.hold_first_status("web", "u3", &not_ready, false, t0), None);
+        // A new generation starts a new hold.
+        assert!(m.hold_first_status("cart", "u2", &status(2, false), true, t0 + FIRST_STATUS_HOLD).is_some());
+    }
+
+    #[test]
+    fn routine_events_are_not_published() {
+        use kube::runtime::events::EventType;
+        let notice =
+            |type_, action, note: &str| status::Notice { type_, reason: "R".into(), action, note: note.into() };
+        let ready = notice(EventType::Normal, "CheckAvailability", "ready");
+        let tolerant = notice(EventType::Normal, "CheckZoneFailure", "tolerant");
+        let lost = notice(EventType::Warning, "CheckAvailability", "below minAvailable");
+        let warning = notice(EventType::Warning, "CheckSpec", "unreachable Service");
+        let mut m = Memory::default();
+        // A new app coming up: its first Ready is routine; the warning is said once.
+        let out =
+            m.worth_publishing("shop", "u1", &status(1, true), vec![ready.clone(), tolerant.clone(), warning.clone()]);
+        assert_eq!(out, [warning.clone()]);
+        assert!(
+            m.worth_publishing("shop", "u1", &status(1, false), vec![lost.clone(), warning.clone()]) == [lost.clone()]
+        );
+        // Ready again after having been Ready: a recovery, published.
+        assert_eq!(m.worth_publishing("shop", "u1", &status(1, true), vec![ready.clone()]), [ready.clone()]);
+        // A new generation says its warnings again; a new app of the same name starts over.
+        assert_eq!(m.worth_publishing("shop", "u1", &status(2, true), vec![warning.clone()]), [warning.clone()]);
+        assert!(m.worth_publishing("shop", "u9", &status(1, true), vec![ready.clone()]).is_empty());
     }
 
     #[test]

@@ -126,11 +126,25 @@ async fn reconcile_app(app: &ResilientApp, ctx: &Context) -> Result<Action> {
     let node_refs: Vec<&Node> = nodes.iter().map(AsRef::as_ref).collect();
     let plan = Plan::new(app, plan_app_zones(&node_refs, app, app.status.as_ref()));
     let now = Time(jiff::Timestamp::now());
-    let mut gate = gate(app, plan, read_namespace(ctx, &namespace).await?.as_deref(), &now);
-    if let Ok(validated) = &mut gate {
-        validated.warnings.extend(storage_warnings(app, &storage_class_modes(ctx, app).await?));
-    }
-    let (gate, applied) = apply_if_open(ctx, app, gate).await?;
+    // The namespace as the cache knows it; one missing there is created (no GET first). A create
+    // answered 409 means it exists after all (someone else's, or ours and the cache lags): only
+    // then is it read from the API server and the gate decided again.
+    let cached = ctx.stores.namespaces.get(&ObjectRef::new(&namespace));
+    let storage = storage_class_modes(ctx, app).await?;
+    let gated = |ns: Option<&Namespace>| {
+        let mut gated = gate(app, plan.clone(), ns, &now);
+        if let Ok(validated) = &mut gated {
+            validated.warnings.extend(storage_warnings(app, &storage));
+        }
+        gated
+    };
+    let (gate, applied) = match apply_if_open(ctx, app, gated(cached.as_deref())).await {
+        Err(Error::NamespaceTaken(_)) => {
+            let live = read_namespace(ctx, &namespace).await?;
+            apply_if_open(ctx, app, gated(live.as_deref())).await?
+        }
+        other => other?,
+    };
     let attempt = ctx.count_rejections(&name, &gate);
     tracing::Span::current().record("writes", applied.writes);
     let observed = observe(ctx, &name, &namespace, &nodes);
@@ -149,10 +163,26 @@ async fn reconcile_app(app: &ResilientApp, ctx: &Context) -> Result<Action> {
     let pass = Pass { app, gate: &gate, observed: &observed, writes, rebalanced, attempt, failed_over, failover_in };
     let previous = previous_status(ctx, app);
     let outcome = status::compute(&pass, &previous, &now, ctx.resync);
+    let uid = app.uid().unwrap_or_default();
     if outcome.status != previous {
-        write_status_of(ctx, &name, &app.uid().unwrap_or_default(), &outcome.status).await?;
+        let settling = matches!(&gate, Ok(_)) && outcome.status.observed_generation != previous.observed_generation;
+        let held = ctx.memory.lock().expect("memory lock").hold_first_status(
+            &name,
+            &uid,
+            &outcome.status,
+            settling,
+            Instant::now(),
+        );
+        if let Some(left) = held {
+            // The first status of a generation waits for the rollout to settle (or for the hold to
+            // end): one status write per new app instead of one per step of its rollout.
+            debug!(app = %name, left_ms = left.as_millis() as u64, "first status of this generation held back");
+            return Ok(Action::requeue(left));
+        }
+        write_status_of(ctx, &name, &uid, &outcome.status).await?;
     }
-    for notice in &outcome.events {
+    let events = ctx.memory.lock().expect("memory lock").worth_publishing(&name, &uid, &outcome.status, outcome.events);
+    for notice in &events {
         publish(ctx, app, notice).await;
     }
     ctx.metrics.observe_app(&name, &outcome.status);

@@ -193,6 +193,16 @@ pub fn transitions(old: &[Condition], new: &[Condition], warnings: &[Warning]) -
     out
 }
 
+/// A Normal Event for Ready or ZoneFailureTolerant turning True.
+pub fn is_recovery(notice: &Notice) -> bool {
+    notice.type_ == EventType::Normal && matches!(notice.action, "CheckAvailability" | "CheckZoneFailure")
+}
+
+/// A warning about the spec (published once).
+pub fn is_spec_warning(notice: &Notice) -> bool {
+    notice.action == "CheckSpec"
+}
+
 /// Per-component placement: ready pods by zone, total ready, and what survives the worst loss.
 pub fn component_statuses(app: &ResilientApp, plan: &Plan, observed: &Observed) -> Vec<ComponentStatus> {
     let tolerated = app.spec.resilience.zone_failures_tolerated;
