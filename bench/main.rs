@@ -10,19 +10,24 @@
 //! Writes the results as JSON and renders them as Markdown (bench/report.rs). Run through
 //! `bench/run.sh` (`make bench`), which starts the cluster and builds the release binaries.
 
+mod bare;
 mod measure;
 mod report;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use resilient_operator::api::ResilientApp;
 use serde_json::{Value, json};
@@ -64,9 +69,12 @@ struct Args {
     /// Pid files of the control plane (e2e/cluster.sh).
     #[arg(long, default_value = ".cluster/pids")]
     pids: PathBuf,
-    /// JSON written by bench/zone-outage.sh, folded into the results.
+    /// JSON written by bench/zone-outage.sh (one per zone size), folded into the results.
     #[arg(long)]
-    zone_outage: Option<PathBuf>,
+    zone_outage: Vec<PathBuf>,
+    /// Run the bare-client baseline before the burst (same apps, same rate, no operator).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    bare: bool,
     /// Facts about the run gathered by bench/run.sh (versions, mode), as a JSON object.
     #[arg(long)]
     conditions: Option<PathBuf>,
@@ -89,7 +97,9 @@ struct Args {
 
 const OPERATOR_AGENT: &str = resilient_operator::cli::USER_AGENT;
 const BENCH_AGENT: &str = "resilient-bench";
+const BARE_AGENT: &str = "resilient-bench-bare";
 const PREFIX: &str = "load-";
+const BARE_PREFIX: &str = "bare-";
 const METRICS: &str = "127.0.0.1:18090";
 
 fn log(msg: impl std::fmt::Display) {
@@ -144,6 +154,21 @@ impl Operator {
         self.metrics().map(|m| measure::metric_sum(&m, name)).unwrap_or(0.0)
     }
 
+    /// The settings the running operator reports (its build_info metric's labels).
+    fn settings(&self) -> Value {
+        let metrics = self.metrics().unwrap_or_default();
+        let Some(line) = metrics.lines().find(|l| l.starts_with("resilient_operator_build_info{")) else {
+            return Value::Null;
+        };
+        let labels = line.split_once('{').and_then(|(_, r)| r.rsplit_once('}')).map(|(l, _)| l).unwrap_or_default();
+        let map: serde_json::Map<String, Value> = labels
+            .split("\",")
+            .filter_map(|kv| kv.split_once("=\""))
+            .map(|(k, v)| (k.to_string(), json!(v.trim_end_matches('"'))))
+            .collect();
+        Value::Object(map)
+    }
+
     /// Writes the operator counted since it started (every verb and kind).
     fn writes(&self) -> f64 {
         self.metric("resilient_operator_api_writes_total")
@@ -187,6 +212,63 @@ struct Bench {
     operator: Option<Operator>,
     ticks: f64,
     pids: BTreeMap<String, u32>,
+    /// Watched, not polled: the bench sends no request inside a measured window to learn progress.
+    watched: Watched,
+}
+
+/// Caches kept by watches the bench starts before any measured window.
+struct Watched {
+    deployments: Store<Deployment>,
+    apps: Store<ResilientApp>,
+}
+
+impl Watched {
+    async fn start(client: &Client) -> anyhow::Result<Self> {
+        let (deployments, writer) = reflector::store();
+        let config = watcher::Config::default().labels("app.kubernetes.io/managed-by=resilient-operator");
+        let stream = watcher(Api::<Deployment>::all(client.clone()), config)
+            .default_backoff()
+            .modify(|d: &mut Deployment| d.metadata.managed_fields = None)
+            .reflect(writer);
+        tokio::spawn(stream.for_each(|_| futures::future::ready(())));
+        let (apps, writer) = reflector::store();
+        let stream = watcher(Api::<ResilientApp>::all(client.clone()), watcher::Config::default().labels("bench=load"))
+            .default_backoff()
+            .modify(|a: &mut ResilientApp| a.metadata.managed_fields = None)
+            .reflect(writer);
+        tokio::spawn(stream.for_each(|_| futures::future::ready(())));
+        deployments.wait_until_ready().await?;
+        apps.wait_until_ready().await?;
+        Ok(Self { deployments, apps })
+    }
+
+    /// Deployments in namespaces starting with `prefix`: (existing, with every replica ready).
+    fn deployments(&self, prefix: &str) -> (usize, usize) {
+        let ours: Vec<Arc<Deployment>> = self
+            .deployments
+            .state()
+            .into_iter()
+            .filter(|d| d.namespace().is_some_and(|n| n.starts_with(prefix)))
+            .collect();
+        let ready = ours
+            .iter()
+            .filter(|d| {
+                let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+                d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0) >= want
+            })
+            .count();
+        (ours.len(), ready)
+    }
+
+    fn app_ready(&self, name: &str) -> bool {
+        self.apps.get(&kube::runtime::reflector::ObjectRef::new(name)).is_some_and(|a| {
+            a.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        })
+    }
+
+    fn deployment(&self, namespace: &str, name: &str) -> Option<Arc<Deployment>> {
+        self.deployments.get(&kube::runtime::reflector::ObjectRef::new(name).within(namespace))
+    }
 }
 
 /// CPU seconds of the control plane's processes at one moment.
@@ -258,20 +340,9 @@ impl Bench {
         Ok(())
     }
 
-    /// Deployments of bench apps: (existing, with every replica ready).
-    async fn deployments(&self) -> anyhow::Result<(usize, usize)> {
-        let api: Api<Deployment> = Api::all(self.client.clone());
-        let list = api.list(&ListParams::default().labels("app.kubernetes.io/managed-by=resilient-operator")).await?;
-        let ours: Vec<&Deployment> =
-            list.items.iter().filter(|d| d.namespace().is_some_and(|n| n.starts_with(PREFIX))).collect();
-        let ready = ours
-            .iter()
-            .filter(|d| {
-                let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-                d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0) >= want
-            })
-            .count();
-        Ok((ours.len(), ready))
+    /// Deployments of bench apps: (existing, with every replica ready), from the watch.
+    fn deployments(&self) -> (usize, usize) {
+        self.watched.deployments(PREFIX)
     }
 
     async fn running_pods(&self) -> anyhow::Result<usize> {
@@ -300,7 +371,7 @@ impl Bench {
             }
             if !deployments_ready && checked.elapsed() > Duration::from_secs(5) {
                 checked = Instant::now();
-                let (exist, ready) = self.deployments().await?;
+                let (exist, ready) = self.deployments();
                 deployments_ready = exist >= apps && ready >= apps;
                 if reported.elapsed() > Duration::from_secs(30) {
                     reported = Instant::now();
@@ -322,20 +393,39 @@ impl Bench {
         let op0 = self.operator().usage();
         let hist0 = self.apiserver_histogram().await;
         let started = Instant::now();
+        let started_epoch = measure::now();
         let period = Duration::from_secs_f64(1.0 / self.args.rate);
         let mut peak = op0.rss_mib;
         let step = (n / 10).max(10);
         // Open loop: one creation every period whether or not the earlier ones were answered, so a
-        // slow API server shows up as latency, not as a lower rate.
+        // slow API server shows up as latency, not as a lower rate. A creation counts only when it
+        // was answered with a 2xx.
         let mut creates = tokio::task::JoinSet::new();
+        let mut offered: BTreeMap<String, f64> = BTreeMap::new();
+        let mut failed: Vec<String> = Vec::new();
+        let collect = |done: Result<(String, Result<(), kube::Error>), tokio::task::JoinError>,
+                       offered: &mut BTreeMap<String, f64>,
+                       failed: &mut Vec<String>| {
+            match done {
+                Ok((_, Ok(()))) => {}
+                Ok((name, Err(e))) => {
+                    offered.remove(&name);
+                    failed.push(format!("{name}: {e}"));
+                }
+                Err(e) => failed.push(e.to_string()),
+            }
+        };
         for (k, i) in (from..to).enumerate() {
-            tokio::time::sleep_until((started + period * k as u32).into()).await;
+            let due = started + period * k as u32;
+            tokio::time::sleep_until(due.into()).await;
             let (apps, name) = (self.apps.clone(), app_name(i));
+            offered.insert(name.clone(), started_epoch + (period * k as u32).as_secs_f64());
             creates.spawn(async move {
-                apps.patch(&name, &PatchParams::apply(BENCH_AGENT).force(), &Patch::Apply(app(&name))).await.map(|_| ())
+                let r = apps.patch(&name, &PatchParams::apply(BENCH_AGENT).force(), &Patch::Apply(app(&name))).await;
+                (name, r.map(|_| ()))
             });
             while let Some(done) = creates.try_join_next() {
-                done??;
+                collect(done, &mut offered, &mut failed);
             }
             if (k + 1) % step == 0 {
                 peak = peak.max(self.operator().usage().rss_mib);
@@ -343,22 +433,24 @@ impl Bench {
             }
         }
         while let Some(done) = creates.join_next().await {
-            done??;
+            collect(done, &mut offered, &mut failed);
+        }
+        if !failed.is_empty() {
+            log(format!("{label}: {} creations were not answered with a 2xx, e.g. {}", failed.len(), failed[0]));
         }
         let creating = started.elapsed().as_secs_f64();
-        // All children written: every app has its Deployment (the last child the operator applies).
-        let api: Api<Deployment> = Api::all(self.client.clone());
+        // All children written: every app has its Deployment (the last child the operator applies),
+        // as the watch tells. Apps that never get there are reported, not waited for forever.
+        let expected = to - failed.len();
         let all_children =
-            poll("every app's Deployment", Duration::from_secs(1800), Duration::from_secs(1), || async {
-                let list = api
-                    .list_metadata(&ListParams::default().labels("app.kubernetes.io/managed-by=resilient-operator"))
-                    .await?;
-                Ok(list.items.iter().filter(|d| d.namespace().is_some_and(|n| n.starts_with(PREFIX))).count() >= to)
+            poll("every app's Deployment", Duration::from_secs(900), Duration::from_millis(200), || async {
+                Ok(self.deployments().0 >= expected)
             })
             .await
-            .map(|_| started.elapsed().as_secs_f64())?;
-        log(format!("{label}: every app has its children {all_children:.1} s after the first was created"));
-        let settled = self.settle(to).await?;
+            .map(|_| started.elapsed().as_secs_f64())
+            .ok();
+        log(format!("{label}: every app has its children {all_children:?} s after the first was created"));
+        let settled = self.settle(expected).await?;
         let wall = started.elapsed().as_secs_f64();
         let until = measure::now();
         let op1 = self.operator().usage();
@@ -366,10 +458,12 @@ impl Bench {
         let hist = self.apiserver_histogram().await.minus(&hist0);
         let pods = self.running_pods().await?;
         let requests = measure::audit(&self.args.audit_log, since, until)?;
-        let names: BTreeSet<String> = (from..to).map(app_name).collect();
-        let latency = children_latency(&requests, &names);
+        let latency = children_latency(&requests, &offered, OPERATOR_AGENT);
+        let without: Vec<&String> = offered.keys().filter(|n| !latency.contains_key(*n)).collect();
+        let throughput = throughput(&latency, &offered);
         let ops: Vec<&Request> = requests.iter().filter(|r| r.user_agent.starts_with(OPERATOR_AGENT)).collect();
         let per_verb = measure::per_verb(ops.iter().copied());
+        let per_resource = measure::per_resource(ops.iter().copied());
         let total: u64 = per_verb.values().sum();
         let components: BTreeMap<String, Value> = cpu1
             .iter()
@@ -379,19 +473,24 @@ impl Bench {
             })
             .collect();
         let op_cpu = op1.cpu_seconds - op0.cpu_seconds;
-        let latency = Summary::of(latency);
+        let latency = Summary::of(latency.values().copied().collect());
         log(format!(
-            "{label}: apply-to-children p50 {:.2} s p99 {:.2} s; {:.1} operator requests per app; operator RSS {:.0} MiB",
+            "{label}: apply-to-children p50 {:.2} s p99 {:.2} s; {:.1} operator requests per app; {:.1} apps/s; operator RSS {:.0} MiB; {} apps without children",
             latency.p50,
             latency.p99,
             total as f64 / n as f64,
-            op1.rss_mib
+            throughput,
+            op1.rss_mib,
+            without.len()
         ));
         Ok(json!({
             "label": label, "appsCreated": n, "appsInCluster": to, "rate": self.args.rate,
+            "creationsFailed": failed.len(), "creationFailureSamples": failed.iter().take(5).collect::<Vec<_>>(),
+            "appsWithoutChildren": without.len(), "appsWithoutChildrenSamples": without.iter().take(10).collect::<Vec<_>>(),
             "creatingSeconds": creating, "allChildrenSeconds": all_children, "settled": settled, "wallSeconds": wall,
-            "applyToChildrenSeconds": latency,
-            "operatorRequestsPerVerb": per_verb, "operatorRequestsPerApp": total as f64 / n as f64,
+            "applyToChildrenSeconds": latency, "appsPerSecond": throughput,
+            "operatorRequestsPerVerb": per_verb, "operatorRequestsPerResource": per_resource,
+            "operatorRequestsPerApp": total as f64 / n as f64,
             "operatorWrites": ops.iter().filter(|r| r.is_write()).count(),
             "apiServerSecondsForOperatorRequests": Summary::of(ops.iter().map(|r| r.seconds()).collect()),
             "apiServer": {"requests": hist.count(), "p50": hist.quantile(0.5), "p99": hist.quantile(0.99),
@@ -401,6 +500,81 @@ impl Bench {
                          "coreShare": op_cpu / wall},
             "podsRunning": pods,
         }))
+    }
+
+    /// The bare-client baseline: `n` apps' children (rendered by `render`) sent at the same rate
+    /// by a minimal client, with the operator stopped. Its namespaces are deleted afterwards.
+    async fn bare(&mut self, n: usize) -> anyhow::Result<Value> {
+        log(format!("bare client: {n} apps' children at {}/s, no operator", self.args.rate));
+        if let Some(op) = self.operator.take() {
+            op.stop();
+        }
+        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.client.clone());
+        let nodes = nodes.list(&ListParams::default()).await?.items;
+        let zones = resilient_operator::resilience::plan_zones(nodes.iter(), &[], &[]).zones;
+        let apps: Vec<ResilientApp> = (0..n)
+            .map(|i| {
+                let name = format!("{BARE_PREFIX}{i:05}");
+                serde_json::from_value(app(&name)).expect("the bench app is a ResilientApp")
+            })
+            .collect();
+        let mut config = self.client_config().await?;
+        config.headers.retain(|(k, _)| k != http::header::USER_AGENT);
+        config.headers.push((http::header::USER_AGENT, http::HeaderValue::from_static(BARE_AGENT)));
+        let client = Client::try_from(config)?;
+        let since = measure::now();
+        let hist0 = self.apiserver_histogram().await;
+        let cpu0 = self.cluster_usage();
+        let started = Instant::now();
+        let outcomes = bare::run(&client, apps, &zones, self.args.rate).await;
+        let wall = started.elapsed().as_secs_f64();
+        let until = measure::now();
+        let cpu1 = self.cluster_usage();
+        let hist = self.apiserver_histogram().await.minus(&hist0);
+        let requests = measure::audit(&self.args.audit_log, since, until)?;
+        let mine: Vec<&Request> = requests.iter().filter(|r| r.user_agent.starts_with(BARE_AGENT)).collect();
+        let ok: Vec<f64> = outcomes.values().filter_map(|o| o.seconds).collect();
+        let errors: Vec<String> =
+            outcomes.iter().filter_map(|(n, o)| o.error.as_ref().map(|e| format!("{n}: {e}"))).collect();
+        let sent: usize = outcomes.values().map(|o| o.requests).sum();
+        let latency = Summary::of(ok.clone());
+        let throughput = ok.len() as f64 / wall;
+        let cpu: f64 =
+            cpu1.iter().map(|(k, u)| u.cpu_seconds - cpu0.get(k).map(|u| u.cpu_seconds).unwrap_or(0.0)).sum();
+        log(format!(
+            "bare client: p50 {:.2} s p99 {:.2} s, {:.1} apps/s, {} failed",
+            latency.p50,
+            latency.p99,
+            throughput,
+            errors.len()
+        ));
+        log("deleting the bare client's namespaces");
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        for name in outcomes.keys() {
+            let _ = namespaces.delete(name, &DeleteParams::background()).await;
+        }
+        poll("the bare client's namespaces to be gone", Duration::from_secs(900), Duration::from_secs(2), || async {
+            let ns = namespaces.list_metadata(&ListParams::default()).await?;
+            Ok(!ns.items.iter().any(|n| n.name_any().starts_with(BARE_PREFIX)))
+        })
+        .await?;
+        self.start_operator().await?;
+        Ok(json!({
+            "apps": n, "rate": self.args.rate, "appsCompleted": ok.len(), "failed": errors.len(),
+            "failureSamples": errors.iter().take(5).collect::<Vec<_>>(),
+            "applyToChildrenSeconds": latency, "appsPerSecond": throughput, "wallSeconds": wall,
+            "requestsPerApp": sent as f64 / n as f64, "requestsPerVerb": measure::per_verb(mine.iter().copied()),
+            "apiServer": {"requests": hist.count(), "p50": hist.quantile(0.5), "p99": hist.quantile(0.99),
+                          "requestsPerSecond": hist.count() / wall},
+            "controlPlaneCoreShare": cpu / wall,
+        }))
+    }
+
+    async fn client_config(&self) -> anyhow::Result<kube::Config> {
+        let kubeconfig = kube::config::Kubeconfig::read_from(&self.args.kubeconfig)?;
+        let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+        config.default_retry = false;
+        Ok(config)
     }
 
     /// Restarts the operator with `apps` apps in sync: time until it has reconciled every one,
@@ -444,27 +618,30 @@ impl Bench {
         log(format!("single apps on the idle cluster: {n}, one at a time"));
         let since = measure::now();
         let mut ready = Vec::new();
+        let mut offered = BTreeMap::new();
         for i in 0..n {
             let name = app_name(i);
+            offered.insert(name.clone(), measure::now());
             self.create(&name).await?;
+            // Ready as the bench's watch of the apps tells: no polling of the API server.
             let took =
-                poll(&format!("{name} to be Ready"), Duration::from_secs(120), Duration::from_millis(50), || async {
-                    let app = self.apps.get_status(&name).await?;
-                    Ok(app
-                        .status
-                        .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")))
+                poll(&format!("{name} to be Ready"), Duration::from_secs(120), Duration::from_millis(5), || async {
+                    Ok(self.watched.app_ready(&name))
                 })
                 .await?;
             ready.push(took.as_secs_f64());
         }
-        let names: BTreeSet<String> = (0..n).map(app_name).collect();
         let requests = measure::audit(&self.args.audit_log, since, measure::now())?;
-        let latency = Summary::of(children_latency(&requests, &names));
+        let latency = children_latency(&requests, &offered, OPERATOR_AGENT);
+        let without = offered.keys().filter(|n| !latency.contains_key(*n)).count();
+        let latency = Summary::of(latency.into_values().collect());
         let ops: Vec<&Request> = requests.iter().filter(|r| r.user_agent.starts_with(OPERATOR_AGENT)).collect();
         log(format!("singles: apply-to-children p50 {:.3} s p99 {:.3} s", latency.p50, latency.p99));
         Ok(json!({
             "apps": n, "applyToChildrenSeconds": latency, "readySeconds": Summary::of(ready),
+            "appsWithoutChildren": without,
             "operatorRequestsPerVerb": measure::per_verb(ops.iter().copied()),
+            "operatorRequestsPerResource": measure::per_resource(ops.iter().copied()),
             "operatorRequestsPerApp": ops.len() as f64 / n as f64,
             "apiServerSecondsForOperatorRequests": Summary::of(ops.iter().map(|r| r.seconds()).collect()),
         }))
@@ -478,7 +655,7 @@ impl Bench {
             // Spread the samples over the apps.
             let ns = app_name(k * apps / samples.max(1));
             let api: Api<Deployment> = Api::namespaced(self.client.clone(), &ns);
-            let before = api.get("web").await?;
+            let before = self.watched.deployment(&ns, "web").context("a bench app's Deployment")?;
             let t0 = Instant::now();
             if k % 2 == 0 {
                 let uid = before.metadata.uid.clone();
@@ -486,8 +663,8 @@ impl Bench {
                 poll(
                     "the deleted Deployment to come back",
                     Duration::from_secs(120),
-                    Duration::from_millis(20),
-                    || async { Ok(api.get_opt("web").await?.is_some_and(|d| d.metadata.uid != uid)) },
+                    Duration::from_millis(5),
+                    || async { Ok(self.watched.deployment(&ns, "web").is_some_and(|d| d.metadata.uid != uid)) },
                 )
                 .await?;
                 deleted.push(t0.elapsed().as_secs_f64());
@@ -497,8 +674,10 @@ impl Bench {
                 poll(
                     "the scaled Deployment to be put back",
                     Duration::from_secs(120),
-                    Duration::from_millis(20),
-                    || async { Ok(api.get("web").await?.spec.and_then(|s| s.replicas) == want) },
+                    Duration::from_millis(5),
+                    || async {
+                        Ok(self.watched.deployment(&ns, "web").and_then(|d| d.spec.as_ref()?.replicas) == want)
+                    },
                 )
                 .await?;
                 edited.push(t0.elapsed().as_secs_f64());
@@ -513,15 +692,13 @@ impl Bench {
     }
 }
 
-/// For every app in `names`: seconds from its creation (the bench's apply answered) until the
-/// operator's first write of its last child answered.
-fn children_latency(requests: &[Request], names: &BTreeSet<String>) -> Vec<f64> {
-    let mut created: BTreeMap<&str, f64> = BTreeMap::new();
+/// For every app offered (name -> when it was due, seconds since the epoch): seconds until the
+/// first 2xx-answered write of its last child by `agent`. Apps missing a child are left out.
+fn children_latency(requests: &[Request], offered: &BTreeMap<String, f64>, agent: &str) -> BTreeMap<String, f64> {
     let mut first_write: BTreeMap<(&str, &str, &str), f64> = BTreeMap::new();
     for r in requests {
-        if r.user_agent.starts_with(BENCH_AGENT) && r.resource == "resilientapps" && r.verb == "patch" {
-            created.entry(r.name.as_str()).or_insert(r.answered);
-        } else if r.user_agent.starts_with(OPERATOR_AGENT)
+        if r.user_agent.starts_with(agent)
+            && r.ok()
             && matches!(r.verb.as_str(), "create" | "patch" | "update")
             && r.subresource.is_empty()
             && !matches!(r.resource.as_str(), "events" | "resilientapps" | "leases")
@@ -530,13 +707,63 @@ fn children_latency(requests: &[Request], names: &BTreeSet<String>) -> Vec<f64> 
             *t = t.min(r.answered);
         }
     }
-    let mut last: BTreeMap<&str, f64> = BTreeMap::new();
+    let mut last: BTreeMap<&str, (usize, f64)> = BTreeMap::new();
     for ((resource, namespace, name), t) in first_write {
         let app = if resource == "namespaces" { name } else { namespace };
-        let e = last.entry(app).or_insert(t);
-        *e = e.max(t);
+        let e = last.entry(app).or_insert((0, t));
+        *e = (e.0 + 1, e.1.max(t));
     }
-    names.iter().filter_map(|n| Some(last.get(n.as_str())? - created.get(n.as_str())?)).filter(|d| *d >= 0.0).collect()
+    // Every kind the app has must be there: the most children any app got is what each needs.
+    let needed = last.values().map(|(n, _)| *n).max().unwrap_or(0);
+    offered
+        .iter()
+        .filter_map(|(n, due)| {
+            let (count, t) = last.get(n.as_str())?;
+            (*count == needed && t >= due).then(|| (n.clone(), t - due))
+        })
+        .collect()
+}
+
+/// Apps completed per second: apps with their children / (last completion - first offer).
+fn throughput(latency: &BTreeMap<String, f64>, offered: &BTreeMap<String, f64>) -> f64 {
+    let first = offered.values().copied().fold(f64::INFINITY, f64::min);
+    let last = latency.iter().map(|(n, l)| offered[n] + l).fold(f64::NEG_INFINITY, f64::max);
+    latency.len() as f64 / (last - first)
+}
+
+/// The flat summary the README and the docs quote: the goal numbers of issues 15 and 16.
+fn summary(r: &Value) -> Value {
+    let phase = |apps: u64| r["phases"].as_array().and_then(|p| p.iter().find(|p| p["appsInCluster"] == apps)).cloned();
+    let burst = r["phases"].as_array().and_then(|p| p.iter().find(|p| p["appsInCluster"] == p["appsCreated"])).cloned();
+    let outage =
+        |nodes: u64| r["zoneOutages"].as_array().and_then(|o| o.iter().find(|o| o["nodesPerZone"] == nodes)).cloned();
+    let large = r["zoneOutages"]
+        .as_array()
+        .and_then(|o| o.iter().max_by_key(|o| o["nodesPerZone"].as_u64().unwrap_or(0)))
+        .cloned()
+        .unwrap_or(Value::Null);
+    let small = outage(2).unwrap_or(Value::Null);
+    let ratio = match (burst.as_ref().map(|b| &b["appsPerSecond"]), r["bareClient"]["appsPerSecond"].as_f64()) {
+        (Some(op), Some(bare)) if bare > 0.0 => json!(op.as_f64().map(|op| op / bare)),
+        _ => Value::Null,
+    };
+    let noop = r["restarts"].as_array().and_then(|rs| rs.iter().filter_map(|x| x["writes"].as_u64()).max());
+    json!({
+        "commit": r["conditions"]["commit"],
+        "rssMiB1000": phase(1000).map(|p| p["operator"]["steadyRssMiB"].clone()),
+        "rssMiB5000": phase(5000).map(|p| p["operator"]["steadyRssMiB"].clone()),
+        "requestsPerNewApp": burst.as_ref().map(|b| b["operatorRequestsPerApp"].clone()),
+        "requestsPerNewAppIdle": r["singles"]["operatorRequestsPerApp"],
+        "burstApps": burst.as_ref().map(|b| b["appsCreated"].clone()),
+        "noopWrites": noop,
+        "bareClientThroughputRatio": ratio,
+        "applyToChildrenP99Ms": r["singles"]["applyToChildrenSeconds"]["p99"].as_f64().map(|s| s * 1000.0),
+        "failoverSeconds": small["operator"]["recoveredSeconds"],
+        "failoverSecondsLargeZone": large["operator"]["recoveredSeconds"],
+        "failoverSecondsSetting": large["operator"]["failoverSeconds"],
+        "largeZoneNodesPerZone": large["nodesPerZone"],
+        "plainDeploymentFailoverSecondsLargeZone": large["plain"]["recoveredSeconds"],
+    })
 }
 
 fn notes(args: &Args) -> Option<String> {
@@ -599,18 +826,23 @@ async fn main() -> anyhow::Result<()> {
     conditions["date"] = json!(started.strftime("%Y-%m-%d %H:%M UTC").to_string());
     conditions["kubernetes"] = json!(client.apiserver_version().await?.git_version);
     conditions["app"] = app("<name>")["spec"].clone();
-    conditions["operator"] = json!({
-        "version": env!("CARGO_PKG_VERSION"), "build": "release", "concurrency": 16,
-        "credentials": "token of its ServiceAccount (config/rbac)",
-    });
+    // What was measured, read from the binary and from the running operator, not typed in here.
+    let version = Command::new(&args.operator).arg("--version").output().context("resilient-operator --version")?;
+    let version = String::from_utf8_lossy(&version.stdout).trim().to_string();
+    conditions["commit"] = json!(version.split("(commit ").nth(1).map(|c| c.trim_end_matches(')')).unwrap_or("?"));
     let ticks = measure::clock_ticks();
     let pids = measure::cluster_pids(&args.pids);
-    let mut bench = Bench { apps: Api::all(client.clone()), client, args, operator: None, ticks, pids };
-    let mut results = json!({"conditions": conditions, "phases": [], "restarts": []});
+    let watched = Watched::start(&client).await?;
+    let mut bench = Bench { apps: Api::all(client.clone()), client, args, operator: None, ticks, pids, watched };
 
     log("removing the apps of earlier runs");
     bench.delete_all().await?;
     bench.start_operator().await?;
+    conditions["operator"] = json!({
+        "version": version, "build": "release", "settings": bench.operator().settings(),
+        "credentials": "token of its ServiceAccount (config/rbac)",
+    });
+    let mut results = json!({"conditions": conditions, "phases": [], "restarts": []});
     results["operatorIdle"] = json!(bench.operator().usage());
 
     let args = &bench.args;
@@ -625,6 +857,9 @@ async fn main() -> anyhow::Result<()> {
     if burst > 0 {
         log("removing the small apps: the burst starts from an empty cluster");
         bench.delete_all().await?;
+        if bench.args.bare {
+            results["bareClient"] = bench.bare(burst).await?;
+        }
         let phase = bench.grow(&format!("{burst} apps"), 0, burst).await?;
         results["phases"].as_array_mut().unwrap().push(phase);
         results["drift"] = bench.drift(bench.args.drift_samples, burst).await?;
@@ -641,7 +876,10 @@ async fn main() -> anyhow::Result<()> {
     if let Some(op) = bench.operator.take() {
         op.stop();
     }
-    results["zoneOutage"] = read_json(&bench.args.zone_outage)?;
+    let outages: Vec<Value> =
+        bench.args.zone_outage.iter().map(|p| read_json(&Some(p.clone()))).collect::<anyhow::Result<_>>()?;
+    results["zoneOutages"] = json!(outages.into_iter().filter(|o| !o.is_null()).collect::<Vec<_>>());
+    results["summary"] = summary(&results);
     results["finished"] = json!(jiff::Timestamp::now().strftime("%Y-%m-%d %H:%M UTC").to_string());
     results["durationSeconds"] = json!((jiff::Timestamp::now() - started).get_seconds());
 

@@ -28,7 +28,9 @@ impl Summary {
             let i = ((p / 100.0) * (values.len() as f64 - 1.0)).round() as usize;
             values[i.min(values.len() - 1)]
         };
-        Self { count: values.len(), p50: at(50.0), p99: at(99.0), max: values.last().copied().unwrap_or(f64::NAN) }
+        // A p99 of fewer than 100 samples would be the max under another name: left out (null).
+        let p99 = if values.len() >= 100 { at(99.0) } else { f64::NAN };
+        Self { count: values.len(), p50: at(50.0), p99, max: values.last().copied().unwrap_or(f64::NAN) }
     }
 }
 
@@ -50,6 +52,8 @@ pub struct Request {
     pub subresource: String,
     pub namespace: String,
     pub name: String,
+    /// The response's status code.
+    pub code: u16,
     /// When the API server received it and when it had answered (seconds since the epoch).
     pub received: f64,
     pub answered: f64,
@@ -58,6 +62,10 @@ pub struct Request {
 impl Request {
     pub fn is_write(&self) -> bool {
         matches!(self.verb.as_str(), "create" | "update" | "patch" | "delete" | "deletecollection")
+    }
+
+    pub fn ok(&self) -> bool {
+        (200..300).contains(&self.code)
     }
 
     pub fn seconds(&self) -> f64 {
@@ -98,6 +106,7 @@ pub fn audit(log: &Path, since: f64, until: f64) -> anyhow::Result<Vec<Request>>
                 subresource: s(&r["subresource"]),
                 namespace: s(&r["namespace"]),
                 name: s(&r["name"]),
+                code: e["responseStatus"]["code"].as_u64().unwrap_or(0) as u16,
                 received,
                 answered: ts(e["stageTimestamp"].as_str().unwrap_or_default()),
             });
@@ -113,6 +122,16 @@ pub fn per_verb<'a>(requests: impl Iterator<Item = &'a Request>) -> BTreeMap<Str
         *verbs.entry(r.verb.clone()).or_default() += 1;
     }
     verbs
+}
+
+/// Requests per "verb resource[/subresource] code" of one user agent.
+pub fn per_resource<'a>(requests: impl Iterator<Item = &'a Request>) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for r in requests {
+        let sub = if r.subresource.is_empty() { String::new() } else { format!("/{}", r.subresource) };
+        *out.entry(format!("{} {}{} {}", r.verb, r.resource, sub, r.code)).or_default() += 1;
+    }
+    out
 }
 
 /// CPU seconds and memory of a process, from /proc.
@@ -249,5 +268,6 @@ mod tests {
     fn summary_percentiles() {
         let s = Summary::of((1..=100).map(f64::from).collect());
         assert_eq!((s.count, s.p50, s.p99, s.max), (100, 51.0, 99.0, 100.0));
+        assert!(Summary::of((1..=99).map(f64::from).collect()).p99.is_nan(), "no p99 from fewer than 100 samples");
     }
 }

@@ -84,22 +84,59 @@ pub fn render(r: &Value, notes: Option<&str>) -> String {
     );
     let _ = writeln!(
         o,
-        "| operator | resilient-operator {} (commit {}), {} build, {}, concurrency {}, rustc {} |",
+        "| operator | `resilient-operator --version`: {}, {} build, {}, settings it reported (build_info metric): {}, rustc {} |",
         c["operator"]["version"].as_str().unwrap_or("?"),
-        c["commit"].as_str().unwrap_or("?"),
         c["operator"]["build"].as_str().unwrap_or("?"),
         c["operator"]["credentials"].as_str().unwrap_or("?"),
-        c["operator"]["concurrency"],
+        verbs(&c["operator"]["settings"]),
         c["rust"].as_str().unwrap_or("?")
     );
     let _ = writeln!(
         o,
-        "| each app | one component, `minAvailable: 1`, `zoneFailuresTolerated: 0`, a port and a Service: 1 pod; the operator writes 9 children (Namespace, ResourceQuota, LimitRange, 3 NetworkPolicies, Service, PodDisruptionBudget, Deployment) and the status |"
+        "| load | the machine is shared: load average {} when the load scenarios started |",
+        c["loadAverageAtStart"].as_str().unwrap_or("?")
+    );
+    let _ = writeln!(
+        o,
+        "| each app | one component, `minAvailable: 1`, `zoneFailuresTolerated: 0`, a port and a Service: 1 pod; the operator writes 7 children (Namespace, ResourceQuota, LimitRange, a NetworkPolicy, Service, PodDisruptionBudget, Deployment), its finalizer and the status |"
     );
     let _ = writeln!(
         o,
         "| sources | latency and requests: the API server's audit log (when it received each request and answered it, by user agent); API server latency for everyone: its `apiserver_request_duration_seconds` histogram (WATCH excluded); memory and CPU: `/proc` of each process |\n"
     );
+
+    // The goals of issues 15 and 16, from the flat summary.
+    let g = &r["summary"];
+    let _ = writeln!(o, "## Goals\n");
+    let _ = writeln!(o, "`summary` in the JSON, commit **{}**:\n", g["commit"].as_str().unwrap_or("?"));
+    let _ = writeln!(o, "| | measured | goal |\n|---|---|---|");
+    let _ = writeln!(o, "| operator RSS, 1,000 apps and their pods | {} MiB | 40 MiB |", n(&g["rssMiB1000"], 0));
+    let _ = writeln!(o, "| operator RSS, 5,000 apps and their pods | {} MiB | 64 MiB |", n(&g["rssMiB5000"], 0));
+    let _ = writeln!(
+        o,
+        "| operator requests per new app ({} apps at {}/s; idle, one at a time: {}) | **{}** | at most 10 |",
+        g["burstApps"],
+        r["bareClient"]["rate"],
+        n(&g["requestsPerNewAppIdle"], 1),
+        n(&g["requestsPerNewApp"], 1)
+    );
+    let _ = writeln!(o, "| writes of a restart with every app in sync | **{}** | 0 |", g["noopWrites"]);
+    let _ = writeln!(
+        o,
+        "| apps per second through the operator / bare client, same offered rate, same run | **{}** | at least 0.90 |",
+        n(&g["bareClientThroughputRatio"], 2)
+    );
+    let _ = writeln!(o, "| apply-to-children p99, idle cluster | {} ms | |", n(&g["applyToChildrenP99Ms"], 0));
+    let _ = writeln!(
+        o,
+        "| zone outage, every replica replaced: 2 nodes per zone / {} nodes per zone (plain Deployment) | {} s / **{} s** ({}) | failoverSeconds ({}) + 30 s |",
+        g["largeZoneNodesPerZone"],
+        n(&g["failoverSeconds"], 0),
+        n(&g["failoverSecondsLargeZone"], 0),
+        secs_or(&g["plainDeploymentFailoverSecondsLargeZone"], "not within the deadline"),
+        g["failoverSecondsSetting"]
+    );
+    o.push('\n');
 
     // Summary against the anchors.
     let burst = r["phases"].as_array().and_then(|p| p.iter().find(|p| p["appsInCluster"] == p["appsCreated"]));
@@ -165,19 +202,14 @@ pub fn render(r: &Value, notes: Option<&str>) -> String {
             pp(&d["scaledDeployment"], 3)
         );
     }
-    let z = &r["zoneOutage"];
-    if z.is_object() {
+    let outages: Vec<&Value> = r["zoneOutages"].as_array().into_iter().flatten().collect();
+    for z in &outages {
         let _ = writeln!(
             o,
-            "| 6. zone outage: all replicas Running in the surviving zones | operator **{}**, plain Deployment {} | Kubernetes alone: ~50 s + 300 s |",
+            "| 6. zone outage, {} nodes per zone: all replicas Running in the surviving zones | operator **{}**, plain Deployment {} | Kubernetes alone: ~50 s + 300 s |",
+            z["nodesPerZone"],
             secs_or(&z["operator"]["recoveredSeconds"], "not within the deadline"),
             secs_or(&z["plain"]["recoveredSeconds"], &format!("not within {} s", z["outageDeadlineSeconds"]))
-        );
-        let _ = writeln!(
-            o,
-            "| 6. zone returns: even spread again | operator **{}**, plain Deployment {} | Kubernetes never rebalances |",
-            secs_or(&z["operator"]["evenAgainSeconds"], "not within the deadline"),
-            secs_or(&z["plain"]["evenAgainSeconds"], &format!("never (not within {} s)", z["returnDeadlineSeconds"]))
         );
     }
     o.push('\n');
@@ -340,46 +372,98 @@ pub fn render(r: &Value, notes: Option<&str>) -> String {
     o.push('\n');
 
     // 6.
-    let _ = writeln!(o, "## 6. Zone outage, side by side\n");
-    if z.is_object() {
+    let _ = writeln!(o, "## 6. Zone outage, side by side, at three zone sizes\n");
+    if let Some(z) = outages.first() {
         let _ = writeln!(
             o,
             "In the same run, before the load scenarios: an operator-managed app (`minAvailable: 4`, tolerating one \
              zone: {} replicas) and a plain Deployment with 6 replicas and Kubernetes defaults (300 s tolerations, no \
              spread constraint). `{}` went dark with `e2e/cluster.sh zone-down` (its kwok nodes stop renewing their \
-             leases, as a lost zone would); ready pods sampled every second. Full timeline: {}/zone-outage.log.\n",
+             leases, as a lost zone would); ready pods sampled every second. The node lifecycle controller taints one \
+             node of a lost zone every 10 s, so without the operator the last pods of a large zone wait for the last \
+             taint; the operator deletes the pods of a zone lost for `failoverSeconds` itself. Timelines: \
+             {}/zone-outage-<nodes>.log.\n",
             z["operator"]["replicasBefore"],
             z["zone"].as_str().unwrap_or("?"),
             c["out"].as_str().unwrap_or("bench/out")
         );
-        let _ = writeln!(o, "| | operator app | plain Deployment |\n|---|---|---|");
         let _ = writeln!(
             o,
-            "| lowest ready count during the outage | {} (minAvailable {}) | {} of {} |",
-            z["operator"]["lowestReady"],
-            z["operator"]["minAvailable"],
-            z["plain"]["lowestReady"],
-            z["plain"]["replicas"]
+            "| nodes per zone | operator: lowest ready | operator: every replica Running outside the zone | within failoverSeconds + 30 s | plain Deployment: lowest ready | plain: every replica Running outside the zone | operator: even spread after return | plain: even spread after return |\n|---|---|---|---|---|---|---|---|"
         );
-        let _ = writeln!(
-            o,
-            "| all replicas Running in the surviving zones | **{}** ({} replicas: recomputed for the zones left) | {} |",
-            secs_or(&z["operator"]["recoveredSeconds"], "not within the deadline"),
-            z["operator"]["replicasDuring"],
-            secs_or(&z["plain"]["recoveredSeconds"], &format!("not within {} s", z["outageDeadlineSeconds"]))
-        );
-        let _ = writeln!(
-            o,
-            "| even spread after the zone returned | **{}** | {} |",
-            secs_or(&z["operator"]["evenAgainSeconds"], "not within the deadline"),
-            secs_or(
-                &z["plain"]["evenAgainSeconds"],
-                &format!("never: not within {} s, and Kubernetes does not rebalance", z["returnDeadlineSeconds"])
-            )
-        );
+        for z in &outages {
+            let _ = writeln!(
+                o,
+                "| {} | {} (minAvailable {}) | **{}** ({} replicas during) | {} (failoverSeconds {}) | {} of {} | {} | {} | {} |",
+                z["nodesPerZone"],
+                z["operator"]["lowestReady"],
+                z["operator"]["minAvailable"],
+                secs_or(&z["operator"]["recoveredSeconds"], "not within the deadline"),
+                z["operator"]["replicasDuring"],
+                if z["operator"]["withinFailoverSecondsPlus30"] == true { "yes" } else { "**no**" },
+                z["operator"]["failoverSeconds"],
+                z["plain"]["lowestReady"],
+                z["plain"]["replicas"],
+                secs_or(&z["plain"]["recoveredSeconds"], &format!("not within {} s", z["outageDeadlineSeconds"])),
+                secs_or(&z["operator"]["evenAgainSeconds"], "not within the deadline"),
+                secs_or(
+                    &z["plain"]["evenAgainSeconds"],
+                    &format!("never (not within {} s)", z["returnDeadlineSeconds"])
+                )
+            );
+        }
         o.push('\n');
     } else {
         let _ = writeln!(o, "Not run (ZONE_OUTAGE=0).\n");
+    }
+
+    // The bare client.
+    let bc = &r["bareClient"];
+    let _ = writeln!(o, "## 7. The operator against a bare client, same run\n");
+    if bc.is_object() {
+        let _ = writeln!(
+            o,
+            "Before the operator's burst, with the operator stopped, a minimal client sent the same apps' children \
+             (rendered by the operator's own `render`: a create of the Namespace, then server-side applies in the \
+             operator's order, each step concurrently) at the same offered rate. Latency: from the moment an app was \
+             due to the answer of its last child, for both. Throughput: apps with all children divided by the time \
+             from the first offer to the last child.\n"
+        );
+        let _ = writeln!(
+            o,
+            "| | apps offered | completed | apply-to-children | max | apps per second | requests per app | API server p99, all clients |\n|---|---|---|---|---|---|---|---|"
+        );
+        let _ = writeln!(
+            o,
+            "| bare client | {} at {}/s | {} | {} | {} s | {} | {} | {} |",
+            bc["apps"],
+            bc["rate"],
+            bc["appsCompleted"],
+            pp(&bc["applyToChildrenSeconds"], 2),
+            n(&bc["applyToChildrenSeconds"]["max"], 1),
+            n(&bc["appsPerSecond"], 2),
+            n(&bc["requestsPerApp"], 1),
+            ms(&bc["apiServer"]["p99"])
+        );
+        if let Some(b) = burst {
+            let _ = writeln!(
+                o,
+                "| operator | {} at {}/s | {} ({} creations not answered 2xx, {} apps without children) | {} | {} s | {} | {} | {} |",
+                b["appsCreated"],
+                b["rate"],
+                b["applyToChildrenSeconds"]["count"],
+                b["creationsFailed"],
+                b["appsWithoutChildren"],
+                pp(&b["applyToChildrenSeconds"], 2),
+                n(&b["applyToChildrenSeconds"]["max"], 1),
+                n(&b["appsPerSecond"], 2),
+                n(&b["operatorRequestsPerApp"], 1),
+                ms(&b["apiServer"]["p99"])
+            );
+        }
+        let _ = writeln!(o, "\nRatio (operator / bare client): **{}**.\n", n(&g["bareClientThroughputRatio"], 2));
+    } else {
+        let _ = writeln!(o, "Not run.\n");
     }
 
     let _ = writeln!(o, "## Reading the numbers, and what would improve them\n");
@@ -445,13 +529,8 @@ pub fn render(r: &Value, notes: Option<&str>) -> String {
         o,
         "- Fewer requests per app is the lever that works at any size: every child is one server-side apply \
          (admission, an etcd write, a watch event to the operator, the controller manager and the scheduler). \
-         Of the 16 per app (counted by resource on a small run), 9 are the children (the contract), 4 are \
-         status updates (the status follows every observed step: created, Deployment status, pod placed, pod \
-         ready), 2 are Events and 1 is a GET of the namespace (a namespace the operator does not own is not in \
-         its cache, so it asks before creating one). A short debounce of reconciles would merge the status \
-         steps that come within it (at the price of that much latency); a metadata-only watch of all \
-         namespaces would remove the GET; one NetworkPolicy instead of three for a one-component app would \
-         remove two writes and their fan-out.\n\
+         What the operator sent, per verb, resource and response code, is in `operatorRequestsPerResource` of \
+         each phase in the JSON.\n\
          - Memory grows with what is cached: every child and pod of every app (about 12 objects per app \
          here, managedFields dropped). Trimming cached children to the fields the drift check compares \
          would cut it further.\n\

@@ -4,7 +4,8 @@
 #   make bench            full run (about 30 minutes): writes docs/benchmarks.md and bench/results.json
 #   make bench QUICK=1    a few minutes, smaller sizes: writes bench/out/quick/{benchmarks.md,results.json}
 #
-# Knobs (environment): RATE (apps created per second, 20), ZONE_OUTAGE=0 (skip scenario 6),
+# Knobs (environment): RATE (apps created per second, 20), ZONE_OUTAGE=0 (skip scenario 6), OUTAGE_SIZES
+# (nodes per zone, "2 9 30"), BARE=false (skip the bare-client baseline),
 # SINGLES SMALL BURST LARGE DRIFT (sizes, see bench/main.rs), KEEP_CLUSTER=1.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -14,7 +15,7 @@ if [ "${QUICK:-0}" = 1 ]; then
   OUT=bench/out/quick
   RESULTS=$OUT/results.json DOC=$OUT/benchmarks.md
 else
-  MODE=full SINGLES=${SINGLES:-20} SMALL=${SMALL:-100} BURST=${BURST:-1000} LARGE=${LARGE:-5000} DRIFT=${DRIFT:-50}
+  MODE=full SINGLES=${SINGLES:-100} SMALL=${SMALL:-100} BURST=${BURST:-1000} LARGE=${LARGE:-5000} DRIFT=${DRIFT:-200}
   OUT=bench/out
   RESULTS=bench/results.json DOC=docs/benchmarks.md
 fi
@@ -49,58 +50,71 @@ cleanup() {
 trap cleanup EXIT
 install_operator_identity
 
-# Every app runs one pod; the six standard nodes hold 660. Add kwok nodes (250 pods each) for big runs.
-most=$((SMALL > BURST ? SMALL : BURST))
-most=$((LARGE > most ? LARGE : most))
-need=$((most + 300))
-have=$((6 * 110))
-i=0
-while [ "$have" -lt "$need" ]; do
-  for z in a b c; do
-    n=bench-node-$z-$i
-    kubectl apply -f - >/dev/null <<EON
+# Extra kwok nodes, bench-node-<zone>-<i>, 250 pods each (the six standard nodes hold 660).
+kwok_node() { # zone-letter index
+  local n=bench-node-$1-$2
+  kubectl apply -f - >/dev/null <<EON
 apiVersion: v1
 kind: Node
 metadata:
   name: $n
   annotations: {node.alpha.kubernetes.io/ttl: "0", kwok.x-k8s.io/node: fake}
   labels: {kwok.x-k8s.io/managed: "true", type: kwok, kubernetes.io/hostname: $n, kubernetes.io/os: linux,
-           kubernetes.io/arch: amd64, topology.kubernetes.io/region: region-1, topology.kubernetes.io/zone: zone-$z}
+           kubernetes.io/arch: amd64, topology.kubernetes.io/region: region-1, topology.kubernetes.io/zone: zone-$1}
 spec: {providerID: "kwok://$n"}
 status:
   capacity: {cpu: "32", memory: 128Gi, pods: "250"}
   allocatable: {cpu: "32", memory: 128Gi, pods: "250"}
 EON
-    have=$((have + 250))
+}
+# Exactly `extra` bench nodes per zone (the two standard nodes of each zone come on top).
+bench_nodes() {
+  local extra=$1 z i
+  for z in a b c; do
+    for ((i = 0; i < extra; i++)); do kwok_node "$z" "$i"; done
   done
-  i=$((i + 1))
-done
-kubectl wait --for=condition=Ready node --all --timeout=120s >/dev/null
-nodes=$(kubectl get nodes --no-headers | wc -l)
-log "$nodes nodes (room for $have pods); machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB"
+  kubectl get nodes -o name | sed -n 's|^node/bench-node-[a-c]-||p' | sort -un | while read -r i; do
+    if [ "$i" -ge "$extra" ]; then kubectl delete node bench-node-{a,b,c}-"$i" --ignore-not-found >/dev/null; fi
+  done
+  kubectl wait --for=condition=Ready node --all --timeout=120s >/dev/null
+}
 
 versions=$(e2e/cluster.sh status 2>/dev/null | sed -n 's/^versions: //p')
 version_of() { echo "$versions" | grep -o "$1 v[0-9.]*" | cut -d' ' -f2; }
-commit="$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src bench || echo ' with uncommitted changes')"
-printf '{"mode": "%s", "out": "%s", "results": "%s", "nodes": %s, "etcd": "%s", "kwok": "%s", "go": "%s", "rust": "%s", "commit": "%s"}\n' \
-  "$MODE" "$OUT" "$RESULTS" "$nodes" "$(version_of etcd)" "$(version_of kwok)" "$(go env GOVERSION)" \
-  "$(rustc --version | cut -d' ' -f2)" "$commit" >"$OUT/conditions.json"
-
+OUTAGES=()
 if [ "${ZONE_OUTAGE:-1}" = 0 ]; then
   log "scenario 6 (zone outage) skipped: ZONE_OUTAGE=0"
-  rm -f "$OUT/zone-outage.json"
 else
-  log "scenario 6: zone outage, operator app and plain Deployment side by side (timeline in $OUT/zone-outage.log)"
   if [ "$MODE" = quick ]; then
     export OUTAGE_DEADLINE=${OUTAGE_DEADLINE:-90} RETURN_DEADLINE=${RETURN_DEADLINE:-30}
   fi
-  OUT_DIR=$OUT OPERATOR=$BIN/resilient-operator bench/zone-outage.sh 2>&1 | tee "$OUT/zone-outage.log"
+  # The node lifecycle controller taints one node of a lost zone every 10 s: the zone's size is
+  # what makes failover slow without the operator acting on the zone. 2, 9 and 30 nodes per zone.
+  for size in ${OUTAGE_SIZES:-2 9 30}; do
+    bench_nodes $((size - 2))
+    log "scenario 6: zone outage with $size nodes per zone, operator app and plain Deployment side by side (timeline in $OUT/zone-outage-$size.log)"
+    OUT_DIR=$OUT OUT_FILE=$OUT/zone-outage-$size.json OPERATOR=$BIN/resilient-operator bench/zone-outage.sh 2>&1 | tee "$OUT/zone-outage-$size.log"
+    OUTAGES+=(--zone-outage "$OUT/zone-outage-$size.json")
+  done
 fi
+
+# Every app runs one pod: enough bench nodes for the largest size and 300 more pods.
+most=$((SMALL > BURST ? SMALL : BURST))
+most=$((LARGE > most ? LARGE : most))
+need=$((most + 300 - 6 * 110))
+per_zone=0
+while [ $((per_zone * 3 * 250)) -lt "$need" ]; do per_zone=$((per_zone + 1)); done
+bench_nodes "$per_zone"
+nodes=$(kubectl get nodes --no-headers | wc -l)
+log "$nodes nodes for the load scenarios; machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+printf '{"mode": "%s", "out": "%s", "results": "%s", "nodes": %s, "etcd": "%s", "kwok": "%s", "go": "%s", "rust": "%s", "loadAverageAtStart": "%s"}\n' \
+  "$MODE" "$OUT" "$RESULTS" "$nodes" "$(version_of etcd)" "$(version_of kwok)" "$(go env GOVERSION)" \
+  "$(rustc --version | cut -d' ' -f2)" "$(cut -d' ' -f1-3 /proc/loadavg)" >"$OUT/conditions.json"
 
 log "scenarios 1-5"
 "$BIN/resilient-bench" --singles "$SINGLES" --small "$SMALL" --burst "$BURST" --large "$LARGE" --rate "$RATE" \
-  --drift-samples "$DRIFT" --operator "$BIN/resilient-operator" --operator-kubeconfig .cluster/operator.kubeconfig \
+  --drift-samples "$DRIFT" --bare "${BARE:-true}" --operator "$BIN/resilient-operator" --operator-kubeconfig .cluster/operator.kubeconfig \
   --kubeconfig "$KUBECONFIG" --audit-log .cluster/logs/audit.log --pids .cluster/pids \
-  --conditions "$OUT/conditions.json" --zone-outage "$OUT/zone-outage.json" \
+  --conditions "$OUT/conditions.json" "${OUTAGES[@]}" \
   --operator-log "$OUT/operator.log" --results "$RESULTS" --doc "$DOC"
 log "done: $DOC and $RESULTS"

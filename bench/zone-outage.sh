@@ -13,6 +13,7 @@ ZONE=${ZONE:-zone-a}
 OUTAGE_DEADLINE=${OUTAGE_DEADLINE:-420}
 RETURN_DEADLINE=${RETURN_DEADLINE:-150}
 OUT=${OUT_DIR:-bench/out}
+OUT_FILE=${OUT_FILE:-$OUT/zone-outage.json}
 mkdir -p "$OUT"
 log() { printf '[zone-outage %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
@@ -98,6 +99,10 @@ print_if_changed() {
 }
 
 op_before=$(kubectl get deploy -n "$OP" web -o jsonpath='{.spec.replicas}')
+# Read from the cluster, not assumed: the zone's size and the app's (defaulted) failoverSeconds.
+nodes_per_zone=$(kubectl get nodes -l "topology.kubernetes.io/zone=$ZONE" --no-headers | wc -l)
+failover_seconds=$(kubectl get rapp "$OP" -o jsonpath='{.spec.resilience.failoverSeconds}')
+log "$ZONE has $nodes_per_zone nodes; the app's failoverSeconds is $failover_seconds"
 op_during=$op_before
 log "before: operator $(ready_by_zone "$OP" "$OP_SEL") | plain $(ready_by_zone "$PLAIN" "$PLAIN_SEL")"
 echo "t(s)  nodes of $ZONE           operator app                  plain Deployment"
@@ -135,9 +140,11 @@ while :; do
   sleep 1
 done
 
-cat >"$OUT/zone-outage.json" <<EOF
-{"zone": "$ZONE",
- "operator": {"lowestReady": $op_low, "minAvailable": 4, "replicasBefore": $op_before, "replicasDuring": $op_during, "recoveredSeconds": ${op_recovered:-null}, "evenAgainSeconds": ${op_even:-null}},
+within_goal=false
+[ -n "$op_recovered" ] && [ "$op_recovered" -le $((failover_seconds + 30)) ] && within_goal=true
+cat >"$OUT_FILE" <<EOF
+{"zone": "$ZONE", "nodesPerZone": $nodes_per_zone,
+ "operator": {"lowestReady": $op_low, "minAvailable": 4, "replicasBefore": $op_before, "replicasDuring": $op_during, "recoveredSeconds": ${op_recovered:-null}, "evenAgainSeconds": ${op_even:-null}, "failoverSeconds": $failover_seconds, "withinFailoverSecondsPlus30": $within_goal},
  "plain": {"lowestReady": $plain_low, "replicas": 6, "recoveredSeconds": ${plain_recovered:-null}, "evenAgainSeconds": ${plain_even:-null}},
  "outageDeadlineSeconds": $OUTAGE_DEADLINE, "returnDeadlineSeconds": $RETURN_DEADLINE}
 EOF
@@ -147,4 +154,4 @@ printf '  %-18s lowest ready %2s, all replicas Running outside %s after %ss, eve
   "operator app" "$op_low" "$ZONE" "${op_recovered:-never (>$OUTAGE_DEADLINE)}" "${op_even:+after ${op_even}s}"
 printf '  %-18s lowest ready %2s, all replicas Running outside %s after %ss, even spread %s after return\n' \
   "plain Deployment" "$plain_low" "$ZONE" "${plain_recovered:-never (>$OUTAGE_DEADLINE)}" "${plain_even:+after ${plain_even}s}${plain_even:-never within ${RETURN_DEADLINE}s}"
-echo "results: $OUT/zone-outage.json"
+echo "results: $OUT_FILE"

@@ -17,10 +17,13 @@ use crate::metrics::Metrics;
 use crate::render::{self, Plan};
 use crate::resilience::Shortfall;
 
+/// The version and the commit this binary was built from (build.rs).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("RESILIENT_COMMIT"), ")");
+
 /// A Kubernetes operator that turns one ResilientApp into a namespace with guardrails and
 /// workloads that survive the loss of a zone.
 #[derive(Parser, Debug)]
-#[command(name = "resilient-operator", version, about)]
+#[command(name = "resilient-operator", version = VERSION, about)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -60,7 +63,7 @@ pub enum OutputFormat {
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
     /// Reconciles running at once.
-    #[arg(long, env = "RESILIENT_CONCURRENCY", default_value_t = 16)]
+    #[arg(long, env = "RESILIENT_CONCURRENCY", default_value_t = 64)]
     pub concurrency: u16,
     /// Seconds between two checks of an app when nothing changes (drift of fields nobody watches).
     #[arg(long, env = "RESILIENT_RESYNC_SECONDS", default_value_t = 300)]
@@ -147,6 +150,7 @@ fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("listening on {}", args.metrics_address))?;
         let settings = Settings { concurrency: args.concurrency, resync: Duration::from_secs(args.resync_seconds) };
+        metrics.build_info(VERSION, &settings, args.leader_elect);
         let reporter =
             kube::runtime::events::Reporter { controller: crate::api::MANAGER.to_string(), instance: Some(identity()) };
         if !args.leader_elect {

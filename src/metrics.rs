@@ -25,6 +25,14 @@ struct WriteLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+    concurrency: String,
+    resync_seconds: String,
+    leader_elect: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TolerantLabels {
     tolerant: String,
 }
@@ -38,6 +46,7 @@ pub struct Metrics {
     apps: Family<TolerantLabels, Gauge>,
     usable_zones: Gauge,
     leader: Gauge,
+    build: Family<BuildLabels, Gauge>,
     /// Last known ZoneFailureTolerant status per app, to keep the apps gauge exact.
     tolerant_by_app: Mutex<HashMap<String, String>>,
 }
@@ -52,6 +61,12 @@ impl Default for Metrics {
         let apps = Family::<TolerantLabels, Gauge>::default();
         let usable_zones = Gauge::default();
         let leader = Gauge::default();
+        let build = Family::<BuildLabels, Gauge>::default();
+        registry.register(
+            "build_info",
+            "1, labelled with the version (commit) and the settings it runs with",
+            build.clone(),
+        );
         registry.register("reconciles", "Reconciles finished", reconciles.clone());
         registry.register("reconcile_errors", "Failed reconciles by category", failures.clone());
         registry.register("reconcile_duration_seconds", "Time of one reconcile", duration.clone());
@@ -68,6 +83,7 @@ impl Default for Metrics {
             apps,
             usable_zones,
             leader,
+            build,
             tolerant_by_app: Mutex::new(HashMap::new()),
         }
     }
@@ -85,6 +101,17 @@ impl Metrics {
 
     pub fn api_write(&self, verb: &str, kind: &str) {
         self.writes.get_or_create(&WriteLabels { verb: verb.to_string(), kind: kind.to_string() }).inc();
+    }
+
+    /// The version and the settings of this process, for whoever measures it.
+    pub fn build_info(&self, version: &str, settings: &crate::controller::Settings, leader_elect: bool) {
+        let labels = BuildLabels {
+            version: version.to_string(),
+            concurrency: settings.concurrency.to_string(),
+            resync_seconds: settings.resync.as_secs().to_string(),
+            leader_elect: leader_elect.to_string(),
+        };
+        self.build.get_or_create(&labels).set(1);
     }
 
     pub fn set_leader(&self, leader: bool) {
