@@ -154,6 +154,15 @@ fn is_ready(status: &ResilientAppStatus) -> bool {
     status.conditions.iter().any(|c| c.type_ == crate::api::ConditionType::Ready.as_str() && c.status == "True")
 }
 
+/// Ready, and nothing left to roll out (no `Reconciling`).
+fn is_settled(status: &ResilientAppStatus) -> bool {
+    is_ready(status)
+        && !status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == crate::api::ConditionType::Reconciling.as_str() && c.status == "True")
+}
+
 impl Memory {
     /// The status last written for this app (this uid), if any.
     pub fn last_status(&self, name: &str, uid: &str) -> Option<&ResilientAppStatus> {
@@ -165,7 +174,7 @@ impl Memory {
     }
 
     /// Whether to hold back writing `status`, and for how long at most: the first status of a
-    /// generation (`settling`) waits, while the app is not Ready, up to [`FIRST_STATUS_HOLD`]
+    /// generation (`settling`) waits, while the app is not Ready or still rolling out, up to [`FIRST_STATUS_HOLD`]
     /// after the first pass that wanted to write it, so a new app's rollout costs one status write
     /// instead of one per step (created, scheduled, ready). Anything else is written at once.
     pub fn hold_first_status(
@@ -177,7 +186,7 @@ impl Memory {
         now: Instant,
     ) -> Option<Duration> {
         let generation = status.observed_generation;
-        if !settling || is_ready(status) {
+        if !settling || is_settled(status) {
             self.first_pass.remove(name);
             return None;
         }
@@ -441,6 +450,8 @@ mod tests {
         assert_eq!(m.failed("other"), 1, "backoff starts over for a new app of the same name");
     }
 
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
     fn status(generation: i64, ready: bool) -> ResilientAppStatus {
         ResilientAppStatus {
             observed_generation: Some(generation),
@@ -467,7 +478,14 @@ mod tests {
             m.hold_first_status("shop", "u1", &not_ready, true, later),
             Some(FIRST_STATUS_HOLD - Duration::from_secs(4))
         );
-        // Ready: written at once.
+        // Ready but still rolling out: held; Ready and settled: written at once.
+        let mut rolling = status(1, true);
+        rolling.conditions.push(Condition {
+            type_: "Reconciling".into(),
+            status: "True".into(),
+            ..rolling.conditions[0].clone()
+        });
+        assert!(m.hold_first_status("shop", "u1", &rolling, true, later).is_some());
         assert_eq!(m.hold_first_status("shop", "u1", &status(1, true), true, later), None);
         // Still not ready when the hold is over: written.
         assert!(m.hold_first_status("cart", "u2", &not_ready, true, t0).is_some());
