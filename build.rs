@@ -29,7 +29,7 @@ fn main() {
     }
     // A new commit moves the branch's ref (HEAD itself only names the branch).
     let branch = git(&["rev-parse", "--symbolic-full-name", "HEAD"]).unwrap_or_default();
-    for name in ["HEAD", "index", branch.as_str()].into_iter().filter(|n| !n.is_empty()) {
+    for name in ["HEAD", branch.as_str()].into_iter().filter(|n| !n.is_empty()) {
         if let Some(path) = git(&["rev-parse", "--git-path", name]) {
             println!("cargo:rerun-if-changed={path}");
         }

@@ -150,6 +150,17 @@ impl Operator {
         Some(body)
     }
 
+    /// Whether /readyz answers 200: every cache has synced.
+    fn ready(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(METRICS) else { return false };
+        if s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").is_err() {
+            return false;
+        }
+        let mut body = String::new();
+        s.read_to_string(&mut body).is_ok() && body.starts_with("HTTP/1.1 200")
+    }
+
     fn metric(&self, name: &str) -> f64 {
         self.metrics().map(|m| measure::metric_sum(&m, name)).unwrap_or(0.0)
     }
@@ -284,6 +295,17 @@ impl Bench {
         self.operator = Some(op);
         poll("the operator's /metrics", Duration::from_secs(60), Duration::from_millis(10), || async {
             Ok(self.operator().metrics().is_some())
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Starts the operator and waits until its caches have synced, so that its first lists fall
+    /// outside the next measured window.
+    async fn start_operator_synced(&mut self) -> anyhow::Result<()> {
+        self.start_operator().await?;
+        poll("the operator's caches", Duration::from_secs(120), Duration::from_millis(10), || async {
+            Ok(self.operator().ready())
         })
         .await?;
         Ok(())
@@ -518,8 +540,11 @@ impl Bench {
                 serde_json::from_value(app(&name)).expect("the bench app is a ResilientApp")
             })
             .collect();
-        let mut config = self.client_config().await?;
-        config.headers.retain(|(k, _)| k != http::header::USER_AGENT);
+        // The operator's own identity (its ServiceAccount token): the API server's priority and
+        // fairness puts both in the same priority level, so the comparison is like for like.
+        let kubeconfig = kube::config::Kubeconfig::read_from(&self.args.operator_kubeconfig)?;
+        let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+        config.default_retry = false;
         config.headers.push((http::header::USER_AGENT, http::HeaderValue::from_static(BARE_AGENT)));
         let client = Client::try_from(config)?;
         let since = measure::now();
@@ -558,7 +583,7 @@ impl Bench {
             Ok(!ns.items.iter().any(|n| n.name_any().starts_with(BARE_PREFIX)))
         })
         .await?;
-        self.start_operator().await?;
+        self.start_operator_synced().await?;
         Ok(json!({
             "apps": n, "rate": self.args.rate, "appsCompleted": ok.len(), "failed": errors.len(),
             "failureSamples": errors.iter().take(5).collect::<Vec<_>>(),
@@ -568,13 +593,6 @@ impl Bench {
                           "requestsPerSecond": hist.count() / wall},
             "controlPlaneCoreShare": cpu / wall,
         }))
-    }
-
-    async fn client_config(&self) -> anyhow::Result<kube::Config> {
-        let kubeconfig = kube::config::Kubeconfig::read_from(&self.args.kubeconfig)?;
-        let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
-        config.default_retry = false;
-        Ok(config)
     }
 
     /// Restarts the operator with `apps` apps in sync: time until it has reconciled every one,
@@ -837,7 +855,7 @@ async fn main() -> anyhow::Result<()> {
 
     log("removing the apps of earlier runs");
     bench.delete_all().await?;
-    bench.start_operator().await?;
+    bench.start_operator_synced().await?;
     conditions["operator"] = json!({
         "version": version, "build": "release", "settings": bench.operator().settings(),
         "credentials": "token of its ServiceAccount (config/rbac)",

@@ -74,10 +74,10 @@ OP_SEL=resilient.dev/component=web
 PLAIN_SEL=app=web
 ZONES=(zone-a zone-b zone-c)
 
-node_state() { # "Ready/taints" summary of the lost zone's nodes
+node_state() { # the lost zone's nodes: how many are Ready and how many carry a NoExecute taint
   kubectl get nodes -l "topology.kubernetes.io/zone=$ZONE" --no-headers \
     -o custom-columns='R:.status.conditions[?(@.type=="Ready")].status,T:.spec.taints[*].key' |
-    awk '{printf "%s%s", (NR > 1 ? "," : ""), $1 "/" ($2 == "<none>" ? "untainted" : "tainted")}'
+    awk '{n++; if ($1 == "True") r++; if ($2 != "<none>") t++} END {printf "%d nodes: %d Ready, %d tainted", n, r, t}'
 }
 
 # Sets nodes, op_ready op_zones op_want, pl_ready pl_zones.
@@ -91,7 +91,7 @@ sample_both() {
 # One timeline line at second $t, when something changed since the last one.
 print_if_changed() {
   local line
-  line=$(printf '%-24s %-29s %s' "$nodes" "$op_ready/$op_want:$op_zones" "$pl_ready/6:$pl_zones")
+  line=$(printf '%-32s %-29s %s' "$nodes" "$op_ready/$op_want:$op_zones" "$pl_ready/6:$pl_zones")
   if [ "$line" != "$last" ]; then
     printf '%4d  %s\n' "$t" "$line"
     last=$line
@@ -105,7 +105,7 @@ failover_seconds=$(kubectl get rapp "$OP" -o jsonpath='{.spec.resilience.failove
 log "$ZONE has $nodes_per_zone nodes; the app's failoverSeconds is $failover_seconds"
 op_during=$op_before
 log "before: operator $(ready_by_zone "$OP" "$OP_SEL") | plain $(ready_by_zone "$PLAIN" "$PLAIN_SEL")"
-echo "t(s)  nodes of $ZONE           operator app                  plain Deployment"
+echo "t(s)  nodes of $ZONE                   operator app                  plain Deployment"
 start=$(date +%s)
 e2e/cluster.sh zone-down "$ZONE" 2>/dev/null
 op_low=99 plain_low=99 op_recovered="" plain_recovered="" last=""

@@ -63,7 +63,7 @@ pub enum OutputFormat {
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
     /// Reconciles running at once.
-    #[arg(long, env = "RESILIENT_CONCURRENCY", default_value_t = 64)]
+    #[arg(long, env = "RESILIENT_CONCURRENCY", default_value_t = 256)]
     pub concurrency: u16,
     /// Seconds between two checks of an app when nothing changes (drift of fields nobody watches).
     #[arg(long, env = "RESILIENT_RESYNC_SECONDS", default_value_t = 300)]

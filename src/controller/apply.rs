@@ -22,6 +22,52 @@ use super::index::Cache;
 use crate::api::{LABEL_COMPONENT, LABEL_RETAINED_FROM, MANAGER, ResilientApp};
 use crate::render::{ANNOTATION_REPLICAS_HANDED_OFF, Child, Desired, Plan, REPLICAS_HANDOFF_MANAGER, child_kinds};
 
+fn fingerprint(value: &serde_json::Value) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    value.to_string().hash(&mut h);
+    h.finish()
+}
+
+/// Children written whose write the cache has not shown yet: a pass that runs before the watch
+/// event of its own write arrives would otherwise write the same object again.
+#[derive(Default)]
+pub struct Written(std::sync::Mutex<std::collections::HashMap<String, (u64, Option<String>, std::time::Instant)>>);
+
+/// How long a write vouches for an object the cache has not caught up with.
+const WRITTEN_TRUSTED_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Written {
+    /// Whether this very desired state (`hash`) was written over the version the cache still
+    /// shows (`live_version`; None: absent), recently.
+    fn in_flight(&self, key: &str, hash: u64, live_version: Option<&str>) -> bool {
+        let mut map = self.0.lock().expect("written lock");
+        match map.get(key) {
+            Some((h, before, at))
+                if *h == hash && before.as_deref() == live_version && at.elapsed() < WRITTEN_TRUSTED_FOR =>
+            {
+                true
+            }
+            Some(_) => {
+                map.remove(key);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn wrote(&self, key: String, hash: u64, over: Option<String>) {
+        self.0.lock().expect("written lock").insert(key, (hash, over, std::time::Instant::now()));
+    }
+
+    fn forget(&self, key: &str) {
+        let mut map = self.0.lock().expect("written lock");
+        if !map.is_empty() {
+            map.remove(key);
+        }
+    }
+}
+
 /// Whether `meta`'s controller owner reference points at the object with `uid`.
 pub(super) fn controlled_by(meta: &ObjectMeta, uid: &str) -> bool {
     meta.owner_references.iter().flatten().any(|o| o.controller == Some(true) && o.uid == uid)
@@ -256,21 +302,32 @@ impl Applier<'_> {
         }
         let desired = diff::stamped(desired).map_err(|source| Error::Serialize { kind: kind.clone(), source })?;
         let want = serde_json::to_value(&desired).map_err(|source| Error::Serialize { kind: kind.clone(), source })?;
-        if let Some(live) = store.get(&key) {
+        let live = store.get(&key);
+        let written_key = format!("{kind}/{}/{name}", self.namespace);
+        if let Some(live) = &live {
             let have = serde_json::to_value(live.as_ref())
                 .map_err(|source| Error::Serialize { kind: kind.clone(), source })?;
             if diff::contains(&have, &want) {
+                self.ctx.written.forget(&written_key);
                 return Ok(0);
             }
-            info!(app = %self.app, %kind, name, "putting back drifted object");
-        } else {
-            debug!(app = %self.app, %kind, name, "creating object");
+        }
+        let live_version = live.as_ref().and_then(|l| l.resource_version());
+        let hash = fingerprint(&want);
+        if self.ctx.written.in_flight(&written_key, hash, live_version.as_deref()) {
+            debug!(app = %self.app, %kind, name, "written already; the cache has not seen it yet");
+            return Ok(0);
+        }
+        match &live {
+            Some(_) => info!(app = %self.app, %kind, name, "putting back drifted object"),
+            None => debug!(app = %self.app, %kind, name, "creating object"),
         }
         K::Scope::api::<K>(self.ctx.client.clone(), self.namespace)
             .patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&desired))
             .await
             .map_err(|source| Error::Apply { kind: kind.clone(), name: name.clone(), source })?;
         self.ctx.metrics.api_write("apply", &kind);
+        self.ctx.written.wrote(written_key, hash, live_version);
         Ok(1)
     }
 
@@ -326,5 +383,27 @@ impl Applier<'_> {
             self.ctx.metrics.api_write("delete", &kind);
         }
         Ok(stale.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_vouches_for_its_object_until_the_cache_shows_it_or_something_else() {
+        let w = Written::default();
+        let (key, hash) = ("Service/shop/web", 7);
+        assert!(!w.in_flight(key, hash, None), "nothing written yet");
+        w.wrote(key.into(), hash, None);
+        // The cache still shows no object: the write is in flight.
+        assert!(w.in_flight(key, hash, None));
+        // Another desired state: write it.
+        assert!(!w.in_flight(key, 8, None));
+        w.wrote(key.into(), hash, Some("41".into()));
+        assert!(w.in_flight(key, hash, Some("41")));
+        // The cache moved on (our write, or someone else's change): decide from the cache again.
+        assert!(!w.in_flight(key, hash, Some("42")));
+        assert!(!w.in_flight(key, hash, Some("41")), "forgotten once the cache moved on");
     }
 }

@@ -74,7 +74,7 @@ where
 /// nodeSelector, affinity and tolerations decide its zones from the last two).
 pub fn nodes(client: &Client) -> (Store<Node>, NodeStream) {
     let (reader, writer) = reflector::store();
-    let stream = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
+    let stream = watcher(Api::<Node>::all(client.clone()), super::list_config())
         .default_backoff()
         .modify(trim_node)
         .reflect(writer);
@@ -95,7 +95,7 @@ pub fn nodes(client: &Client) -> (Store<Node>, NodeStream) {
 pub fn pods(client: &Client) -> (Cache<Pod>, PodStream) {
     let (reader, writer) = reflector::store();
     let index = AppIndex::default();
-    let config = watcher::Config::default().labels(&format!("{},{LABEL_APP}", super::managed_selector()));
+    let config = super::list_config().labels(&format!("{},{LABEL_APP}", super::managed_selector()));
     let stream = watcher(Api::<Pod>::all(client.clone()), config)
         .default_backoff()
         .modify(trim_pod)
