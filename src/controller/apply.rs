@@ -32,7 +32,10 @@ fn fingerprint(value: &serde_json::Value) -> u64 {
 /// Children written whose write the cache has not shown yet: a pass that runs before the watch
 /// event of its own write arrives would otherwise write the same object again.
 #[derive(Default)]
-pub struct Written(std::sync::Mutex<std::collections::HashMap<String, (u64, Option<String>, std::time::Instant)>>);
+pub struct Written(std::sync::Mutex<std::collections::HashMap<String, Write>>);
+
+/// A write: the hash of what was written, the version the cache showed before it, and when.
+type Write = (u64, Option<String>, std::time::Instant);
 
 /// How long a write vouches for an object the cache has not caught up with.
 const WRITTEN_TRUSTED_FOR: std::time::Duration = std::time::Duration::from_secs(10);

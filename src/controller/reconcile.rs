@@ -165,7 +165,7 @@ async fn reconcile_app(app: &ResilientApp, ctx: &Context) -> Result<Action> {
     let outcome = status::compute(&pass, &previous, &now, ctx.resync);
     let uid = app.uid().unwrap_or_default();
     if outcome.status != previous {
-        let settling = matches!(&gate, Ok(_)) && outcome.status.observed_generation != previous.observed_generation;
+        let settling = gate.is_ok() && outcome.status.observed_generation != previous.observed_generation;
         let held = ctx.memory.lock().expect("memory lock").hold_first_status(
             &name,
             &uid,
