@@ -854,7 +854,12 @@ async fn main() -> anyhow::Result<()> {
     let mut bench = Bench { apps: Api::all(client.clone()), client, args, operator: None, ticks, pids, watched };
 
     log("removing the apps of earlier runs");
+    // Their finalizers need the operator; the measured one starts fresh afterwards.
+    bench.start_operator_synced().await?;
     bench.delete_all().await?;
+    if let Some(op) = bench.operator.take() {
+        op.stop();
+    }
     bench.start_operator_synced().await?;
     conditions["operator"] = json!({
         "version": version, "build": "release", "settings": bench.operator().settings(),

@@ -116,12 +116,14 @@ async fn kubectl_resilient_reads_the_cluster_like_kubectl() {
     );
     assert!(rendered.contains("kind: Deployment"), "{rendered}");
 
-    // The operator binary itself is unchanged.
+    // The operator binary itself is unchanged (its version names the commit it was built from).
     let version =
         std::process::Command::new(env!("CARGO_BIN_EXE_resilient-operator")).arg("--version").output().unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&version.stdout).trim(),
-        concat!("resilient-operator ", env!("CARGO_PKG_VERSION"))
+    let version = String::from_utf8_lossy(&version.stdout).trim().to_string();
+    assert!(
+        version.starts_with(concat!("resilient-operator ", env!("CARGO_PKG_VERSION"), " (commit "))
+            && version.ends_with(')'),
+        "{version}"
     );
 
     let _ = std::fs::remove_dir_all(&dir);

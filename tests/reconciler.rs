@@ -386,7 +386,9 @@ async fn an_app_in_sync_costs_no_writes() {
     };
     // The same count over the app's whole life is not zero: the filter does see the operator.
     let all = audited_requests(resilient_operator::cli::USER_AGENT, "", writes_about_app);
-    assert!(all.get("patch").copied().unwrap_or(0) >= 20, "the audit log shows no operator writes at all: {all:?}");
+    // Three components: at least their Deployments, PDBs and Services, the quota, the limits, the
+    // NetworkPolicies, the finalizer and the status.
+    assert!(all.get("patch").copied().unwrap_or(0) >= 12, "the audit log shows no operator writes at all: {all:?}");
     let writes = audited_requests(resilient_operator::cli::USER_AGENT, &since, writes_about_app);
     assert!(writes.is_empty(), "writes by the operator while in sync: {writes:?}");
     assert_eq!(children_versions(&client, &name).await, snapshot, "a child changed while in sync");

@@ -175,8 +175,12 @@ async fn reconcile_app(app: &ResilientApp, ctx: &Context) -> Result<Action> {
         );
         if let Some(left) = held {
             // The first status of a generation waits for the rollout to settle (or for the hold to
-            // end): one status write per new app instead of one per step of its rollout.
+            // end): one status write per new app instead of one per step of its rollout. What this
+            // pass did (adopt, fail over, rebalance) is told now; the status changes wait with it.
             debug!(app = %name, left_ms = left.as_millis() as u64, "first status of this generation held back");
+            for notice in outcome.events.iter().filter(|e| status::is_one_off(e)) {
+                publish(ctx, app, notice).await;
+            }
             return Ok(Action::requeue(left));
         }
         write_status_of(ctx, &name, &uid, &outcome.status).await?;

@@ -198,6 +198,12 @@ pub fn is_recovery(notice: &Notice) -> bool {
     notice.type_ == EventType::Normal && matches!(notice.action, "CheckAvailability" | "CheckZoneFailure")
 }
 
+/// An Event about something this pass did (adopted a namespace, failed over, rebalanced), not
+/// about a change of the status.
+pub fn is_one_off(notice: &Notice) -> bool {
+    matches!(notice.action, "Adopt" | "FailOver" | "Rebalance")
+}
+
 /// A warning about the spec (published once).
 pub fn is_spec_warning(notice: &Notice) -> bool {
     notice.action == "CheckSpec"
