@@ -148,27 +148,6 @@ fn simulate(zone: &str, app: &str) -> Value {
         .expect("simulate reports the app")
 }
 
-/// Reconciles of an app in sync (triggered by annotation changes) write nothing about it.
-async fn assert_in_sync_costs_no_writes(client: &Client, name: &str) {
-    let since = audit_now();
-    let apps: Api<ResilientApp> = Api::all(client.clone());
-    for i in 0..3 {
-        let before = metric_sum(&operator_metrics(), "resilient_operator_reconciles_total");
-        let patch = json!({"metadata": {"annotations": {"test.resilient.dev/resync": i.to_string()}}});
-        apps.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
-        wait_for("the operator to reconcile", Duration::from_secs(30), || async {
-            (metric_sum(&operator_metrics(), "resilient_operator_reconciles_total") > before).then_some(())
-        })
-        .await;
-    }
-    let writes = audited_requests(resilient_operator::cli::USER_AGENT, &since, |e: &Value| {
-        let r = &e["objectRef"];
-        let about_app = r["namespace"] == name || r["name"] == name;
-        about_app && WRITE_VERBS.contains(&e["verb"].as_str().unwrap_or_default())
-    });
-    assert!(writes.is_empty(), "writes by the operator while in sync: {writes:?}");
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stateful_component_survives_a_zone_loss_without_replacements_and_keeps_its_volumes() {
     let client = setup().await;

@@ -1,5 +1,5 @@
-//! NetworkPolicies of a Strict namespace: deny everything but DNS and egress inside the app, then
-//! allow ingress inside the app as `allowFrom` says, and the `ingressFrom` / `egressTo` extras.
+//! NetworkPolicies of a Strict namespace: deny everything, then allow DNS, traffic inside the
+//! app as `allowFrom` says, and the `ingressFrom` / `egressTo` extras.
 
 use std::collections::BTreeMap;
 
@@ -14,6 +14,8 @@ use super::RenderContext;
 use crate::api::{Component, Isolation, LABEL_APP, LABEL_COMPONENT, ResilientApp};
 
 pub const DEFAULT_DENY: &str = "resilient-default-deny";
+pub const ALLOW_DNS: &str = "resilient-allow-dns";
+pub const ALLOW_INTRA_APP_EGRESS: &str = "resilient-allow-intra-app-egress";
 pub const ALLOW_INGRESS_EXTRA: &str = "resilient-allow-ingress-from";
 pub const ALLOW_EGRESS_EXTRA: &str = "resilient-allow-egress-to";
 
@@ -64,12 +66,11 @@ pub(super) fn network_policies(ctx: &RenderContext) -> Vec<NetworkPolicy> {
     if network.isolation == Isolation::None {
         return Vec::new();
     }
-    // The namespace's baseline in one policy (one write and one watch event per app instead of
-    // three; policies add up, so this is the same as three): no ingress; egress only to DNS (port
-    // 53 in kube-system) and to pods of the app, whose ingress policies below decide what is
-    // accepted.
-    let mut baseline = policy(ctx, DEFAULT_DENY, all_pods(), &["Ingress", "Egress"]);
-    let dns = NetworkPolicyEgressRule {
+    let mut out = vec![policy(ctx, DEFAULT_DENY, all_pods(), &["Ingress", "Egress"])];
+
+    // DNS: every pod may reach port 53 in kube-system.
+    let mut dns = policy(ctx, ALLOW_DNS, all_pods(), &["Egress"]);
+    dns.spec.as_mut().unwrap().egress = Some(vec![NetworkPolicyEgressRule {
         to: Some(vec![NetworkPolicyPeer {
             namespace_selector: Some(selector(BTreeMap::from([(
                 "kubernetes.io/metadata.name".to_string(),
@@ -86,16 +87,20 @@ pub(super) fn network_policies(ctx: &RenderContext) -> Vec<NetworkPolicy> {
                 })
                 .to_vec(),
         ),
-    };
-    let intra_app = NetworkPolicyEgressRule {
+    }]);
+    out.push(dns);
+
+    // Pods of the app may open connections to each other; what is accepted is decided by the
+    // per-component ingress policies below.
+    let mut intra = policy(ctx, ALLOW_INTRA_APP_EGRESS, all_pods(), &["Egress"]);
+    intra.spec.as_mut().unwrap().egress = Some(vec![NetworkPolicyEgressRule {
         to: Some(vec![NetworkPolicyPeer {
             pod_selector: Some(selector(BTreeMap::from([(LABEL_APP.to_string(), ctx.name.clone())]))),
             ..Default::default()
         }]),
         ports: None,
-    };
-    baseline.spec.as_mut().unwrap().egress = Some(vec![dns, intra_app]);
-    let mut out = vec![baseline];
+    }]);
+    out.push(intra);
 
     for component in &ctx.app.spec.components {
         if component.allow_from.is_empty() {

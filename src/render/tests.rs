@@ -59,7 +59,7 @@ fn every_child_is_labelled_and_owned() {
     metas.extend(d.deployments.iter().map(|o| &o.metadata));
     metas.extend(d.pod_disruption_budgets.iter().map(|o| &o.metadata));
     metas.extend(d.services.iter().map(|o| &o.metadata));
-    assert_eq!(metas.len(), 3 + 1 + 1 + 2 + 2 + 1);
+    assert_eq!(metas.len(), 3 + 3 + 1 + 2 + 2 + 1);
     for m in metas {
         let labels = m.labels.as_ref().unwrap();
         assert_eq!(labels["app.kubernetes.io/managed-by"], "resilient-operator");
@@ -192,10 +192,19 @@ fn strict_network_policies() {
     ];
     let d = render(&a, &zones(3));
     let names: Vec<_> = d.network_policies.iter().map(|p| p.metadata.name.clone().unwrap()).collect();
-    assert_eq!(names, ["resilient-default-deny", "resilient-api-ingress", "resilient-allow-ingress-from-to-web"]);
+    assert_eq!(
+        names,
+        [
+            "resilient-default-deny",
+            "resilient-allow-dns",
+            "resilient-allow-intra-app-egress",
+            "resilient-api-ingress",
+            "resilient-allow-ingress-from-to-web"
+        ]
+    );
     // ingressFrom reaches only the entry point (web: a Service, no allowFrom), not api (which takes
     // only web), and only on web's ports.
-    let extra = d.network_policies[2].spec.clone().unwrap();
+    let extra = d.network_policies[4].spec.clone().unwrap();
     assert_eq!(extra.pod_selector.unwrap().match_labels.unwrap()["resilient.dev/component"], "web");
     let rule = &extra.ingress.unwrap()[0];
     assert_eq!(
@@ -204,20 +213,8 @@ fn strict_network_policies() {
     );
     let deny = d.network_policies[0].spec.clone().unwrap();
     assert_eq!(deny.policy_types, Some(vec!["Ingress".to_string(), "Egress".to_string()]));
-    // No ingress at all; egress only to DNS in kube-system and to the app's own pods.
-    assert!(deny.ingress.is_none());
-    let egress = deny.egress.unwrap();
-    assert_eq!(egress.len(), 2);
-    let dns = &egress[0];
-    assert_eq!(
-        dns.to.as_ref().unwrap()[0].namespace_selector.clone().unwrap().match_labels.unwrap()["kubernetes.io/metadata.name"],
-        "kube-system"
-    );
-    assert!(dns.ports.as_ref().unwrap().iter().all(|p| p.port == Some(IntOrString::Int(53))));
-    let intra = egress[1].to.as_ref().unwrap()[0].pod_selector.clone().unwrap().match_labels.unwrap();
-    assert_eq!(intra["resilient.dev/app"], a.metadata.name.clone().unwrap());
-    assert!(egress[1].ports.is_none());
-    let api_in = d.network_policies[1].spec.clone().unwrap();
+    assert!(deny.ingress.is_none() && deny.egress.is_none());
+    let api_in = d.network_policies[3].spec.clone().unwrap();
     let rule = &api_in.ingress.unwrap()[0];
     let from = rule.from.as_ref().unwrap()[0].pod_selector.clone().unwrap();
     assert_eq!(from.match_expressions.unwrap()[0].values, Some(vec!["web".to_string()]));

@@ -17,7 +17,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, CustomResourceExt};
 use resilient_operator::api::{ResilientApp, ResilientAppStatus};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -479,4 +479,25 @@ pub fn connect_from(namespace: &str, pod: &str, target: &str) -> Result<(), Stri
             .trim()
             .to_string())
     }
+}
+
+/// Reconciles of an app in sync (triggered by annotation changes) write nothing about it.
+pub async fn assert_in_sync_costs_no_writes(client: &Client, name: &str) {
+    let since = audit_now();
+    let apps: Api<ResilientApp> = Api::all(client.clone());
+    for i in 0..3 {
+        let before = metric_sum(&operator_metrics(), "resilient_operator_reconciles_total");
+        let patch = json!({"metadata": {"annotations": {"test.resilient.dev/resync": i.to_string()}}});
+        apps.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+        wait_for("the operator to reconcile", Duration::from_secs(30), || async {
+            (metric_sum(&operator_metrics(), "resilient_operator_reconciles_total") > before).then_some(())
+        })
+        .await;
+    }
+    let writes = audited_requests(resilient_operator::cli::USER_AGENT, &since, |e: &Value| {
+        let r = &e["objectRef"];
+        let about_app = r["namespace"] == name || r["name"] == name;
+        about_app && WRITE_VERBS.contains(&e["verb"].as_str().unwrap_or_default())
+    });
+    assert!(writes.is_empty(), "writes by the operator while in sync: {writes:?}");
 }
