@@ -81,7 +81,13 @@ async fn example_app_gets_every_child_with_the_right_fields() {
     policy_names.sort();
     assert_eq!(
         policy_names,
-        ["resilient-allow-ingress-from-to-web", "resilient-api-ingress", "resilient-default-deny"]
+        [
+            "resilient-allow-dns",
+            "resilient-allow-ingress-from-to-web",
+            "resilient-allow-intra-app-egress",
+            "resilient-api-ingress",
+            "resilient-default-deny"
+        ]
     );
     policies.iter().for_each(|o| check(&o.metadata));
     let bindings: Vec<RoleBinding> =
@@ -258,10 +264,9 @@ async fn deleted_and_edited_children_are_put_back() {
     .await;
 
     // NetworkPolicy deleted: recreated.
-    policies.delete("resilient-default-deny", &DeleteParams::default()).await.unwrap();
-    wait_for("the baseline policy (default deny, DNS allowed) to come back", Duration::from_secs(30), || async {
-        let p = policies.get_opt("resilient-default-deny").await.ok()??;
-        (p.spec?.egress?.len() == 2).then_some(())
+    policies.delete("resilient-allow-dns", &DeleteParams::default()).await.unwrap();
+    wait_for("the DNS policy to come back", Duration::from_secs(30), || async {
+        policies.get_opt("resilient-allow-dns").await.ok()?.map(|_| ())
     })
     .await;
     ready(&client, &name).await;
