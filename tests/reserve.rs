@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -138,23 +137,6 @@ async fn web_pods(
     (ready, pending)
 }
 
-fn simulate(zone: &str, app: &str) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_resilient-operator"))
-        .args(["simulate", "--zone", zone, "-o", "json"])
-        .env("KUBECONFIG", &cluster_env().kubeconfig)
-        .output()
-        .unwrap();
-    let report: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("simulate output is not JSON ({e}): {}", String::from_utf8_lossy(&out.stderr)));
-    report["components"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["app"] == app)
-        .cloned()
-        .expect("simulate reports the app")
-}
-
 fn reserved(app: &ResilientApp) -> Option<(String, String, String)> {
     let c = condition(app.status.as_ref()?, "FailoverCapacityReserved")?;
     Some((c.status.clone(), c.reason.clone(), c.message.clone()))
@@ -202,7 +184,7 @@ async fn replacements_preempt_the_reservation_and_stay_pending_without_it() {
     })
     .await;
     fill(&client, &fillers, &node_names, "600m").await;
-    let predicted = simulate("rz-a", &name);
+    let predicted = simulate_component("rz-a", &name);
     assert_eq!(
         (predicted["replicasAfter"].as_i64(), predicted["replacementsFit"].as_bool()),
         (Some(4), Some(false)),
@@ -255,7 +237,7 @@ async fn replacements_preempt_the_reservation_and_stay_pending_without_it() {
     assert_eq!(held.1, "CapacityReserved", "{held:?}");
     fill(&client, &fillers, &node_names, "400m").await;
     assert_in_sync_costs_no_writes(&client, &name).await;
-    let predicted = simulate("rz-a", &name);
+    let predicted = simulate_component("rz-a", &name);
     assert_eq!(predicted["replacementsFit"], true, "{predicted}");
     assert_eq!(predicted["replacementsFitWithoutReservation"], false, "{predicted}");
 

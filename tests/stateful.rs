@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -131,23 +130,6 @@ async fn claims_of(client: &Client, ns: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn simulate(zone: &str, app: &str) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_resilient-operator"))
-        .args(["simulate", "--zone", zone, "-o", "json"])
-        .env("KUBECONFIG", &cluster_env().kubeconfig)
-        .output()
-        .unwrap();
-    let report: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("simulate output is not JSON ({e}): {}", String::from_utf8_lossy(&out.stderr)));
-    report["components"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["app"] == app)
-        .cloned()
-        .expect("simulate reports the app")
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stateful_component_survives_a_zone_loss_without_replacements_and_keeps_its_volumes() {
     let client = setup().await;
@@ -197,7 +179,7 @@ async fn a_stateful_component_survives_a_zone_loss_without_replacements_and_keep
         before.iter().find(|(_, (_, node, ..))| nodes[node] == "zone-a").map(|(p, v)| (p.clone(), v.clone())).unwrap();
 
     // What the operator predicts for losing zone-a.
-    let predicted = simulate("zone-a", &name);
+    let predicted = simulate_component("zone-a", &name);
     assert_eq!(predicted["readyAfterLoss"], 2, "{predicted}");
     assert_eq!(predicted["guaranteeHolds"], true);
     assert_eq!(predicted["replicasAfter"], 3);

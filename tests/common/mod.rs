@@ -501,3 +501,21 @@ pub async fn assert_in_sync_costs_no_writes(client: &Client, name: &str) {
     });
     assert!(writes.is_empty(), "writes by the operator while in sync: {writes:?}");
 }
+
+/// The app's component in `resilient-operator simulate --zone ZONE -o json`.
+pub fn simulate_component(zone: &str, app: &str) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_resilient-operator"))
+        .args(["simulate", "--zone", zone, "-o", "json"])
+        .env("KUBECONFIG", &cluster_env().kubeconfig)
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("simulate output is not JSON ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+    report["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["app"] == app)
+        .cloned()
+        .expect("simulate reports the app")
+}
