@@ -23,6 +23,7 @@ else
   e2e/cluster.sh up >/dev/null
   started_here=1
 fi
+results=$(mktemp)
 cleanup() {
   local status=$?
   if [ "$status" != 0 ]; then
@@ -38,9 +39,18 @@ cleanup() {
     step "stopping the local cluster"
     e2e/cluster.sh down
   fi
+  if [ "$status" != 0 ] && [ -s "$results" ]; then
+    # Last, so that the tail of a CI log names what failed (the test output above is long).
+    step "what failed"
+    awk '/^     Running /{bin=$2}
+         /^test .* FAILED$/{print bin ": " $0}
+         /panicked at /{print bin ": " $0; n=2; next}
+         n>0{print "    " $0; n--}' "$results" | head -n 60
+  fi
+  rm -f "$results"
 }
 trap cleanup EXIT
 
 step "running every test"
 # Integration tests mostly wait on the cluster, so more threads than cores is fine.
-cargo test --locked --all-targets --no-fail-fast -- --test-threads="${TEST_THREADS:-6}"
+cargo test --locked --all-targets --no-fail-fast -- --test-threads="${TEST_THREADS:-6}" 2>&1 | tee "$results"

@@ -18,7 +18,7 @@ use super::Context;
 use super::diff;
 use super::error::{Error, Result};
 use super::gate::Validated;
-use super::index::Cache;
+use super::index::{Cache, Compact, Verdict};
 use crate::api::{LABEL_COMPONENT, LABEL_RETAINED_FROM, MANAGER, ResilientApp};
 use crate::render::{ANNOTATION_REPLICAS_HANDED_OFF, Child, Desired, Plan, REPLICAS_HANDOFF_MANAGER, child_kinds};
 
@@ -290,11 +290,11 @@ impl Applier<'_> {
         Ok(())
     }
 
-    /// Apply `desired` (stamped with its digest) unless the cached live object already contains
-    /// all of it. Returns the number of writes (0 or 1).
+    /// Apply `desired` (stamped with its digest) unless the cache's verdict is that the live object
+    /// already contains all of it. Returns the number of writes (0 or 1).
     async fn apply<K>(&self, store: &Cache<K>, desired: &K) -> Result<usize>
     where
-        K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned,
+        K: Compact + DeserializeOwned,
         K::Scope: Scoped,
     {
         let kind = K::kind(&()).to_string();
@@ -305,31 +305,27 @@ impl Applier<'_> {
         }
         let desired = diff::stamped(desired).map_err(|source| Error::Serialize { kind: kind.clone(), source })?;
         let want = serde_json::to_value(&desired).map_err(|source| Error::Serialize { kind: kind.clone(), source })?;
-        let live = store.get(&key);
-        let written_key = format!("{kind}/{}/{name}", self.namespace);
-        if let Some(live) = &live {
-            let have = serde_json::to_value(live.as_ref())
-                .map_err(|source| Error::Serialize { kind: kind.clone(), source })?;
-            if diff::contains(&have, &want) {
-                self.ctx.written.forget(&written_key);
-                return Ok(0);
-            }
-        }
-        let live_version = live.as_ref().and_then(|l| l.resource_version());
         let hash = fingerprint(&want);
+        let (verdict, live_version) = store.judge(&key, &want, hash);
+        let written_key = format!("{kind}/{}/{name}", self.namespace);
+        if verdict == Verdict::Holds {
+            self.ctx.written.forget(&written_key);
+            return Ok(0);
+        }
         if self.ctx.written.in_flight(&written_key, hash, live_version.as_deref()) {
             debug!(app = %self.app, %kind, name, "written already; the cache has not seen it yet");
             return Ok(0);
         }
-        match &live {
-            Some(_) => info!(app = %self.app, %kind, name, "putting back drifted object"),
-            None => debug!(app = %self.app, %kind, name, "creating object"),
+        match verdict {
+            Verdict::Absent => debug!(app = %self.app, %kind, name, "creating object"),
+            _ => info!(app = %self.app, %kind, name, "applying changed or drifted object"),
         }
-        K::Scope::api::<K>(self.ctx.client.clone(), self.namespace)
+        let written = K::Scope::api::<K>(self.ctx.client.clone(), self.namespace)
             .patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&desired))
             .await
             .map_err(|source| Error::Apply { kind: kind.clone(), name: name.clone(), source })?;
         self.ctx.metrics.api_write("apply", &kind);
+        store.wrote(&written, &want, hash);
         self.ctx.written.wrote(written_key, hash, live_version);
         Ok(1)
     }
@@ -350,7 +346,7 @@ impl Applier<'_> {
     /// Delete the app's cached children of kind `K` in its namespace that are not in `keep`.
     async fn prune_kind<K>(&self, store: &Cache<K>, keep: &[Child]) -> Result<usize>
     where
-        K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned,
+        K: Compact + DeserializeOwned,
         K::Scope: Scoped,
     {
         let kind = K::kind(&()).to_string();
@@ -363,9 +359,8 @@ impl Applier<'_> {
         // Only what this app controls (a look-alike with the same labels is someone else's), and
         // only that very object (the uid precondition), never one re-created under its name.
         let stale: Vec<(String, String)> = store
-            .of_app(self.app)
+            .of_app(self.app, self.namespace)
             .iter()
-            .filter(|o| o.namespace().as_deref() == Some(self.namespace))
             .filter(|o| o.meta().deletion_timestamp.is_none())
             .filter(|o| controlled_by(o.meta(), self.uid))
             .filter(|o| !keep.contains(o.name_any().as_str()))

@@ -135,8 +135,8 @@ async fn delete_children(ctx: &Context, app: &ResilientApp, namespace: &str) -> 
     let (name, uid) = (app.name_any(), app.uid().unwrap_or_default());
     macro_rules! each_kind {
         ($($kind:ident: $field:ident,)*) => {$(
-            for child in ctx.stores.$field.of_app(&name) {
-                if child.namespace().as_deref() != Some(namespace) || !controlled_by(child.meta(), &uid) {
+            for child in ctx.stores.$field.of_app(&name, namespace) {
+                if !controlled_by(child.meta(), &uid) {
                     continue;
                 }
                 let api = <$kind as Resource>::Scope::api::<$kind>(ctx.client.clone(), namespace);
@@ -163,8 +163,8 @@ async fn release(ctx: &Context, app: &ResilientApp, ns: &Namespace) -> Result<()
     let patch = Patch::Merge(serde_json::json!({"metadata": {"ownerReferences": null}}));
     macro_rules! each_kind {
         ($($kind:ident: $field:ident,)*) => {$(
-            for child in ctx.stores.$field.of_app(&name) {
-                if child.namespace().as_deref() != Some(namespace.as_str()) || !controlled_by(child.meta(), &uid) {
+            for child in ctx.stores.$field.of_app(&name, &namespace) {
+                if !controlled_by(child.meta(), &uid) {
                     continue;
                 }
                 let api = <$kind as Resource>::Scope::api::<$kind>(ctx.client.clone(), &namespace);

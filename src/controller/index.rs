@@ -1,180 +1,661 @@
-//! A cache with a per-app index: a reconcile finds its own children and pods by the app label
-//! instead of scanning every cached object, so its cost does not grow with the number of apps.
+//! Compact caches of the operator's children and of the apps' pods.
+//!
+//! A cache keeps, per object, what the operator reads (identity, the `resilient.dev/*` labels, the
+//! controlling app, deletion, and per kind a few fields: a workload's replicas and rollout counters,
+//! a pod's node and readiness, a namespace's labels and owners) and a verdict instead of the object:
+//! "does this object hold the desired state with digest D". The verdict is taken by the first pass
+//! that compares the object with its desired state (while the cache still holds the object it
+//! received), and kept while the object's content does not change (status updates do not count).
+//! So memory grows with the number of objects by a few hundred bytes each, not by their size.
+//!
+//! Objects are kept by namespace and name: an app's children live in its namespace, so a pass
+//! finds them with a range scan instead of a second index.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::hash::{Hash, Hasher};
+use std::marker::PhantomData;
 use std::sync::{Arc, RwLock};
 
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStatus, StatefulSet, StatefulSetSpec, StatefulSetStatus,
+};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{
+    LimitRange, Namespace, Pod, PodCondition, PodSpec, PodStatus, ResourceQuota, Service,
+};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use kube::Resource;
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
+use serde::Serialize;
+use serde_json::Value;
 
-use crate::api::LABEL_APP;
+use super::diff;
+use crate::api::{LABEL_APP, ResilientApp};
+use crate::render::ANNOTATION_REPLICAS_HANDED_OFF;
 
-/// A reflector store plus the objects of each app (by the `resilient.dev/app` label).
-pub struct Cache<K: Resource<DynamicType = ()> + 'static> {
-    pub store: Store<K>,
-    index: AppIndex<K>,
+/// Only labels under this prefix are kept: they are the only ones the operator reads.
+const KEPT_LABELS: &str = "resilient.dev/";
+
+/// What a cache keeps of an object of a kind, and how it gives the object back.
+pub trait Compact: Resource<DynamicType = ()> + Clone + Debug + Serialize + Send + Sync + Sized + 'static {
+    /// The fields of this kind kept beside the common metadata.
+    type Kept: Send + Sync + 'static;
+    /// Whether passes compare objects of this kind with a desired state (children: yes; pods: no).
+    const JUDGED: bool = true;
+    fn keep(&self) -> Self::Kept;
+    /// The object as the cache knows it: `meta` (name, namespace, uid, resourceVersion,
+    /// generation, the kept labels, the controller reference, deletion) plus the kept fields.
+    fn rebuild(meta: ObjectMeta, kept: &Self::Kept) -> Self;
 }
 
-impl<K: Resource<DynamicType = ()> + Clone + 'static> Clone for Cache<K> {
-    fn clone(&self) -> Self {
-        Self { store: self.store.clone(), index: self.index.clone() }
+macro_rules! plain {
+    ($($kind:ident),*) => {$(
+        impl Compact for $kind {
+            type Kept = ();
+            fn keep(&self) {}
+            fn rebuild(metadata: ObjectMeta, _: &()) -> Self {
+                $kind { metadata, ..Default::default() }
+            }
+        }
+    )*};
+}
+plain!(ResourceQuota, LimitRange, NetworkPolicy, RoleBinding, Service, PodDisruptionBudget, HorizontalPodAutoscaler);
+
+/// A workload's replicas, whether they are handed over to an autoscaler, and its rollout counters.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Workload {
+    replicas: Option<i32>,
+    handed_off: bool,
+    observed_generation: Option<i64>,
+    status_replicas: Option<i32>,
+    updated: Option<i32>,
+    ready: Option<i32>,
+    available: Option<i32>,
+    /// StatefulSets only: the current and update revisions are equal.
+    revisions_equal: bool,
+}
+
+fn with_handoff(mut meta: ObjectMeta, handed_off: bool) -> ObjectMeta {
+    if handed_off {
+        meta.annotations = Some([(ANNOTATION_REPLICAS_HANDED_OFF.to_string(), "true".to_string())].into());
+    }
+    meta
+}
+
+fn handed_off(meta: &ObjectMeta) -> bool {
+    meta.annotations.as_ref().is_some_and(|a| a.contains_key(ANNOTATION_REPLICAS_HANDED_OFF))
+}
+
+impl Compact for Deployment {
+    type Kept = Workload;
+    fn keep(&self) -> Workload {
+        let st = self.status.clone().unwrap_or_default();
+        Workload {
+            replicas: self.spec.as_ref().and_then(|s| s.replicas),
+            handed_off: handed_off(&self.metadata),
+            observed_generation: st.observed_generation,
+            status_replicas: st.replicas,
+            updated: st.updated_replicas,
+            ready: st.ready_replicas,
+            available: st.available_replicas,
+            revisions_equal: true,
+        }
+    }
+    fn rebuild(meta: ObjectMeta, w: &Workload) -> Self {
+        Deployment {
+            metadata: with_handoff(meta, w.handed_off),
+            spec: Some(DeploymentSpec { replicas: w.replicas, ..Default::default() }),
+            status: Some(DeploymentStatus {
+                observed_generation: w.observed_generation,
+                replicas: w.status_replicas,
+                updated_replicas: w.updated,
+                ready_replicas: w.ready,
+                available_replicas: w.available,
+                ..Default::default()
+            }),
+        }
     }
 }
 
-impl<K: Resource<DynamicType = ()> + Clone + 'static> Cache<K> {
-    pub fn new(store: Store<K>, index: AppIndex<K>) -> Self {
-        Self { store, index }
+impl Compact for StatefulSet {
+    type Kept = Workload;
+    fn keep(&self) -> Workload {
+        let st = self.status.clone().unwrap_or_default();
+        Workload {
+            replicas: self.spec.as_ref().and_then(|s| s.replicas),
+            handed_off: handed_off(&self.metadata),
+            observed_generation: st.observed_generation,
+            status_replicas: Some(st.replicas),
+            updated: st.updated_replicas,
+            ready: st.ready_replicas,
+            available: st.available_replicas,
+            revisions_equal: st.current_revision == st.update_revision,
+        }
     }
-
-    pub fn get(&self, key: &ObjectRef<K>) -> Option<Arc<K>> {
-        self.store.get(key)
+    fn rebuild(meta: ObjectMeta, w: &Workload) -> Self {
+        // Equal revisions or not is all a pass asks of them.
+        let (current, update) = if w.revisions_equal { (None, None) } else { (Some("current"), Some("update")) };
+        StatefulSet {
+            metadata: with_handoff(meta, w.handed_off),
+            spec: Some(StatefulSetSpec { replicas: w.replicas, ..Default::default() }),
+            status: Some(StatefulSetStatus {
+                observed_generation: w.observed_generation,
+                replicas: w.status_replicas.unwrap_or(0),
+                updated_replicas: w.updated,
+                ready_replicas: w.ready,
+                available_replicas: w.available,
+                current_revision: current.map(Into::into),
+                update_revision: update.map(Into::into),
+                ..Default::default()
+            }),
+        }
     }
+}
 
-    /// Every cached object labelled as belonging to `app`. The store is updated a step before
-    /// the index, so the label is checked again on the object itself.
-    pub fn of_app(&self, app: &str) -> Vec<Arc<K>> {
-        self.index
-            .refs(app)
+/// A namespace is kept with all its labels, owners, finalizers and status: the gate reads them.
+impl Compact for Namespace {
+    type Kept = Namespace;
+    fn keep(&self) -> Namespace {
+        Namespace {
+            metadata: ObjectMeta {
+                labels: self.metadata.labels.clone(),
+                owner_references: self.metadata.owner_references.clone(),
+                deletion_timestamp: self.metadata.deletion_timestamp.clone(),
+                ..Default::default()
+            },
+            spec: self.spec.clone(),
+            status: self.status.clone(),
+        }
+    }
+    fn rebuild(meta: ObjectMeta, kept: &Namespace) -> Self {
+        Namespace {
+            metadata: ObjectMeta {
+                labels: kept.metadata.labels.clone(),
+                owner_references: kept.metadata.owner_references.clone(),
+                deletion_timestamp: kept.metadata.deletion_timestamp.clone(),
+                ..meta
+            },
+            spec: kept.spec.clone(),
+            status: kept.status.clone(),
+        }
+    }
+}
+
+/// A pod's node, phase and readiness.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PodPlace {
+    node: Option<String>,
+    phase: Option<String>,
+    /// The status of its Ready condition.
+    ready: Option<String>,
+}
+
+impl Compact for Pod {
+    type Kept = PodPlace;
+    const JUDGED: bool = false;
+    fn keep(&self) -> PodPlace {
+        let status = self.status.as_ref();
+        PodPlace {
+            node: self.spec.as_ref().and_then(|s| s.node_name.clone()),
+            phase: status.and_then(|s| s.phase.clone()),
+            ready: status
+                .and_then(|s| s.conditions.as_ref())
+                .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+                .map(|c| c.status.clone()),
+        }
+    }
+    fn rebuild(metadata: ObjectMeta, p: &PodPlace) -> Self {
+        Pod {
+            metadata,
+            spec: Some(PodSpec { node_name: p.node.clone(), ..Default::default() }),
+            status: Some(PodStatus {
+                phase: p.phase.clone(),
+                conditions: p
+                    .ready
+                    .as_ref()
+                    .map(|s| vec![PodCondition { type_: "Ready".into(), status: s.clone(), ..Default::default() }]),
+                ..Default::default()
+            }),
+        }
+    }
+}
+
+/// The metadata every cached object keeps.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Meta {
+    uid: Option<String>,
+    resource_version: Option<String>,
+    generation: Option<i64>,
+    /// The `resilient.dev/*` labels.
+    labels: Vec<(String, String)>,
+    /// The uid of the ResilientApp in the object's controller reference, and its name.
+    controller: Option<(String, String)>,
+    deletion: Option<Time>,
+}
+
+impl Meta {
+    fn of(meta: &ObjectMeta) -> Self {
+        let controller = meta
+            .owner_references
             .iter()
-            .filter_map(|r| self.store.get(r))
-            .filter(|o| o.meta().labels.as_ref().and_then(|l| l.get(LABEL_APP)).is_some_and(|a| a == app))
+            .flatten()
+            .find(|o| o.controller == Some(true) && o.kind == ResilientApp::kind(&()))
+            .map(|o| (o.uid.clone(), o.name.clone()));
+        Meta {
+            uid: meta.uid.clone(),
+            resource_version: meta.resource_version.clone(),
+            generation: meta.generation,
+            labels: meta
+                .labels
+                .iter()
+                .flatten()
+                .filter(|(k, _)| k.starts_with(KEPT_LABELS))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            controller,
+            deletion: meta.deletion_timestamp.clone(),
+        }
+    }
+
+    fn label(&self, key: &str) -> Option<&str> {
+        self.labels.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    fn object_meta(&self, namespace: &str, name: &str) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: (!namespace.is_empty()).then(|| namespace.to_string()),
+            uid: self.uid.clone(),
+            resource_version: self.resource_version.clone(),
+            generation: self.generation,
+            labels: (!self.labels.is_empty()).then(|| self.labels.iter().cloned().collect()),
+            owner_references: self.controller.as_ref().map(|(uid, name)| {
+                vec![OwnerReference {
+                    api_version: ResilientApp::api_version(&()).to_string(),
+                    kind: ResilientApp::kind(&()).to_string(),
+                    name: name.clone(),
+                    uid: uid.clone(),
+                    controller: Some(true),
+                    ..Default::default()
+                }]
+            }),
+            deletion_timestamp: self.deletion.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+/// The verdict of a pass on an object: whether it held the desired state with this digest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Judged {
+    desired: u64,
+    holds: bool,
+}
+
+struct Entry<K: Compact> {
+    meta: Meta,
+    kept: K::Kept,
+    /// A digest of the object without its status and resourceVersion: a status update keeps the verdict.
+    content: u64,
+    judged: Option<Judged>,
+    /// The object as received, until a pass has judged it.
+    full: Option<Arc<K>>,
+}
+
+/// (namespace, name); cluster-scoped objects have an empty namespace.
+type Key = (String, String);
+
+struct Inner<K: Compact> {
+    objects: BTreeMap<Key, Entry<K>>,
+    /// Objects of a relist in progress (between Init and InitDone), which replaces everything.
+    relisting: Option<BTreeMap<Key, Entry<K>>>,
+}
+
+/// What [`Cache::judge`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// No such object in the cache.
+    Absent,
+    /// It holds the desired state.
+    Holds,
+    /// It does not, or the cache cannot tell any more (judged against another desired state).
+    Differs,
+}
+
+/// A compact cache of one kind, kept by the events of its watch.
+pub struct Cache<K: Compact> {
+    inner: Arc<RwLock<Inner<K>>>,
+    ready: tokio::sync::watch::Receiver<bool>,
+    ready_tx: Arc<tokio::sync::watch::Sender<bool>>,
+    _kind: PhantomData<fn() -> K>,
+}
+
+impl<K: Compact> Clone for Cache<K> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            ready: self.ready.clone(),
+            ready_tx: self.ready_tx.clone(),
+            _kind: PhantomData,
+        }
+    }
+}
+
+impl<K: Compact> Default for Cache<K> {
+    fn default() -> Self {
+        let (ready_tx, ready) = tokio::sync::watch::channel(false);
+        Self {
+            inner: Arc::new(RwLock::new(Inner { objects: BTreeMap::new(), relisting: None })),
+            ready,
+            ready_tx: Arc::new(ready_tx),
+            _kind: PhantomData,
+        }
+    }
+}
+
+fn key_of(meta: &ObjectMeta) -> Key {
+    (meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
+}
+
+fn hash_of(text: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
+/// A digest of what an object holds, leaving out what changes without its content changing.
+fn content_digest<K: Serialize>(obj: &K) -> u64 {
+    let Ok(mut value) = serde_json::to_value(obj) else {
+        return 0;
+    };
+    if let Some(map) = value.as_object_mut() {
+        map.remove("status");
+        if let Some(meta) = map.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.remove("resourceVersion");
+            meta.remove("managedFields");
+        }
+    }
+    hash_of(&value.to_string())
+}
+
+impl<K: Compact> Cache<K> {
+    /// Wait until the first list has been received.
+    pub async fn wait_until_ready(&self) -> Result<(), tokio::sync::watch::error::RecvError> {
+        self.ready.clone().wait_for(|r| *r).await.map(|_| ())
+    }
+
+    /// The object as the cache knows it (see [`Compact::rebuild`]).
+    pub fn get(&self, key: &ObjectRef<K>) -> Option<Arc<K>> {
+        let inner = self.inner.read().expect("cache lock");
+        let (ns, name) = (key.namespace.clone().unwrap_or_default(), key.name.clone());
+        let entry = inner.objects.get(&(ns, name))?;
+        let (ns, name) = (key.namespace.as_deref().unwrap_or_default(), key.name.as_str());
+        Some(Arc::new(K::rebuild(entry.meta.object_meta(ns, name), &entry.kept)))
+    }
+
+    /// The cached objects in `namespace` labelled as belonging to `app`.
+    pub fn of_app(&self, app: &str, namespace: &str) -> Vec<Arc<K>> {
+        let inner = self.inner.read().expect("cache lock");
+        inner
+            .objects
+            .range((namespace.to_string(), String::new())..)
+            .take_while(|((ns, _), _)| ns == namespace)
+            .filter(|(_, e)| e.meta.label(LABEL_APP) == Some(app))
+            .map(|((ns, name), e)| Arc::new(K::rebuild(e.meta.object_meta(ns, name), &e.kept)))
             .collect()
     }
-}
 
-/// Object references by app, kept by the same watch events that fill the store.
-pub struct AppIndex<K: Resource<DynamicType = ()> + 'static>(Arc<RwLock<Index<K>>>);
-
-impl<K: Resource<DynamicType = ()> + 'static> Clone for AppIndex<K> {
-    fn clone(&self) -> Self {
-        Self(self.0.clone())
+    /// Number of cached objects.
+    pub fn len(&self) -> usize {
+        self.inner.read().expect("cache lock").objects.len()
     }
-}
 
-impl<K: Resource<DynamicType = ()> + 'static> Default for AppIndex<K> {
-    fn default() -> Self {
-        Self(Arc::new(RwLock::new(Index { by_app: HashMap::new(), app_of: HashMap::new(), relisting: None })))
-    }
-}
-
-struct Index<K: Resource<DynamicType = ()> + 'static> {
-    by_app: HashMap<String, HashSet<ObjectRef<K>>>,
-    app_of: HashMap<ObjectRef<K>, String>,
-    /// Objects of a relist in progress (between Init and InitDone), which replaces everything.
-    relisting: Option<Vec<(ObjectRef<K>, String)>>,
-}
-
-impl<K: Resource<DynamicType = ()> + 'static> Index<K> {
-    fn insert(&mut self, key: ObjectRef<K>, app: Option<String>) {
-        self.remove(&key);
-        if let Some(app) = app {
-            self.by_app.entry(app.clone()).or_default().insert(key.clone());
-            self.app_of.insert(key, app);
+    /// Whether the cached object `key` holds `want` (the desired state, as JSON, whose digest is
+    /// `desired`), and its resourceVersion. The first pass after the object changed compares it
+    /// field by field ([`diff::contains`]) and leaves a verdict in place of the object.
+    pub fn judge(&self, key: &ObjectRef<K>, want: &Value, desired: u64) -> (Verdict, Option<String>) {
+        let mut inner = self.inner.write().expect("cache lock");
+        let Some(entry) = inner.objects.get_mut(&(key.namespace.clone().unwrap_or_default(), key.name.clone())) else {
+            return (Verdict::Absent, None);
+        };
+        let version = entry.meta.resource_version.clone();
+        if let Some(full) = entry.full.take() {
+            let holds = serde_json::to_value(full.as_ref()).is_ok_and(|have| diff::contains(&have, want));
+            entry.judged = Some(Judged { desired, holds });
         }
+        let verdict = match entry.judged {
+            Some(j) if j.desired == desired && j.holds => Verdict::Holds,
+            _ => Verdict::Differs,
+        };
+        (verdict, version)
     }
 
-    fn remove(&mut self, key: &ObjectRef<K>) {
-        if let Some(app) = self.app_of.remove(key)
-            && let Some(set) = self.by_app.get_mut(&app)
+    /// Judge the object an apply of `want` returned: when the cache already shows that version
+    /// (an apply that changed nothing), the verdict is taken now; otherwise its watch event
+    /// brings the object and the next pass judges it.
+    pub fn wrote(&self, written: &K, want: &Value, desired: u64) {
+        let key = key_of(written.meta());
+        let mut inner = self.inner.write().expect("cache lock");
+        if let Some(entry) = inner.objects.get_mut(&key)
+            && entry.meta.resource_version.is_some()
+            && entry.meta.resource_version == written.meta().resource_version
         {
-            set.remove(key);
-            if set.is_empty() {
-                self.by_app.remove(&app);
-            }
+            let holds = serde_json::to_value(written).is_ok_and(|have| diff::contains(&have, want));
+            entry.full = None;
+            entry.judged = Some(Judged { desired, holds });
         }
     }
-}
 
-impl<K: Resource<DynamicType = ()> + 'static> AppIndex<K> {
-    fn refs(&self, app: &str) -> Vec<ObjectRef<K>> {
-        let index = self.0.read().expect("index lock");
-        index.by_app.get(app).map(|s| s.iter().cloned().collect()).unwrap_or_default()
-    }
-
-    /// Follow one watch event, as the reflector does for the store.
+    /// Follow one watch event.
     pub fn apply(&self, event: &watcher::Event<K>) {
-        let app_of = |o: &K| o.meta().labels.as_ref().and_then(|l| l.get(LABEL_APP)).cloned();
-        let mut index = self.0.write().expect("index lock");
+        let mut inner = self.inner.write().expect("cache lock");
         match event {
-            watcher::Event::Apply(o) => index.insert(ObjectRef::from_obj(o), app_of(o)),
-            watcher::Event::Delete(o) => index.remove(&ObjectRef::from_obj(o)),
-            watcher::Event::Init => index.relisting = Some(Vec::new()),
-            watcher::Event::InitApply(o) => {
-                if let (Some(list), Some(app)) = (index.relisting.as_mut(), app_of(o)) {
-                    list.push((ObjectRef::from_obj(o), app));
-                }
+            watcher::Event::Apply(obj) => {
+                let entry = entry_for(&inner.objects, obj);
+                inner.objects.insert(key_of(obj.meta()), entry);
+            }
+            watcher::Event::Delete(obj) => {
+                inner.objects.remove(&key_of(obj.meta()));
+            }
+            watcher::Event::Init => inner.relisting = Some(BTreeMap::new()),
+            watcher::Event::InitApply(obj) => {
+                let entry = entry_for(&inner.objects, obj);
+                inner.relisting.get_or_insert_default().insert(key_of(obj.meta()), entry);
             }
             watcher::Event::InitDone => {
-                let list = index.relisting.take().unwrap_or_default();
-                index.by_app.clear();
-                index.app_of.clear();
-                for (key, app) in list {
-                    index.insert(key, Some(app));
-                }
+                inner.objects = inner.relisting.take().unwrap_or_default();
+                self.ready_tx.send_replace(true);
             }
         }
     }
+}
+
+/// The entry for an object just received. A verdict on the same content carries over (a status
+/// update, a relist); otherwise the object is kept until a pass judges it.
+fn entry_for<K: Compact>(objects: &BTreeMap<Key, Entry<K>>, obj: &K) -> Entry<K> {
+    let (meta, kept) = (Meta::of(obj.meta()), obj.keep());
+    if !K::JUDGED {
+        return Entry { meta, kept, content: 0, judged: None, full: None };
+    }
+    let content = content_digest(obj);
+    let judged = objects
+        .get(&key_of(obj.meta()))
+        .filter(|e| e.content == content && e.meta.uid == meta.uid)
+        .and_then(|e| e.judged);
+    let full = match judged {
+        Some(_) => None,
+        None => {
+            let mut full = obj.clone();
+            full.meta_mut().managed_fields = None;
+            Some(Arc::new(full))
+        }
+    };
+    Entry { meta, kept, content, judged, full }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::Pod;
-    use kube::api::ObjectMeta;
+    use serde_json::json;
 
-    fn pod(name: &str, app: Option<&str>) -> Pod {
-        let labels = app.map(|a| [(LABEL_APP.to_string(), a.to_string())].into());
+    fn labels(app: Option<&str>) -> Option<BTreeMap<String, String>> {
+        let mut l: BTreeMap<String, String> = [("app.kubernetes.io/name".to_string(), "x".to_string())].into();
+        if let Some(a) = app {
+            l.insert(LABEL_APP.to_string(), a.to_string());
+        }
+        Some(l)
+    }
+
+    fn pod(name: &str, ns: &str, app: Option<&str>) -> Pod {
         Pod {
             metadata: ObjectMeta {
                 name: Some(name.into()),
-                namespace: Some("ns".into()),
-                labels,
+                namespace: Some(ns.into()),
+                labels: labels(app),
+                resource_version: Some("1".into()),
                 ..Default::default()
             },
-            ..Default::default()
+            spec: Some(PodSpec { node_name: Some("node-1".into()), ..Default::default() }),
+            status: Some(PodStatus {
+                phase: Some("Running".into()),
+                conditions: Some(vec![
+                    PodCondition { type_: "PodScheduled".into(), status: "True".into(), ..Default::default() },
+                    PodCondition { type_: "Ready".into(), status: "True".into(), ..Default::default() },
+                ]),
+                ..Default::default()
+            }),
         }
     }
 
-    fn names(index: &AppIndex<Pod>, app: &str) -> Vec<String> {
-        let mut v: Vec<String> = index.refs(app).into_iter().map(|r| r.name).collect();
-        v.sort();
-        v
+    fn names<K: Compact>(cache: &Cache<K>, app: &str, ns: &str) -> Vec<String> {
+        cache.of_app(app, ns).iter().map(|o| o.meta().name.clone().unwrap()).collect()
     }
 
     #[test]
     fn follows_applies_relabels_deletes_and_relists() {
-        let index = AppIndex::<Pod>::default();
-        index.apply(&watcher::Event::Apply(pod("a", Some("x"))));
-        index.apply(&watcher::Event::Apply(pod("b", Some("x"))));
-        index.apply(&watcher::Event::Apply(pod("c", None)));
-        assert_eq!(names(&index, "x"), ["a", "b"]);
+        let cache = Cache::<Pod>::default();
+        cache.apply(&watcher::Event::Apply(pod("a", "x", Some("x"))));
+        cache.apply(&watcher::Event::Apply(pod("b", "x", Some("x"))));
+        cache.apply(&watcher::Event::Apply(pod("c", "x", None)));
+        cache.apply(&watcher::Event::Apply(pod("a", "xy", Some("x"))));
+        assert_eq!(names(&cache, "x", "x"), ["a", "b"], "only this namespace, only this app");
         // The label moved: the object leaves its old app.
-        index.apply(&watcher::Event::Apply(pod("b", Some("y"))));
-        assert_eq!((names(&index, "x"), names(&index, "y")), (vec!["a".to_string()], vec!["b".to_string()]));
-        index.apply(&watcher::Event::Delete(pod("a", Some("x"))));
-        assert!(names(&index, "x").is_empty());
+        cache.apply(&watcher::Event::Apply(pod("b", "x", Some("y"))));
+        assert_eq!((names(&cache, "x", "x"), names(&cache, "y", "x")), (vec!["a".to_string()], vec!["b".to_string()]));
+        cache.apply(&watcher::Event::Delete(pod("a", "x", Some("x"))));
+        assert!(names(&cache, "x", "x").is_empty());
         // A relist replaces everything once it is done, and not before.
-        index.apply(&watcher::Event::Init);
-        index.apply(&watcher::Event::InitApply(pod("d", Some("x"))));
-        assert_eq!(names(&index, "y"), ["b"]);
-        index.apply(&watcher::Event::InitDone);
-        assert_eq!((names(&index, "x"), names(&index, "y")), (vec!["d".to_string()], vec![]));
+        cache.apply(&watcher::Event::Init);
+        cache.apply(&watcher::Event::InitApply(pod("d", "x", Some("x"))));
+        assert_eq!(names(&cache, "y", "x"), ["b"]);
+        cache.apply(&watcher::Event::InitDone);
+        assert_eq!((names(&cache, "x", "x"), names(&cache, "y", "x")), (vec!["d".to_string()], vec![]));
     }
 
     #[test]
-    fn of_app_rechecks_the_label_when_the_store_is_a_step_ahead() {
-        let (store, mut writer) = kube::runtime::reflector::store::<Pod>();
-        let index = AppIndex::<Pod>::default();
-        for p in [pod("a", Some("x")), pod("b", Some("x"))] {
-            let event = watcher::Event::Apply(p);
-            writer.apply_watcher_event(&event);
-            index.apply(&event);
+    fn a_pod_comes_back_with_what_placement_reads() {
+        let cache = Cache::<Pod>::default();
+        let mut p = pod("a", "x", Some("x"));
+        p.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH));
+        cache.apply(&watcher::Event::Apply(p));
+        let back = cache.get(&ObjectRef::new("a").within("x")).unwrap();
+        assert_eq!(back.spec.as_ref().unwrap().node_name.as_deref(), Some("node-1"));
+        assert!(crate::resilience::pod_ready(&back));
+        assert_eq!(back.status.as_ref().unwrap().phase.as_deref(), Some("Running"));
+        assert!(back.metadata.deletion_timestamp.is_some());
+        // Only the resilient.dev/ labels are kept.
+        assert_eq!(back.metadata.labels, Some([(LABEL_APP.to_string(), "x".to_string())].into()));
+    }
+
+    #[test]
+    fn a_deployment_keeps_its_replicas_handoff_controller_and_counters() {
+        let d: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "shop", "uid": "u-d", "generation": 3, "resourceVersion": "9",
+                "labels": {LABEL_APP: "shop", "resilient.dev/component": "web"},
+                "annotations": {ANNOTATION_REPLICAS_HANDED_OFF: "true", "other": "x"},
+                "ownerReferences": [{"apiVersion": "resilient.dev/v1alpha1", "kind": "ResilientApp", "name": "shop",
+                    "uid": "u-app", "controller": true}]},
+            "spec": {"replicas": 6, "selector": {}, "template": {"spec": {"containers": [{"name": "web", "image": "x"}]}}},
+            "status": {"observedGeneration": 3, "replicas": 6, "updatedReplicas": 6, "readyReplicas": 5, "availableReplicas": 5}
+        }))
+        .unwrap();
+        let cache = Cache::<Deployment>::default();
+        cache.apply(&watcher::Event::Apply(d.clone()));
+        let back = cache.get(&ObjectRef::new("web").within("shop")).unwrap();
+        let mut expected = Deployment::rebuild(Meta::of(&d.metadata).object_meta("shop", "web"), &d.keep());
+        expected.metadata.annotations = Some([(ANNOTATION_REPLICAS_HANDED_OFF.to_string(), "true".to_string())].into());
+        assert_eq!(*back, expected);
+        assert_eq!(back.spec.as_ref().unwrap().replicas, Some(6));
+        assert_eq!(back.metadata.generation, Some(3));
+        assert!(super::super::apply::controlled_by(&back.metadata, "u-app"));
+        assert_eq!(back.status.as_ref().unwrap().ready_replicas, Some(5));
+        assert_eq!(cache.of_app("shop", "shop").len(), 1);
+    }
+
+    fn service(rv: &str, port: i32, status_ip: Option<&str>) -> Service {
+        let mut s: Service = serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "shop", "uid": "u1", "resourceVersion": rv,
+                         "labels": {LABEL_APP: "shop"}},
+            "spec": {"ports": [{"port": port, "protocol": "TCP"}], "type": "ClusterIP"}
+        }))
+        .unwrap();
+        if let Some(ip) = status_ip {
+            s.status = Some(serde_json::from_value(json!({"loadBalancer": {"ingress": [{"ip": ip}]}})).unwrap());
         }
-        let cache = Cache::new(store, index);
-        // The store has seen b move to y; the index has not yet.
-        writer.apply_watcher_event(&watcher::Event::Apply(pod("b", Some("y"))));
-        let names: Vec<String> = cache.of_app("x").iter().map(|p| p.meta().name.clone().unwrap()).collect();
-        assert_eq!(names, ["a"]);
+        s
+    }
+
+    #[test]
+    fn a_verdict_is_taken_once_and_kept_until_the_content_changes() {
+        let cache = Cache::<Service>::default();
+        let key = ObjectRef::<Service>::new("web").within("shop");
+        let want = json!({"spec": {"ports": [{"port": 80}]}});
+        assert_eq!(cache.judge(&key, &want, 1).0, Verdict::Absent);
+        cache.apply(&watcher::Event::Apply(service("1", 80, None)));
+        assert_eq!(cache.judge(&key, &want, 1), (Verdict::Holds, Some("1".into())));
+        assert!(cache.inner.read().unwrap().objects.values().all(|e| e.full.is_none()), "the object is dropped");
+        // Another desired state cannot be judged without the object: it is a difference.
+        assert_eq!(cache.judge(&key, &json!({"spec": {"ports": [{"port": 81}]}}), 2).0, Verdict::Differs);
+        assert_eq!(cache.judge(&key, &want, 1).0, Verdict::Holds);
+        // A status update keeps the verdict; a changed spec is judged again.
+        cache.apply(&watcher::Event::Apply(service("2", 80, Some("10.0.0.1"))));
+        assert!(cache.inner.read().unwrap().objects.values().all(|e| e.full.is_none()));
+        assert_eq!(cache.judge(&key, &want, 1), (Verdict::Holds, Some("2".into())));
+        cache.apply(&watcher::Event::Apply(service("3", 90, None)));
+        assert_eq!(cache.judge(&key, &want, 1).0, Verdict::Differs);
+        // An apply whose answer the cache already shows (it changed nothing) is judged from the answer.
+        let cache = Cache::<Service>::default();
+        cache.apply(&watcher::Event::Apply(service("5", 80, None)));
+        let other = json!({"spec": {"type": "ClusterIP"}});
+        assert_eq!(cache.judge(&key, &want, 1).0, Verdict::Holds);
+        assert_eq!(cache.judge(&key, &other, 7).0, Verdict::Differs);
+        cache.wrote(&service("5", 80, None), &other, 7);
+        assert_eq!(cache.judge(&key, &other, 7).0, Verdict::Holds);
+        // A newer version than the cache shows: left to its watch event.
+        cache.wrote(&service("6", 80, None), &want, 1);
+        assert_eq!(cache.judge(&key, &want, 1).0, Verdict::Differs);
+    }
+
+    #[test]
+    fn a_relist_keeps_verdicts_of_unchanged_objects_and_a_new_object_of_the_same_name_is_judged_again() {
+        let cache = Cache::<Service>::default();
+        let key = ObjectRef::<Service>::new("web").within("shop");
+        let want = json!({"spec": {"ports": [{"port": 80}]}});
+        cache.apply(&watcher::Event::Apply(service("1", 80, None)));
+        assert_eq!(cache.judge(&key, &want, 1).0, Verdict::Holds);
+        cache.apply(&watcher::Event::Init);
+        cache.apply(&watcher::Event::InitApply(service("1", 80, None)));
+        cache.apply(&watcher::Event::InitDone);
+        assert!(cache.inner.read().unwrap().objects.values().all(|e| e.full.is_none()));
+        let mut recreated = service("4", 80, None);
+        recreated.metadata.uid = Some("u2".into());
+        cache.apply(&watcher::Event::Apply(recreated));
+        assert!(cache.inner.read().unwrap().objects.values().all(|e| e.full.is_some()));
+        assert_eq!(cache.judge(&key, &want, 1).0, Verdict::Holds);
     }
 }

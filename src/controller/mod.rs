@@ -60,11 +60,11 @@ macro_rules! define_stores {
             /// one task calls this; everyone else waits on the [`Synced`] signal it sets.
             async fn wait_until_ready(&self) {
                 $(
-                    if self.$field.store.wait_until_ready().await.is_ok() {
+                    if self.$field.wait_until_ready().await.is_ok() {
                         debug!(cache = stringify!($field), "cache synced");
                     }
                 )*
-                if self.pods.store.wait_until_ready().await.is_ok() {
+                if self.pods.wait_until_ready().await.is_ok() {
                     debug!(cache = "pods", "cache synced");
                 }
                 if self.nodes.wait_until_ready().await.is_ok() {

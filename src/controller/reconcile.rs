@@ -256,21 +256,18 @@ fn observe(ctx: &Context, name: &str, namespace: &str, nodes: &[Arc<Node>]) -> O
     let deployments = ctx
         .stores
         .deployments
-        .of_app(name)
+        .of_app(name, namespace)
         .into_iter()
-        .filter(|d| d.namespace().as_deref() == Some(namespace))
         .filter_map(|d| d.labels().get(LABEL_COMPONENT).cloned().map(|c| (c, d)))
         .collect();
     let stateful_sets = ctx
         .stores
         .stateful_sets
-        .of_app(name)
+        .of_app(name, namespace)
         .into_iter()
-        .filter(|d| d.namespace().as_deref() == Some(namespace))
         .filter_map(|d| d.labels().get(LABEL_COMPONENT).cloned().map(|c| (c, d)))
         .collect();
-    let pods =
-        ctx.stores.pods.of_app(name).into_iter().filter(|p| p.namespace().as_deref() == Some(namespace)).collect();
+    let pods = ctx.stores.pods.of_app(name, namespace);
     Observed { deployments, stateful_sets, pods, node_zones: ZoneMap::of(nodes.iter().map(AsRef::as_ref)) }
 }
 

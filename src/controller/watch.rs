@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
-use std::fmt::Debug;
 use std::hash::{Hash, Hasher};
 
 use futures::stream::BoxStream;
@@ -15,7 +14,7 @@ use serde::de::DeserializeOwned;
 use tracing::warn;
 
 use super::GuardedApp;
-use super::index::{AppIndex, Cache};
+use super::index::{Cache, Compact};
 use crate::api::LABEL_APP;
 
 /// The reference the controller queues apps by.
@@ -33,15 +32,12 @@ pub type PodStream = BoxStream<'static, Result<Pod, watcher::Error>>;
 /// owning the objects it sees change.
 pub fn owned<K>(client: &Client, config: watcher::Config) -> (Cache<K>, AppTriggers)
 where
-    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+    K: Compact + DeserializeOwned,
 {
-    let (reader, writer) = reflector::store();
-    let index = AppIndex::default();
+    let cache = Cache::<K>::default();
     let stream = watcher(Api::<K>::all(client.clone()), config)
         .default_backoff()
-        .modify(|obj: &mut K| obj.managed_fields_mut().clear())
-        .reflect(writer)
-        .inspect(indexing(index.clone()))
+        .inspect(caching(cache.clone()))
         .touched_objects()
         .filter_map(|touched| {
             futures::future::ready(match touched {
@@ -54,17 +50,14 @@ where
             })
         })
         .boxed();
-    (Cache::new(reader, index), stream)
+    (cache, stream)
 }
 
-/// Keeps `index` in step with the events the reflector has just applied to the store.
-fn indexing<K>(index: AppIndex<K>) -> impl Fn(&Result<watcher::Event<K>, watcher::Error>) + Send + 'static
-where
-    K: Resource<DynamicType = ()> + Send + Sync + 'static,
-{
+/// Keeps `cache` in step with the events of its watch.
+fn caching<K: Compact>(cache: Cache<K>) -> impl Fn(&Result<watcher::Event<K>, watcher::Error>) + Send + 'static {
     move |event| {
         if let Ok(event) = event {
-            index.apply(event);
+            cache.apply(event);
         }
     }
 }
@@ -93,14 +86,12 @@ pub fn nodes(client: &Client) -> (Store<Node>, NodeStream) {
 /// Pods of ResilientApps, keeping labels, node, readiness and deletion only.
 /// Only changes of placement or readiness reach the controller.
 pub fn pods(client: &Client) -> (Cache<Pod>, PodStream) {
-    let (reader, writer) = reflector::store();
-    let index = AppIndex::default();
+    let cache = Cache::<Pod>::default();
     let config = super::list_config().labels(&format!("{},{LABEL_APP}", super::managed_selector()));
     let stream = watcher(Api::<Pod>::all(client.clone()), config)
         .default_backoff()
         .modify(trim_pod)
-        .reflect(writer)
-        .inspect(indexing(index.clone()));
+        .inspect(caching(cache.clone()));
     let stream = changed_only(stream, |p: &Pod| {
         fingerprint(&(
             p.spec.as_ref().and_then(|s| s.node_name.clone()),
@@ -109,7 +100,7 @@ pub fn pods(client: &Client) -> (Cache<Pod>, PodStream) {
         ))
     })
     .boxed();
-    (Cache::new(reader, index), stream)
+    (cache, stream)
 }
 
 fn trim_node(node: &mut Node) {
