@@ -56,7 +56,37 @@ fn api_for(client: &Client, obj: &Value) -> Api<DynamicObject> {
     }
 }
 
-/// Send one app's children; `offered` is when the app was due.
+/// Whether the operator would try this again: throttled (429), a server error, or no answer.
+fn transient(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(s) => s.code == 429 || s.code >= 500,
+        kube::Error::HyperError(_) | kube::Error::Service(_) => true,
+        _ => false,
+    }
+}
+
+/// `call` until it succeeds or fails for good, backing off as the operator does after a failed pass
+/// (1 s, 2 s, 4 s ...); `requests` counts every attempt.
+async fn retrying<T, F, Fut>(requests: &mut usize, mut call: F) -> Result<T, kube::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, kube::Error>>,
+{
+    let mut attempt = 0;
+    loop {
+        *requests += 1;
+        match call().await {
+            Err(e) if transient(&e) && attempt < 8 => {
+                attempt += 1;
+                tokio::time::sleep(resilient_operator::controller::backoff_delay(attempt)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Send one app's children; `offered` is when the app was due. Throttled and failed requests are
+/// retried as the operator retries them, so both sides of the comparison get the same treatment.
 pub async fn send(client: Client, steps: Vec<Vec<Value>>, offered: Instant) -> Outcome {
     let mut requests = 0;
     let fail = |requests, e: kube::Error| Outcome { seconds: None, requests, error: Some(e.to_string()) };
@@ -64,23 +94,31 @@ pub async fn send(client: Client, steps: Vec<Vec<Value>>, offered: Instant) -> O
         if i == 0 {
             // The namespace is created, never applied over (as the operator does).
             for ns in step {
-                requests += 1;
                 let ns: Namespace = serde_json::from_value(ns).expect("a rendered namespace");
                 let params = PostParams { field_manager: Some(MANAGER.into()), ..Default::default() };
-                if let Err(e) = Api::<Namespace>::all(client.clone()).create(&params, &ns).await {
+                let api = Api::<Namespace>::all(client.clone());
+                if let Err(e) = retrying(&mut requests, || api.create(&params, &ns)).await {
                     return fail(requests, e);
                 }
             }
             continue;
         }
-        requests += step.len();
         let writes = step.iter().map(|obj| {
             let api = api_for(&client, obj);
             let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
-            async move { api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(obj)).await }
+            async move {
+                let mut requests = 0;
+                let params = PatchParams::apply(MANAGER).force();
+                let patch = Patch::Apply(obj);
+                let result = retrying(&mut requests, || api.patch(&name, &params, &patch)).await;
+                (requests, result)
+            }
         });
-        if let Err(e) = futures::future::try_join_all(writes).await {
-            return fail(requests, e);
+        for (n, result) in futures::future::join_all(writes).await {
+            requests += n;
+            if let Err(e) = result {
+                return fail(requests, e);
+            }
         }
     }
     Outcome { seconds: Some(offered.elapsed().as_secs_f64()), requests, error: None }

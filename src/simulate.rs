@@ -173,7 +173,7 @@ pub fn simulate(input: &SimulationInput) -> SimulationReport {
         let headroom = quota_left.entry(namespace.clone()).or_insert_with(|| quota_headroom(input.quotas, &namespace));
         for component in &app.spec.components {
             // The zones this component can use (its pod template may rule some out), minus the lost.
-            let constraints = NodeConstraints::of(component.pod_template.as_ref());
+            let constraints = NodeConstraints::of(component.pod_template.as_deref());
             let surviving: Vec<String> = component_zones(input.nodes, allow, &constraints)
                 .into_iter()
                 .filter(|z| !input.lost_zones.contains(z))

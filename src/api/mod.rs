@@ -365,9 +365,9 @@ pub struct Component {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub readiness_probe: Option<Probe>,
+    pub readiness_probe: Option<Box<Probe>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub liveness_probe: Option<Probe>,
+    pub liveness_probe: Option<Box<Probe>>,
     /// When present, a Service exposes the component's ports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<ComponentService>,
@@ -382,7 +382,7 @@ pub struct Component {
     /// nodeName, the resilient.dev/* labels, the zone spread and the failover tolerations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(transform = pod_template::pod_template_schema)]
-    pub pod_template: Option<PodTemplateSpec>,
+    pub pod_template: Option<Box<PodTemplateSpec>>,
     /// Persistent volumes of every pod: present, the component is a StatefulSet (one claim per pod
     /// and entry) instead of a Deployment. Immutable, like a StatefulSet's volumeClaimTemplates.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

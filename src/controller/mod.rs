@@ -175,6 +175,11 @@ impl Memory {
         self.last_status.insert(name.to_string(), (uid.to_string(), status));
     }
 
+    /// The cache shows the status last written: no need to remember it any more.
+    pub fn cache_caught_up(&mut self, name: &str) {
+        self.last_status.remove(name);
+    }
+
     /// Whether to hold back writing `status`, and for how long at most: the first status of a
     /// generation (`settling`) waits, while the app is not Ready or still rolling out, up to [`FIRST_STATUS_HOLD`]
     /// after the first pass that wanted to write it, so a new app's rollout costs one status write

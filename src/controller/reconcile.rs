@@ -279,11 +279,19 @@ fn stateful_pod(app: &ResilientApp, pod: &Pod) -> bool {
 }
 
 /// The status this pass starts from: the one last written (the watch cache can lag behind our own
-/// writes), else the app's own.
+/// writes), else the app's own. Once the cache shows the status written, it is forgotten: the
+/// cache holds it, and a copy per app is memory for nothing.
 fn previous_status(ctx: &Context, app: &ResilientApp) -> ResilientAppStatus {
-    let memory = ctx.memory.lock().expect("memory lock");
-    let remembered = memory.last_status(&app.name_any(), &app.uid().unwrap_or_default()).cloned();
-    remembered.unwrap_or_else(|| app.status.clone().unwrap_or_default())
+    let mut memory = ctx.memory.lock().expect("memory lock");
+    let name = app.name_any();
+    match memory.last_status(&name, &app.uid().unwrap_or_default()) {
+        Some(written) if Some(written) != app.status.as_ref() => written.clone(),
+        Some(_) => {
+            memory.cache_caught_up(&name);
+            app.status.clone().unwrap_or_default()
+        }
+        None => app.status.clone().unwrap_or_default(),
+    }
 }
 
 /// Delete (gracefully, as taint eviction would) the app's pods in zones lost for failoverSeconds,

@@ -109,7 +109,7 @@ fn container_security(level: PodSecurityLevel, template: Option<SecurityContext>
 /// The component's readinessProbe, or a TCP check of its first port: without one a pod counts as
 /// ready once its container starts, and minAvailable would guarantee only "started".
 fn readiness_probe(component: &Component) -> Option<Probe> {
-    component.readiness_probe.clone().or_else(|| {
+    component.readiness_probe.as_deref().cloned().or_else(|| {
         let port = component.ports.first()?;
         Some(Probe {
             tcp_socket: Some(TCPSocketAction { port: IntOrString::Int(port.container_port), host: None }),
@@ -155,7 +155,7 @@ fn main_container(component: &Component, template: Option<Container>, level: Pod
         c.readiness_probe = readiness_probe(component);
     }
     if component.liveness_probe.is_some() {
-        c.liveness_probe = component.liveness_probe.clone();
+        c.liveness_probe = component.liveness_probe.as_deref().cloned();
     }
     c.security_context = container_security(level, c.security_context.take());
     c

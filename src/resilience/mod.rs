@@ -276,7 +276,7 @@ pub fn plan_app_zones(nodes: &[&Node], app: &ResilientApp, last: Option<&Resilie
     let last_zones = last.map(|s| s.zones.as_slice()).unwrap_or_default();
     let mut planned = plan_zones(nodes.iter().copied(), allow, last_zones);
     for c in &app.spec.components {
-        let constraints = NodeConstraints::of(c.pod_template.as_ref());
+        let constraints = NodeConstraints::of(c.pod_template.as_deref());
         if constraints == NodeConstraints::default() {
             continue;
         }
