@@ -82,9 +82,8 @@ async fn example_app_gets_every_child_with_the_right_fields() {
     assert_eq!(
         policy_names,
         [
-            "resilient-allow-dns",
+            "resilient-allow-dns-and-app-egress",
             "resilient-allow-ingress-from-to-web",
-            "resilient-allow-intra-app-egress",
             "resilient-api-ingress",
             "resilient-default-deny"
         ]
@@ -264,9 +263,9 @@ async fn deleted_and_edited_children_are_put_back() {
     .await;
 
     // NetworkPolicy deleted: recreated.
-    policies.delete("resilient-allow-dns", &DeleteParams::default()).await.unwrap();
-    wait_for("the DNS policy to come back", Duration::from_secs(30), || async {
-        policies.get_opt("resilient-allow-dns").await.ok()?.map(|_| ())
+    policies.delete("resilient-allow-dns-and-app-egress", &DeleteParams::default()).await.unwrap();
+    wait_for("the egress policy to come back", Duration::from_secs(30), || async {
+        policies.get_opt("resilient-allow-dns-and-app-egress").await.ok()?.map(|_| ())
     })
     .await;
     ready(&client, &name).await;

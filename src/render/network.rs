@@ -14,8 +14,9 @@ use super::RenderContext;
 use crate::api::{Component, Isolation, LABEL_APP, LABEL_COMPONENT, ResilientApp};
 
 pub const DEFAULT_DENY: &str = "resilient-default-deny";
-pub const ALLOW_DNS: &str = "resilient-allow-dns";
-pub const ALLOW_INTRA_APP_EGRESS: &str = "resilient-allow-intra-app-egress";
+/// Egress to DNS and to the app's own pods, in one policy of two rules (egress only: the deny
+/// stays a policy of its own, see docs/api.md).
+pub const ALLOW_EGRESS: &str = "resilient-allow-dns-and-app-egress";
 pub const ALLOW_INGRESS_EXTRA: &str = "resilient-allow-ingress-from";
 pub const ALLOW_EGRESS_EXTRA: &str = "resilient-allow-egress-to";
 
@@ -68,9 +69,9 @@ pub(super) fn network_policies(ctx: &RenderContext) -> Vec<NetworkPolicy> {
     }
     let mut out = vec![policy(ctx, DEFAULT_DENY, all_pods(), &["Ingress", "Egress"])];
 
-    // DNS: every pod may reach port 53 in kube-system.
-    let mut dns = policy(ctx, ALLOW_DNS, all_pods(), &["Egress"]);
-    dns.spec.as_mut().unwrap().egress = Some(vec![NetworkPolicyEgressRule {
+    // Every pod may reach DNS (port 53 in kube-system) and open connections to the app's pods;
+    // what those accept is decided by the per-component ingress policies below.
+    let dns = NetworkPolicyEgressRule {
         to: Some(vec![NetworkPolicyPeer {
             namespace_selector: Some(selector(BTreeMap::from([(
                 "kubernetes.io/metadata.name".to_string(),
@@ -87,20 +88,17 @@ pub(super) fn network_policies(ctx: &RenderContext) -> Vec<NetworkPolicy> {
                 })
                 .to_vec(),
         ),
-    }]);
-    out.push(dns);
-
-    // Pods of the app may open connections to each other; what is accepted is decided by the
-    // per-component ingress policies below.
-    let mut intra = policy(ctx, ALLOW_INTRA_APP_EGRESS, all_pods(), &["Egress"]);
-    intra.spec.as_mut().unwrap().egress = Some(vec![NetworkPolicyEgressRule {
+    };
+    let intra = NetworkPolicyEgressRule {
         to: Some(vec![NetworkPolicyPeer {
             pod_selector: Some(selector(BTreeMap::from([(LABEL_APP.to_string(), ctx.name.clone())]))),
             ..Default::default()
         }]),
         ports: None,
-    }]);
-    out.push(intra);
+    };
+    let mut egress = policy(ctx, ALLOW_EGRESS, all_pods(), &["Egress"]);
+    egress.spec.as_mut().unwrap().egress = Some(vec![dns, intra]);
+    out.push(egress);
 
     for component in &ctx.app.spec.components {
         if component.allow_from.is_empty() {

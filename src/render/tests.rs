@@ -59,7 +59,7 @@ fn every_child_is_labelled_and_owned() {
     metas.extend(d.deployments.iter().map(|o| &o.metadata));
     metas.extend(d.pod_disruption_budgets.iter().map(|o| &o.metadata));
     metas.extend(d.services.iter().map(|o| &o.metadata));
-    assert_eq!(metas.len(), 3 + 3 + 1 + 2 + 2 + 1);
+    assert_eq!(metas.len(), 3 + 2 + 1 + 2 + 2 + 1);
     for m in metas {
         let labels = m.labels.as_ref().unwrap();
         assert_eq!(labels["app.kubernetes.io/managed-by"], "resilient-operator");
@@ -196,15 +196,14 @@ fn strict_network_policies() {
         names,
         [
             "resilient-default-deny",
-            "resilient-allow-dns",
-            "resilient-allow-intra-app-egress",
+            "resilient-allow-dns-and-app-egress",
             "resilient-api-ingress",
             "resilient-allow-ingress-from-to-web"
         ]
     );
     // ingressFrom reaches only the entry point (web: a Service, no allowFrom), not api (which takes
     // only web), and only on web's ports.
-    let extra = d.network_policies[4].spec.clone().unwrap();
+    let extra = d.network_policies[3].spec.clone().unwrap();
     assert_eq!(extra.pod_selector.unwrap().match_labels.unwrap()["resilient.dev/component"], "web");
     let rule = &extra.ingress.unwrap()[0];
     assert_eq!(
@@ -214,7 +213,17 @@ fn strict_network_policies() {
     let deny = d.network_policies[0].spec.clone().unwrap();
     assert_eq!(deny.policy_types, Some(vec!["Ingress".to_string(), "Egress".to_string()]));
     assert!(deny.ingress.is_none() && deny.egress.is_none());
-    let api_in = d.network_policies[3].spec.clone().unwrap();
+    // Egress only (never with the deny: see docs/api.md), to DNS on 53 and to the app's pods.
+    let egress = d.network_policies[1].spec.clone().unwrap();
+    assert_eq!(egress.policy_types, Some(vec!["Egress".to_string()]));
+    let rules = egress.egress.unwrap();
+    assert_eq!(rules.len(), 2);
+    assert_eq!(
+        rules[0].ports.as_ref().unwrap().iter().map(|p| p.port.clone()).collect::<Vec<_>>(),
+        [Some(IntOrString::Int(53)), Some(IntOrString::Int(53))]
+    );
+    assert!(rules[1].ports.is_none() && rules[1].to.as_ref().unwrap()[0].pod_selector.is_some());
+    let api_in = d.network_policies[2].spec.clone().unwrap();
     let rule = &api_in.ingress.unwrap()[0];
     let from = rule.from.as_ref().unwrap()[0].pod_selector.clone().unwrap();
     assert_eq!(from.match_expressions.unwrap()[0].values, Some(vec!["web".to_string()]));
