@@ -7,10 +7,19 @@
 # Knobs (environment): RATE (apps created per second, 20), ZONE_OUTAGE=0 (skip scenario 6), OUTAGE_SIZES
 # (nodes per zone, "2 9 30"), BARE=false (skip the bare-client baseline),
 # SINGLES SMALL BURST LARGE DRIFT (sizes, see bench/main.rs), KEEP_CLUSTER=1.
+#
+#   make bench ALLOC=musl      the memory scenarios (1,000 apps, restart) only, with the operator built
+#   make bench ALLOC=mimalloc  for musl (as in the image) or with mimalloc: bench/out/alloc-<ALLOC>/
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-if [ "${QUICK:-0}" = 1 ]; then
+ALLOC=${ALLOC:-}
+if [ -n "$ALLOC" ]; then
+  MODE=alloc-$ALLOC SINGLES=${SINGLES:-5} SMALL=${SMALL:-20} BURST=${BURST:-1000} LARGE=${LARGE:-0} DRIFT=${DRIFT:-10}
+  BARE=${BARE:-false} ZONE_OUTAGE=${ZONE_OUTAGE:-0}
+  OUT=bench/out/alloc-$ALLOC
+  RESULTS=$OUT/results.json DOC=$OUT/benchmarks.md
+elif [ "${QUICK:-0}" = 1 ]; then
   MODE=quick SINGLES=${SINGLES:-5} SMALL=${SMALL:-20} BURST=${BURST:-50} LARGE=${LARGE:-0} DRIFT=${DRIFT:-10}
   OUT=bench/out/quick
   RESULTS=$OUT/results.json DOC=$OUT/benchmarks.md
@@ -27,6 +36,18 @@ log "mode $MODE: $SINGLES single apps, $SMALL, then $BURST at $RATE/s${LARGE:+, 
 log "building release binaries"
 cargo build --locked --release --quiet --bin resilient-operator --bin resilient-bench
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
+OPERATOR=$BIN/resilient-operator
+case "$ALLOC" in
+  "") ;;
+  musl) # needs `rustup target add x86_64-unknown-linux-musl` and musl-gcc (Debian: musl-tools)
+    cargo build --locked --release --quiet --target x86_64-unknown-linux-musl --bin resilient-operator
+    OPERATOR=${CARGO_TARGET_DIR:-$ROOT/target}/x86_64-unknown-linux-musl/release/resilient-operator ;;
+  mimalloc)
+    # A target dir of its own: the default build is not rebuilt with the feature.
+    CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}/mimalloc cargo build --locked --release --quiet --features mimalloc --bin resilient-operator
+    OPERATOR=${CARGO_TARGET_DIR:-$ROOT/target}/mimalloc/release/resilient-operator ;;
+  *) log "ALLOC=$ALLOC: musl or mimalloc"; exit 2 ;;
+esac
 
 started_here=0
 status=$(e2e/cluster.sh status 2>/dev/null || true)
@@ -93,7 +114,7 @@ else
   for size in ${OUTAGE_SIZES:-2 9 30}; do
     bench_nodes $((size - 2))
     log "scenario 6: zone outage with $size nodes per zone, operator app and plain Deployment side by side (timeline in $OUT/zone-outage-$size.log)"
-    OUT_DIR=$OUT OUT_FILE=$OUT/zone-outage-$size.json OPERATOR=$BIN/resilient-operator bench/zone-outage.sh 2>&1 | tee "$OUT/zone-outage-$size.log"
+    OUT_DIR=$OUT OUT_FILE=$OUT/zone-outage-$size.json OPERATOR=$OPERATOR bench/zone-outage.sh 2>&1 | tee "$OUT/zone-outage-$size.log"
     OUTAGES+=(--zone-outage "$OUT/zone-outage-$size.json")
   done
 fi
@@ -113,7 +134,7 @@ printf '{"mode": "%s", "out": "%s", "results": "%s", "nodes": %s, "etcd": "%s", 
 
 log "scenarios 1-5"
 "$BIN/resilient-bench" --singles "$SINGLES" --small "$SMALL" --burst "$BURST" --large "$LARGE" --rate "$RATE" \
-  --drift-samples "$DRIFT" --bare "${BARE:-true}" --operator "$BIN/resilient-operator" --operator-kubeconfig .cluster/operator.kubeconfig \
+  --drift-samples "$DRIFT" --bare "${BARE:-true}" --operator "$OPERATOR" --operator-kubeconfig .cluster/operator.kubeconfig \
   --kubeconfig "$KUBECONFIG" --audit-log .cluster/logs/audit.log --pids .cluster/pids \
   --conditions "$OUT/conditions.json" "${OUTAGES[@]}" \
   --operator-log "$OUT/operator.log" --results "$RESULTS" --doc "$DOC"

@@ -334,14 +334,14 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let apps: Api<GuardedApp> = Api::all(client.clone());
     let (stores, child_triggers, node_stream, pod_stream) = Stores::watch(&client);
-    // The apps themselves: cached without managedFields (most of a stored app's bytes).
+    // The apps themselves, trimmed (see `trim_app`).
     let (app_store, app_writer) = kube::runtime::reflector::store::<GuardedApp>();
     // "Listed" comes from the stream itself: the controller also waits on the store, and kube's
     // `Store::wait_until_ready` wakes only one of two waiters.
     let (apps_listed_tx, mut apps_listed) = tokio::sync::watch::channel(false);
     let mut app_stream = watcher(apps, list_config())
-        .default_backoff()
-        .modify(|app: &mut GuardedApp| app.meta_mut().managed_fields = None)
+        .backoff(watch::watch_backoff())
+        .modify(trim_app)
         .reflect(app_writer)
         .inspect(move |event| {
             if matches!(event, Ok(watcher::Event::InitDone)) {
@@ -428,6 +428,16 @@ pub async fn run(
         .await;
     info!("controller stopped");
     Ok(())
+}
+
+/// What the cache keeps of an app: not its managedFields, nor the copy of the whole object that a
+/// client-side `kubectl apply` leaves in an annotation (together most of a stored app's bytes).
+fn trim_app(app: &mut GuardedApp) {
+    let meta = app.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
 }
 
 fn error_policy(app: Arc<GuardedApp>, error: &Error, ctx: Arc<Context>) -> Action {

@@ -17,6 +17,48 @@ use super::GuardedApp;
 use super::index::{Cache, Compact};
 use crate::api::LABEL_APP;
 
+/// How a failed watch retries: 0.5 s doubling up to 8 s, with jitter, starting over after two
+/// minutes without failure. kube's default goes up to 30 s, which after an API server restart
+/// (403s while its authorizer warms up, then 410 for a resourceVersion compacted meanwhile) left the
+/// operator blind for most of a minute; one operator's dozen watches retrying every 8 s cost the
+/// API server nothing.
+pub fn watch_backoff() -> kube::runtime::utils::ResetTimerBackoff<Exponential> {
+    kube::runtime::utils::ResetTimerBackoff::new(Exponential::default(), std::time::Duration::from_secs(120))
+}
+
+/// backon's exponential backoff, restartable.
+pub struct Exponential {
+    builder: backon::ExponentialBuilder,
+    delays: backon::ExponentialBackoff,
+}
+
+impl Default for Exponential {
+    fn default() -> Self {
+        use backon::BackoffBuilder as _;
+        let builder = backon::ExponentialBuilder::default()
+            .with_min_delay(std::time::Duration::from_millis(500))
+            .with_max_delay(std::time::Duration::from_secs(8))
+            .with_factor(2.0)
+            .with_jitter()
+            .without_max_times();
+        Self { builder, delays: builder.build() }
+    }
+}
+
+impl Iterator for Exponential {
+    type Item = std::time::Duration;
+    fn next(&mut self) -> Option<Self::Item> {
+        self.delays.next()
+    }
+}
+
+impl kube::runtime::utils::Backoff for Exponential {
+    fn reset(&mut self) {
+        use backon::BackoffBuilder as _;
+        self.delays = self.builder.build();
+    }
+}
+
 /// The reference the controller queues apps by.
 pub type AppRef = ObjectRef<GuardedApp>;
 use crate::resilience::{node_usable, node_zone};
@@ -36,7 +78,7 @@ where
 {
     let cache = Cache::<K>::default();
     let stream = watcher(Api::<K>::all(client.clone()), config)
-        .default_backoff()
+        .backoff(watch_backoff())
         .inspect(caching(cache.clone()))
         .touched_objects()
         .filter_map(|touched| {
@@ -68,7 +110,7 @@ fn caching<K: Compact>(cache: Cache<K>) -> impl Fn(&Result<watcher::Event<K>, wa
 pub fn nodes(client: &Client) -> (Store<Node>, NodeStream) {
     let (reader, writer) = reflector::store();
     let stream = watcher(Api::<Node>::all(client.clone()), super::list_config())
-        .default_backoff()
+        .backoff(watch_backoff())
         .modify(trim_node)
         .reflect(writer);
     let stream = changed_only(stream, |n: &Node| {
@@ -89,7 +131,7 @@ pub fn pods(client: &Client) -> (Cache<Pod>, PodStream) {
     let cache = Cache::<Pod>::default();
     let config = super::list_config().labels(&format!("{},{LABEL_APP}", super::managed_selector()));
     let stream = watcher(Api::<Pod>::all(client.clone()), config)
-        .default_backoff()
+        .backoff(watch_backoff())
         .modify(trim_pod)
         .inspect(caching(cache.clone()));
     let stream = changed_only(stream, |p: &Pod| {
@@ -201,4 +243,23 @@ pub fn apps_in_zone_of(apps: &Store<GuardedApp>, node: &Node) -> Vec<AppRef> {
         })
         .map(|app| ObjectRef::from_obj(app.as_ref()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::utils::Backoff as _;
+    use std::time::Duration;
+
+    #[test]
+    fn a_failed_watch_retries_within_seconds_and_starts_over_after_a_reset() {
+        let mut b = Exponential::default();
+        let delays: Vec<Duration> = (&mut b).take(12).collect();
+        assert!(delays[0] >= Duration::from_millis(500) && delays[0] <= Duration::from_secs(1), "{delays:?}");
+        // Jitter adds at most the delay's own length: never above 16 s, and at 8 s or more once capped.
+        assert!(delays.iter().all(|d| *d <= Duration::from_secs(16)), "{delays:?}");
+        assert!(delays[8..].iter().all(|d| *d >= Duration::from_secs(8)), "{delays:?}");
+        b.reset();
+        assert!(b.next().unwrap() <= Duration::from_secs(1));
+    }
 }
