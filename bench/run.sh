@@ -43,9 +43,10 @@ case "$ALLOC" in
     cargo build --locked --release --quiet --target x86_64-unknown-linux-musl --bin resilient-operator
     OPERATOR=${CARGO_TARGET_DIR:-$ROOT/target}/x86_64-unknown-linux-musl/release/resilient-operator ;;
   mimalloc)
-    # A target dir of its own: the default build is not rebuilt with the feature.
-    CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}/mimalloc cargo build --locked --release --quiet --features mimalloc --bin resilient-operator
-    OPERATOR=${CARGO_TARGET_DIR:-$ROOT/target}/mimalloc/release/resilient-operator ;;
+    # Copied aside: the next default build relinks the default binary.
+    cargo build --locked --release --quiet --features mimalloc --bin resilient-operator
+    cp "$BIN/resilient-operator" "$BIN/resilient-operator-mimalloc"
+    OPERATOR=$BIN/resilient-operator-mimalloc ;;
   *) log "ALLOC=$ALLOC: musl or mimalloc"; exit 2 ;;
 esac
 
