@@ -223,3 +223,79 @@ async fn prune_never_touches_a_look_alike() {
     assert!(kept.metadata.deletion_timestamp.is_none());
     delete_and_wait_gone(&client, &name).await;
 }
+
+/// config/admission-finalizer: the finalizer is set at admission, so the operator never writes a
+/// new app just to add it; a later server-side apply of the same manifest by its author keeps it
+/// (the author does not own it), and deletion works as with the operator's own finalizer.
+///
+/// The shipped policy is applied as it is; the binding is this test's own and selects only the
+/// apps labelled for it (a binding for every app would put finalizers on the inert apps other
+/// test binaries create and delete without an operator).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admission_policy_sets_the_finalizer_and_spares_the_operator_a_write() {
+    let client = setup().await;
+    let file = std::fs::read_to_string(root().join("config/admission-finalizer/finalizer_policy.yaml")).unwrap();
+    let policy = file.split("\n---\n").find(|doc| doc.contains("kind: MutatingAdmissionPolicy\n")).unwrap();
+    let out = kubectl(&["apply", "--server-side", "--force-conflicts", "-f", "-"], Some(policy));
+    assert!(out.status.success(), "applying the policy: {}", String::from_utf8_lossy(&out.stderr));
+    let label = unique("finalizer-policy");
+    let binding = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1beta1", "kind": "MutatingAdmissionPolicyBinding",
+        "metadata": {"name": label},
+        "spec": {"policyName": "resilient-app-finalizer",
+                 "matchResources": {"objectSelector": {"matchLabels": {"resilient-tests/finalizer-policy": label}}}}
+    });
+    let out = kubectl(&["apply", "--server-side", "-f", "-"], Some(&binding.to_string()));
+    assert!(out.status.success(), "binding: {}", String::from_utf8_lossy(&out.stderr));
+    let labelled = |name: &str| {
+        let mut a = app(name, "Retain");
+        a["metadata"]["labels"] = json!({"resilient-tests/finalizer-policy": label});
+        a
+    };
+    // Policies reach the admission plugin through an informer: a server-side dry run tells when.
+    let apps: Api<ResilientApp> = Api::all(client.clone());
+    let probe = unique("finalizer-probe");
+    wait_for("the finalizer policy to be in effect", Duration::from_secs(60), || async {
+        let dry = PatchParams::apply("resilient-tests").dry_run();
+        let made = apps.patch(&probe, &dry, &Patch::Apply(labelled(&probe))).await.ok()?;
+        made.finalizers().iter().any(|f| f == resilient_operator::api::FINALIZER).then_some(())
+    })
+    .await;
+
+    let since = audit_now();
+    let (with_policy, without) = (unique("finalizer-admitted"), unique("finalizer-by-operator"));
+    apply_app(&client, &labelled(&with_policy)).await;
+    apply_app(&client, &app(&without, "Retain")).await;
+    ready(&client, &with_policy).await;
+    ready(&client, &without).await;
+    // Writes to the app object itself (not its status) by the operator: the finalizer patch.
+    let finalizer_writes = |name: &str| {
+        let name = name.to_string();
+        audited_requests(resilient_operator::cli::USER_AGENT, &since, move |e| {
+            let r = &e["objectRef"];
+            r["resource"] == "resilientapps"
+                && r["name"] == name.as_str()
+                && r["subresource"].is_null()
+                && WRITE_VERBS.contains(&e["verb"].as_str().unwrap_or_default())
+        })
+        .values()
+        .sum::<u64>()
+    };
+    // The control: the same count is not zero for an app the policy does not select.
+    assert!(finalizer_writes(&without) >= 1, "the operator adds the finalizer of an app the policy skips");
+    assert_eq!(finalizer_writes(&with_policy), 0, "the operator wrote an app that had its finalizer from admission");
+
+    // The author applies the same manifest again: the finalizer stays, it is nobody's field.
+    let again = apply_app(&client, &labelled(&with_policy)).await;
+    assert!(again.finalizers().iter().any(|f| f == resilient_operator::api::FINALIZER), "{:?}", again.finalizers());
+    let owned_by_author = again.managed_fields().iter().any(|m| {
+        m.manager.as_deref() == Some("resilient-tests")
+            && m.fields_v1.as_ref().is_some_and(|f| f.0.to_string().contains("f:finalizers"))
+    });
+    assert!(!owned_by_author, "the author's field manager owns the finalizer: {:?}", again.managed_fields());
+
+    // Deleting works as before: the operator cleans up and lets the app go.
+    delete_and_wait_gone(&client, &with_policy).await;
+    delete_and_wait_gone(&client, &without).await;
+    let _ = kubectl(&["delete", "mutatingadmissionpolicybinding", &label], None);
+}

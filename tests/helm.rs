@@ -170,6 +170,34 @@ fn chart_default_values_render_exactly_what_config_default_renders() {
     assert!(config.contains_key("CustomResourceDefinition//resilientapps.resilient.dev"), "{:?}", config.keys());
 }
 
+/// `admissionPolicies.finalizer`: off by default; on, exactly config/admission-finalizer, and a
+/// clear failure where the cluster does not serve MutatingAdmissionPolicy.
+#[test]
+fn chart_finalizer_policy_is_config_admission_finalizer_and_needs_its_api() {
+    let policy_keys = |o: &BTreeMap<String, Value>| {
+        o.keys().filter(|k| k.starts_with("MutatingAdmissionPolicy")).cloned().collect::<Vec<_>>()
+    };
+    assert!(policy_keys(&template_ok(&[])).is_empty(), "the finalizer policy is rendered by default");
+    let refused = template(&["--set", "admissionPolicies.finalizer=true"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("admissionPolicies.finalizer"), "{stderr}");
+    let chart = template_ok(&[
+        "--set",
+        "admissionPolicies.finalizer=true",
+        "--api-versions",
+        "admissionregistration.k8s.io/v1beta1/MutatingAdmissionPolicy",
+    ]);
+    let out = kubectl(&["kustomize", root().join("config/admission-finalizer").to_str().unwrap()], None);
+    assert!(out.status.success(), "kubectl kustomize: {}", String::from_utf8_lossy(&out.stderr));
+    let config = normalised(objects(&String::from_utf8(out.stdout).unwrap()));
+    assert_eq!(policy_keys(&chart), config.keys().cloned().collect::<Vec<_>>());
+    for (key, expected) in &config {
+        if let Some(difference) = first_difference(expected, &chart[key], String::new()) {
+            panic!("{key} differs between config/admission-finalizer and the chart: {difference}");
+        }
+    }
+}
+
 #[test]
 fn chart_crds_are_the_generated_crds_and_app_version_is_the_crate_version() {
     let generated = root().join("crds");
