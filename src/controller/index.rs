@@ -303,8 +303,9 @@ struct Entry<K: Compact> {
     /// A digest of the object without its status and resourceVersion: a status update keeps the verdict.
     content: u64,
     judged: Option<Judged>,
-    /// The object as received, until a pass has judged it.
-    full: Option<Arc<K>>,
+    /// The object as received ([`content`]: JSON text, a fraction of the typed object's size and
+    /// one allocation), until a pass has judged it.
+    full: Option<Box<str>>,
 }
 
 /// (namespace, name); cluster-scoped objects have an empty namespace.
@@ -369,9 +370,11 @@ fn hash_of(text: &str) -> u64 {
 }
 
 /// A digest of what an object holds, leaving out what changes without its content changing.
-fn content_digest<K: Serialize>(obj: &K) -> u64 {
+/// The object as JSON text without its status, resourceVersion and managedFields (what a pass
+/// compares with the desired state), and a digest of that text (what a verdict is kept for).
+fn content<K: Serialize>(obj: &K) -> (u64, Box<str>) {
     let Ok(mut value) = serde_json::to_value(obj) else {
-        return 0;
+        return (0, Box::from(""));
     };
     if let Some(map) = value.as_object_mut() {
         map.remove("status");
@@ -380,7 +383,8 @@ fn content_digest<K: Serialize>(obj: &K) -> u64 {
             meta.remove("managedFields");
         }
     }
-    hash_of(&value.to_string())
+    let text = value.to_string();
+    (hash_of(&text), text.into_boxed_str())
 }
 
 impl<K: Compact> Cache<K> {
@@ -425,7 +429,7 @@ impl<K: Compact> Cache<K> {
         };
         let version = entry.meta.resource_version.clone();
         if let Some(full) = entry.full.take() {
-            let holds = serde_json::to_value(full.as_ref()).is_ok_and(|have| diff::contains(&have, want));
+            let holds = serde_json::from_str::<Value>(&full).is_ok_and(|have| diff::contains(&have, want));
             entry.judged = Some(Judged { desired, holds });
         }
         let verdict = match entry.judged {
@@ -482,19 +486,12 @@ fn entry_for<K: Compact>(objects: &BTreeMap<Key, Entry<K>>, obj: &K) -> Entry<K>
     if !K::JUDGED {
         return Entry { meta, kept, content: 0, judged: None, full: None };
     }
-    let content = content_digest(obj);
+    let (content, text) = content(obj);
     let judged = objects
         .get(&key_of(obj.meta()))
         .filter(|e| e.content == content && e.meta.uid == meta.uid)
         .and_then(|e| e.judged);
-    let full = match judged {
-        Some(_) => None,
-        None => {
-            let mut full = obj.clone();
-            full.meta_mut().managed_fields = None;
-            Some(Arc::new(full))
-        }
-    };
+    let full = judged.is_none().then_some(text);
     Entry { meta, kept, content, judged, full }
 }
 

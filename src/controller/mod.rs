@@ -117,7 +117,13 @@ impl Synced {
 /// Shared state of every reconcile.
 pub struct Context {
     pub client: Client,
+    /// Publishes Events that may repeat (kube's recorder turns a repeat within 6 minutes into a
+    /// series: one Event with a count). It keeps every Event it published in those 6 minutes.
     pub recorder: Recorder,
+    /// Who publishes: spec warnings, once per generation by construction, go through a recorder
+    /// of their own (no series, and no copy of each app's warning kept for 6 minutes: at 5,000
+    /// new apps that cache alone held about 10 MiB).
+    pub reporter: Reporter,
     pub stores: Stores,
     /// Every cache has synced.
     pub synced: Synced,
@@ -370,7 +376,8 @@ pub async fn run(
         }
     };
     let ctx = Arc::new(Context {
-        recorder: Recorder::new(client.clone(), reporter),
+        recorder: Recorder::new(client.clone(), reporter.clone()),
+        reporter,
         client,
         stores,
         synced: Synced(synced_rx),

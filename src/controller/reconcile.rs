@@ -422,7 +422,14 @@ pub(super) async fn publish<K: Resource<DynamicType = ()>>(ctx: &Context, app: &
         action: notice.action.to_string(),
         secondary: None,
     };
-    match ctx.recorder.publish(&event, &app.object_ref(&())).await {
+    let published = if super::status::is_spec_warning(notice) {
+        kube::runtime::events::Recorder::new(ctx.client.clone(), ctx.reporter.clone())
+            .publish(&event, &app.object_ref(&()))
+            .await
+    } else {
+        ctx.recorder.publish(&event, &app.object_ref(&())).await
+    };
+    match published {
         Ok(()) => ctx.metrics.api_write("create", "Event"),
         Err(e) => warn!(app = %app.name_any(), error = %e, "failed to publish event"),
     }
