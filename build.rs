@@ -1,4 +1,4 @@
-//! Records the commit the binary is built from (`resilient-operator --version`, the build_info
+//! Records the commit and target the binary is built from (`resilient-operator --version`, the build_info
 //! metric), so that measurements name what they measured. "unknown" outside a git checkout.
 
 use std::process::Command;
@@ -24,6 +24,8 @@ fn main() {
     ])
     .is_some_and(|s| !s.is_empty());
     println!("cargo:rustc-env=RESILIENT_COMMIT={commit}{}", if dirty { "-dirty" } else { "" });
+    // The target names the C library and so the allocator (glibc's or musl's, as in the image).
+    println!("cargo:rustc-env=RESILIENT_TARGET={}", std::env::var("TARGET").unwrap_or_default());
     for path in ["src", "bench", "build.rs", "Cargo.toml", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={path}");
     }

@@ -847,7 +847,10 @@ async fn main() -> anyhow::Result<()> {
     // What was measured, read from the binary and from the running operator, not typed in here.
     let version = Command::new(&args.operator).arg("--version").output().context("resilient-operator --version")?;
     let version = String::from_utf8_lossy(&version.stdout).trim().to_string();
-    conditions["commit"] = json!(version.split("(commit ").nth(1).map(|c| c.trim_end_matches(')')).unwrap_or("?"));
+    // "0.1.0 (commit abc1234, x86_64-unknown-linux-musl)"
+    let built = version.split("(commit ").nth(1).map(|c| c.trim_end_matches(')')).unwrap_or("?");
+    let (commit, target) = built.split_once(", ").unwrap_or((built, "?"));
+    conditions["commit"] = json!(commit);
     let ticks = measure::clock_ticks();
     let pids = measure::cluster_pids(&args.pids);
     let watched = Watched::start(&client).await?;
@@ -862,7 +865,7 @@ async fn main() -> anyhow::Result<()> {
     }
     bench.start_operator_synced().await?;
     conditions["operator"] = json!({
-        "version": version, "build": "release", "settings": bench.operator().settings(),
+        "version": version, "build": format!("release, {target}"), "settings": bench.operator().settings(),
         "credentials": "token of its ServiceAccount (config/rbac)",
     });
     let mut results = json!({"conditions": conditions, "phases": [], "restarts": []});

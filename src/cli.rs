@@ -18,7 +18,8 @@ use crate::render::{self, Plan};
 use crate::resilience::Shortfall;
 
 /// The version and the commit this binary was built from (build.rs).
-pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("RESILIENT_COMMIT"), ")");
+pub const VERSION: &str =
+    concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("RESILIENT_COMMIT"), ", ", env!("RESILIENT_TARGET"), ")");
 
 /// A Kubernetes operator that turns one ResilientApp into a namespace with guardrails and
 /// workloads that survive the loss of a zone.
