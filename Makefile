@@ -14,7 +14,7 @@ demo: ## local 3-zone cluster + operator + example app + a zone outage, and what
 test: ## every test: unit, integration and end-to-end against the local cluster (started and stopped here)
 	e2e/test.sh
 
-bench: ## every benchmark scenario (~60 min): docs/benchmarks.md, bench/results.json; QUICK=1: ~4 min, bench/out/quick/; ALLOC=musl or mimalloc: memory only, bench/out/alloc-*/
+bench: ## every benchmark scenario (~60 min): docs/benchmarks.md, bench/results.json; QUICK=1: ~4 min, bench/out/quick/; ALLOC=glibc, musl or mimalloc: memory only, bench/out/alloc-*/ (the full run measures the musl build, as the image)
 	QUICK=$(QUICK) ALLOC=$(ALLOC) bench/run.sh
 
 test-unit: ## unit and property tests only (no cluster)

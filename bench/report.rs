@@ -98,7 +98,7 @@ pub fn render(r: &Value, notes: Option<&str>) -> String {
     );
     let _ = writeln!(
         o,
-        "| each app | one component, `minAvailable: 1`, `zoneFailuresTolerated: 0`, a port and a Service: 1 pod; the operator writes its children (Namespace, ResourceQuota, LimitRange, NetworkPolicies, Service, PodDisruptionBudget, Deployment), its finalizer and the status |"
+        "| each app | one component, `minAvailable: 1`, `zoneFailuresTolerated: 0`, a port and a Service: 1 pod; the operator writes its children (Namespace, ResourceQuota, LimitRange, NetworkPolicies, Service, PodDisruptionBudget, Deployment) and the status; its finalizer is set at admission (`make bench` installs config/admission-finalizer for the run), and the Service without `allowFrom` earns it an `UnreachableService` warning Event |"
     );
     let _ = writeln!(
         o,
