@@ -43,7 +43,9 @@ load_node_zones
 log "creating $OP (ResilientApp, minAvailable 4) and $PLAIN (plain Deployment, 6 replicas, defaults)"
 kubectl delete rapp "$OP" --ignore-not-found --wait=true >/dev/null
 kubectl delete ns "$PLAIN" --ignore-not-found --wait=true >/dev/null
-kubectl apply -f - >/dev/null <<EOF
+# A CRD that has just become Established can still be answered "not found" for a moment: retry.
+deadline=$((SECONDS + 60))
+until kubectl apply -f - >/dev/null <<EOF
 apiVersion: resilient.dev/v1alpha1
 kind: ResilientApp
 metadata: {name: $OP}
@@ -55,6 +57,10 @@ apiVersion: v1
 kind: Namespace
 metadata: {name: $PLAIN}
 EOF
+do
+  [ $SECONDS -lt $deadline ] || { log "could not create $OP within 60 s"; exit 1; }
+  sleep 1
+done
 until kubectl get sa default -n "$PLAIN" >/dev/null 2>&1; do sleep 0.5; done
 kubectl apply -f - >/dev/null <<EOF
 apiVersion: apps/v1
