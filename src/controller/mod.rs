@@ -121,8 +121,8 @@ pub struct Context {
     /// series: one Event with a count). It keeps every Event it published in those 6 minutes.
     pub recorder: Recorder,
     /// Who publishes: spec warnings, once per generation by construction, go through a recorder
-    /// of their own (no series, and no copy of each app's warning kept for 6 minutes: at 5,000
-    /// new apps that cache alone held about 10 MiB).
+    /// of their own (no series, and no copy of each app's warning kept for 6 minutes: heaptrack
+    /// showed that cache's hash table alone at 4.4 MB while 1,000 new apps were created).
     pub reporter: Reporter,
     pub stores: Stores,
     /// Every cache has synced.
