@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make bench`: every benchmark scenario on the local cluster (started here if it is not running).
 #
-#   make bench            full run (about 30 minutes): writes docs/benchmarks.md and bench/results.json
+#   make bench            full run (about 45 minutes): writes docs/benchmarks.md and bench/results.json
 #   make bench QUICK=1    a few minutes, smaller sizes: writes bench/out/quick/{benchmarks.md,results.json}
 #
 # Knobs (environment): RATE (apps created per second, 20), ZONE_OUTAGE=0 (skip scenario 6), OUTAGE_SIZES
