@@ -157,11 +157,12 @@ impl Compact for StatefulSet {
     }
 }
 
-/// A namespace is kept with all its labels, owners, finalizers and status: the gate reads them.
+/// A namespace is kept with all its labels, owners, finalizers and status (the gate reads them),
+/// as JSON text: one allocation instead of one per label, owner and condition.
 impl Compact for Namespace {
-    type Kept = Namespace;
-    fn keep(&self) -> Namespace {
-        Namespace {
+    type Kept = Box<str>;
+    fn keep(&self) -> Box<str> {
+        let kept = Namespace {
             metadata: ObjectMeta {
                 labels: self.metadata.labels.clone(),
                 owner_references: self.metadata.owner_references.clone(),
@@ -170,18 +171,20 @@ impl Compact for Namespace {
             },
             spec: self.spec.clone(),
             status: self.status.clone(),
-        }
+        };
+        serde_json::to_string(&kept).unwrap_or_default().into_boxed_str()
     }
-    fn rebuild(meta: ObjectMeta, kept: &Namespace) -> Self {
+    fn rebuild(meta: ObjectMeta, kept: &Box<str>) -> Self {
+        let kept: Namespace = serde_json::from_str(kept).unwrap_or_default();
         Namespace {
             metadata: ObjectMeta {
-                labels: kept.metadata.labels.clone(),
-                owner_references: kept.metadata.owner_references.clone(),
-                deletion_timestamp: kept.metadata.deletion_timestamp.clone(),
+                labels: kept.metadata.labels,
+                owner_references: kept.metadata.owner_references,
+                deletion_timestamp: kept.metadata.deletion_timestamp,
                 ..meta
             },
-            spec: kept.spec.clone(),
-            status: kept.status.clone(),
+            spec: kept.spec,
+            status: kept.status,
         }
     }
 }
@@ -189,10 +192,10 @@ impl Compact for Namespace {
 /// A pod's node, phase and readiness.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PodPlace {
-    node: Option<String>,
-    phase: Option<String>,
+    node: Option<Box<str>>,
+    phase: Option<Box<str>>,
     /// The status of its Ready condition.
-    ready: Option<String>,
+    ready: Option<Box<str>>,
 }
 
 impl Compact for Pod {
@@ -201,40 +204,72 @@ impl Compact for Pod {
     fn keep(&self) -> PodPlace {
         let status = self.status.as_ref();
         PodPlace {
-            node: self.spec.as_ref().and_then(|s| s.node_name.clone()),
-            phase: status.and_then(|s| s.phase.clone()),
+            node: self.spec.as_ref().and_then(|s| s.node_name.as_deref()).map(Into::into),
+            phase: status.and_then(|s| s.phase.as_deref()).map(Into::into),
             ready: status
                 .and_then(|s| s.conditions.as_ref())
                 .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
-                .map(|c| c.status.clone()),
+                .map(|c| c.status.as_str().into()),
         }
     }
     fn rebuild(metadata: ObjectMeta, p: &PodPlace) -> Self {
         Pod {
             metadata,
-            spec: Some(PodSpec { node_name: p.node.clone(), ..Default::default() }),
+            spec: Some(PodSpec { node_name: p.node.as_deref().map(Into::into), ..Default::default() }),
             status: Some(PodStatus {
-                phase: p.phase.clone(),
+                phase: p.phase.as_deref().map(Into::into),
                 conditions: p
                     .ready
-                    .as_ref()
-                    .map(|s| vec![PodCondition { type_: "Ready".into(), status: s.clone(), ..Default::default() }]),
+                    .as_deref()
+                    .map(|s| vec![PodCondition { type_: "Ready".into(), status: s.into(), ..Default::default() }]),
                 ..Default::default()
             }),
         }
     }
 }
 
-/// The metadata every cached object keeps.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// A uid or a resourceVersion, kept without an allocation in its usual form (a lowercase UUID, a
+/// decimal number) and as text otherwise: it always gives back exactly the text it was made of.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Token {
+    Uuid(uuid::Bytes),
+    Number(u64),
+    Text(Box<str>),
+}
+
+impl Token {
+    fn of(text: &str) -> Self {
+        if let Ok(uuid) = uuid::Uuid::try_parse(text)
+            && uuid.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()) == text
+        {
+            return Token::Uuid(*uuid.as_bytes());
+        }
+        match text.parse::<u64>() {
+            Ok(n) if n.to_string() == text => Token::Number(n),
+            _ => Token::Text(text.into()),
+        }
+    }
+
+    fn text(&self) -> String {
+        match self {
+            Token::Uuid(bytes) => uuid::Uuid::from_bytes(*bytes).hyphenated().to_string(),
+            Token::Number(n) => n.to_string(),
+            Token::Text(t) => t.to_string(),
+        }
+    }
+}
+
+/// The metadata every cached object keeps, in few allocations: tens of thousands of records
+/// (about ten per app) made most of the operator's memory when each field was a `String`.
+#[derive(Clone, Debug, PartialEq)]
 struct Meta {
-    uid: Option<String>,
-    resource_version: Option<String>,
+    uid: Option<Token>,
+    resource_version: Option<Token>,
     generation: Option<i64>,
-    /// The `resilient.dev/*` labels.
-    labels: Vec<(String, String)>,
+    /// The `resilient.dev/*` labels, one `key=value` per line (neither contains `=` or a newline).
+    labels: Box<str>,
     /// The uid of the ResilientApp in the object's controller reference, and its name.
-    controller: Option<(String, String)>,
+    controller: Option<(Token, Box<str>)>,
     deletion: Option<Time>,
 }
 
@@ -245,41 +280,51 @@ impl Meta {
             .iter()
             .flatten()
             .find(|o| o.controller == Some(true) && o.kind == ResilientApp::kind(&()))
-            .map(|o| (o.uid.clone(), o.name.clone()));
+            .map(|o| (Token::of(&o.uid), o.name.as_str().into()));
+        let mut labels = String::new();
+        for (k, v) in meta.labels.iter().flatten().filter(|(k, _)| k.starts_with(KEPT_LABELS)) {
+            labels.push_str(k);
+            labels.push('=');
+            labels.push_str(v);
+            labels.push('\n');
+        }
         Meta {
-            uid: meta.uid.clone(),
-            resource_version: meta.resource_version.clone(),
+            uid: meta.uid.as_deref().map(Token::of),
+            resource_version: meta.resource_version.as_deref().map(Token::of),
             generation: meta.generation,
-            labels: meta
-                .labels
-                .iter()
-                .flatten()
-                .filter(|(k, _)| k.starts_with(KEPT_LABELS))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            labels: labels.into_boxed_str(),
             controller,
             deletion: meta.deletion_timestamp.clone(),
         }
     }
 
+    fn labels(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.labels.lines().filter_map(|line| line.split_once('='))
+    }
+
     fn label(&self, key: &str) -> Option<&str> {
-        self.labels.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.labels().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+
+    fn resource_version(&self) -> Option<String> {
+        self.resource_version.as_ref().map(Token::text)
     }
 
     fn object_meta(&self, namespace: &str, name: &str) -> ObjectMeta {
         ObjectMeta {
             name: Some(name.to_string()),
             namespace: (!namespace.is_empty()).then(|| namespace.to_string()),
-            uid: self.uid.clone(),
-            resource_version: self.resource_version.clone(),
+            uid: self.uid.as_ref().map(Token::text),
+            resource_version: self.resource_version(),
             generation: self.generation,
-            labels: (!self.labels.is_empty()).then(|| self.labels.iter().cloned().collect()),
+            labels: (!self.labels.is_empty())
+                .then(|| self.labels().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
             owner_references: self.controller.as_ref().map(|(uid, name)| {
                 vec![OwnerReference {
                     api_version: ResilientApp::api_version(&()).to_string(),
                     kind: ResilientApp::kind(&()).to_string(),
-                    name: name.clone(),
-                    uid: uid.clone(),
+                    name: name.to_string(),
+                    uid: uid.text(),
                     controller: Some(true),
                     ..Default::default()
                 }]
@@ -308,13 +353,20 @@ struct Entry<K: Compact> {
     full: Option<Box<str>>,
 }
 
-/// (namespace, name); cluster-scoped objects have an empty namespace.
-type Key = (String, String);
+/// `namespace/name` (neither may contain a `/`); cluster-scoped objects have an empty namespace.
+/// One allocation per object; an app's objects are the range starting at `namespace/`.
+type Key = Box<str>;
+
+fn key(namespace: &str, name: &str) -> Key {
+    format!("{namespace}/{name}").into_boxed_str()
+}
 
 struct Inner<K: Compact> {
-    objects: BTreeMap<Key, Entry<K>>,
+    /// Entries are boxed: a B-tree node holds eleven slots, about half of them empty when the
+    /// keys arrive in order (as a list brings them), and a slot is a key and a pointer, not a record.
+    objects: BTreeMap<Key, Box<Entry<K>>>,
     /// Objects of a relist in progress (between Init and InitDone), which replaces everything.
-    relisting: Option<BTreeMap<Key, Entry<K>>>,
+    relisting: Option<BTreeMap<Key, Box<Entry<K>>>>,
 }
 
 /// What [`Cache::judge`] found.
@@ -360,7 +412,11 @@ impl<K: Compact> Default for Cache<K> {
 }
 
 fn key_of(meta: &ObjectMeta) -> Key {
-    (meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
+    key(meta.namespace.as_deref().unwrap_or_default(), meta.name.as_deref().unwrap_or_default())
+}
+
+fn key_of_ref<K: Compact>(r: &ObjectRef<K>) -> Key {
+    key(r.namespace.as_deref().unwrap_or_default(), &r.name)
 }
 
 fn hash_of(text: &str) -> u64 {
@@ -396,8 +452,7 @@ impl<K: Compact> Cache<K> {
     /// The object as the cache knows it (see [`Compact::rebuild`]).
     pub fn get(&self, key: &ObjectRef<K>) -> Option<Arc<K>> {
         let inner = self.inner.read().expect("cache lock");
-        let (ns, name) = (key.namespace.clone().unwrap_or_default(), key.name.clone());
-        let entry = inner.objects.get(&(ns, name))?;
+        let entry = inner.objects.get(&key_of_ref(key))?;
         let (ns, name) = (key.namespace.as_deref().unwrap_or_default(), key.name.as_str());
         Some(Arc::new(K::rebuild(entry.meta.object_meta(ns, name), &entry.kept)))
     }
@@ -405,12 +460,13 @@ impl<K: Compact> Cache<K> {
     /// The cached objects in `namespace` labelled as belonging to `app`.
     pub fn of_app(&self, app: &str, namespace: &str) -> Vec<Arc<K>> {
         let inner = self.inner.read().expect("cache lock");
+        let prefix = key(namespace, "");
         inner
             .objects
-            .range((namespace.to_string(), String::new())..)
-            .take_while(|((ns, _), _)| ns == namespace)
+            .range::<str, _>((std::ops::Bound::Included(&*prefix), std::ops::Bound::Unbounded))
+            .map_while(|(k, e)| k.strip_prefix(&*prefix).map(|name| (name, e)))
             .filter(|(_, e)| e.meta.label(LABEL_APP) == Some(app))
-            .map(|((ns, name), e)| Arc::new(K::rebuild(e.meta.object_meta(ns, name), &e.kept)))
+            .map(|(name, e)| Arc::new(K::rebuild(e.meta.object_meta(namespace, name), &e.kept)))
             .collect()
     }
 
@@ -424,10 +480,10 @@ impl<K: Compact> Cache<K> {
     /// field by field ([`diff::contains`]) and leaves a verdict in place of the object.
     pub fn judge(&self, key: &ObjectRef<K>, want: &Value, desired: u64) -> (Verdict, Option<String>) {
         let mut inner = self.inner.write().expect("cache lock");
-        let Some(entry) = inner.objects.get_mut(&(key.namespace.clone().unwrap_or_default(), key.name.clone())) else {
+        let Some(entry) = inner.objects.get_mut(&key_of_ref(key)) else {
             return (Verdict::Absent, None);
         };
-        let version = entry.meta.resource_version.clone();
+        let version = entry.meta.resource_version();
         if let Some(full) = entry.full.take() {
             let holds = serde_json::from_str::<Value>(&full).is_ok_and(|have| diff::contains(&have, want));
             entry.judged = Some(Judged { desired, holds });
@@ -446,8 +502,8 @@ impl<K: Compact> Cache<K> {
         let key = key_of(written.meta());
         let mut inner = self.inner.write().expect("cache lock");
         if let Some(entry) = inner.objects.get_mut(&key)
-            && entry.meta.resource_version.is_some()
-            && entry.meta.resource_version == written.meta().resource_version
+            && let Some(version) = written.meta().resource_version.as_deref()
+            && entry.meta.resource_version == Some(Token::of(version))
         {
             let holds = serde_json::to_value(written).is_ok_and(|have| diff::contains(&have, want));
             entry.full = None;
@@ -481,10 +537,10 @@ impl<K: Compact> Cache<K> {
 
 /// The entry for an object just received. A verdict on the same content carries over (a status
 /// update, a relist); otherwise the object is kept until a pass judges it.
-fn entry_for<K: Compact>(objects: &BTreeMap<Key, Entry<K>>, obj: &K) -> Entry<K> {
+fn entry_for<K: Compact>(objects: &BTreeMap<Key, Box<Entry<K>>>, obj: &K) -> Box<Entry<K>> {
     let (meta, kept) = (Meta::of(obj.meta()), obj.keep());
     if !K::JUDGED {
-        return Entry { meta, kept, content: 0, judged: None, full: None };
+        return Box::new(Entry { meta, kept, content: 0, judged: None, full: None });
     }
     let (content, text) = content(obj);
     let judged = objects
@@ -492,7 +548,7 @@ fn entry_for<K: Compact>(objects: &BTreeMap<Key, Entry<K>>, obj: &K) -> Entry<K>
         .filter(|e| e.content == content && e.meta.uid == meta.uid)
         .and_then(|e| e.judged);
     let full = judged.is_none().then_some(text);
-    Entry { meta, kept, content, judged, full }
+    Box::new(Entry { meta, kept, content, judged, full })
 }
 
 #[cfg(test)]
@@ -531,6 +587,74 @@ mod tests {
 
     fn names<K: Compact>(cache: &Cache<K>, app: &str, ns: &str) -> Vec<String> {
         cache.of_app(app, ns).iter().map(|o| o.meta().name.clone().unwrap()).collect()
+    }
+
+    #[test]
+    fn uids_and_versions_come_back_exactly_as_they_were_given() {
+        for text in [
+            "55091a69-be77-407c-be56-b967d5272d98",
+            "55091A69-BE77-407C-BE56-B967D5272D98",
+            "{55091a69-be77-407c-be56-b967d5272d98}",
+            "1349",
+            "0",
+            "007",
+            "18446744073709551616",
+            "",
+            "opaque/version",
+        ] {
+            assert_eq!(Token::of(text).text(), text);
+        }
+        assert!(matches!(Token::of("55091a69-be77-407c-be56-b967d5272d98"), Token::Uuid(_)));
+        assert!(matches!(Token::of("1349"), Token::Number(1349)));
+        assert!(matches!(Token::of("007"), Token::Text(_)));
+    }
+
+    #[test]
+    fn a_record_gives_back_the_metadata_it_keeps() {
+        let meta: ObjectMeta = serde_json::from_value(json!({
+            "name": "web", "namespace": "shop", "uid": "55091a69-be77-407c-be56-b967d5272d98",
+            "resourceVersion": "42", "generation": 3, "deletionTimestamp": "2026-11-28T06:37:15Z",
+            "labels": {LABEL_APP: "shop", "resilient.dev/component": "web", "app.kubernetes.io/name": "web"},
+            "annotations": {"a": "b"},
+            "ownerReferences": [
+                {"apiVersion": "v1", "kind": "ConfigMap", "name": "other", "uid": "u-other"},
+                {"apiVersion": "resilient.dev/v1alpha1", "kind": "ResilientApp", "name": "shop",
+                 "uid": "0a5f0c4e-7d0e-4b6a-9d5e-1c2b3a4d5e6f", "controller": true}]
+        }))
+        .unwrap();
+        let back = Meta::of(&meta).object_meta("shop", "web");
+        let expected: ObjectMeta = serde_json::from_value(json!({
+            "name": "web", "namespace": "shop", "uid": "55091a69-be77-407c-be56-b967d5272d98",
+            "resourceVersion": "42", "generation": 3, "deletionTimestamp": "2026-11-28T06:37:15Z",
+            "labels": {LABEL_APP: "shop", "resilient.dev/component": "web"},
+            "ownerReferences": [{"apiVersion": "resilient.dev/v1alpha1", "kind": "ResilientApp", "name": "shop",
+                 "uid": "0a5f0c4e-7d0e-4b6a-9d5e-1c2b3a4d5e6f", "controller": true}]
+        }))
+        .unwrap();
+        assert_eq!(back, expected);
+        assert_eq!(Meta::of(&meta).label("resilient.dev/component"), Some("web"));
+        assert_eq!(Meta::of(&meta).label("resilient.dev/comp"), None);
+    }
+
+    #[test]
+    fn a_namespace_comes_back_with_what_the_gate_reads() {
+        let ns: Namespace = serde_json::from_value(json!({
+            "metadata": {"name": "shop", "uid": "u1", "resourceVersion": "7",
+                "labels": {LABEL_APP: "shop", "pod-security.kubernetes.io/enforce": "restricted"},
+                "annotations": {"x": "y"}, "finalizers": ["f"],
+                "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "c", "uid": "u-c"}]},
+            "spec": {"finalizers": ["kubernetes"]},
+            "status": {"phase": "Terminating"}
+        }))
+        .unwrap();
+        let cache = Cache::<Namespace>::default();
+        cache.apply(&watcher::Event::Apply(ns.clone()));
+        let back = cache.get(&ObjectRef::new("shop")).unwrap();
+        assert_eq!(back.metadata.labels, ns.metadata.labels, "every label, not only resilient.dev/ ones");
+        assert_eq!(back.metadata.owner_references, ns.metadata.owner_references);
+        assert_eq!((&back.spec, &back.status), (&ns.spec, &ns.status));
+        assert_eq!(back.metadata.resource_version.as_deref(), Some("7"));
+        assert_eq!(cache.of_app("shop", "").len(), 1, "cluster-scoped: the empty namespace");
     }
 
     #[test]
