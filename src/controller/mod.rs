@@ -132,6 +132,8 @@ pub struct Context {
     pub resync: Duration,
     /// What the controller remembers per app, forgotten when the app is deleted.
     memory: Mutex<Memory>,
+    /// The apps' statuses, kept apart from the app cache.
+    statuses: AppStatuses,
     /// Children written that the caches have not shown yet.
     written: apply::Written,
     /// Asked to stop: a pass waiting for the caches gives up at once.
@@ -304,6 +306,7 @@ impl Context {
     /// Forget a deleted app: its status, failures and metrics.
     fn forget(&self, name: &str) {
         self.memory.lock().expect("memory lock").forget(name);
+        self.statuses.forget(name);
         self.metrics.forget_app(name);
     }
 }
@@ -345,14 +348,18 @@ pub async fn run(
     // "Listed" comes from the stream itself: the controller also waits on the store, and kube's
     // `Store::wait_until_ready` wakes only one of two waiters.
     let (apps_listed_tx, mut apps_listed) = tokio::sync::watch::channel(false);
+    let statuses = AppStatuses::default();
+    let (kept, deleted) = (statuses.clone(), statuses.clone());
     let mut app_stream = watcher(apps, list_config())
         .backoff(watch::watch_backoff())
-        .modify(trim_app)
+        .modify(move |app| trim_app(app, &kept))
         .reflect(app_writer)
-        .inspect(move |event| {
-            if matches!(event, Ok(watcher::Event::InitDone)) {
+        .inspect(move |event| match event {
+            Ok(watcher::Event::InitDone) => {
                 let _ = apps_listed_tx.send(true);
             }
+            Ok(watcher::Event::Delete(app)) => deleted.forget(&app.name_any()),
+            _ => {}
         })
         .applied_objects()
         .boxed();
@@ -384,6 +391,7 @@ pub async fn run(
         metrics,
         resync: settings.resync,
         memory: Mutex::new(Memory::default()),
+        statuses,
         written: apply::Written::default(),
         shutdown: shutdown.clone(),
     });
@@ -437,13 +445,44 @@ pub async fn run(
     Ok(())
 }
 
-/// What the cache keeps of an app: not its managedFields, nor the copy of the whole object that a
-/// client-side `kubectl apply` leaves in an annotation (together most of a stored app's bytes).
-fn trim_app(app: &mut GuardedApp) {
+/// The status of every app as the watch last delivered it, kept as JSON text beside the app
+/// cache (a typed status is about twice the size: a string, a vector or a map per field) and put
+/// back on the app at the start of each pass.
+#[derive(Clone, Default)]
+pub struct AppStatuses(Arc<Mutex<HashMap<String, Box<str>>>>);
+
+impl AppStatuses {
+    /// Take the status off `app` and keep it (or forget the last one, for an app without status).
+    fn keep(&self, app: &mut ResilientApp) {
+        let name = app.name_any();
+        let mut statuses = self.0.lock().expect("statuses lock");
+        match app.status.take().and_then(|s| serde_json::to_string(&s).ok()) {
+            Some(text) => statuses.insert(name, text.into_boxed_str()),
+            None => statuses.remove(&name),
+        };
+    }
+
+    /// The status last delivered for the app `name`.
+    fn get(&self, name: &str) -> Option<ResilientAppStatus> {
+        let statuses = self.0.lock().expect("statuses lock");
+        statuses.get(name).and_then(|text| serde_json::from_str(text).ok())
+    }
+
+    fn forget(&self, name: &str) {
+        self.0.lock().expect("statuses lock").remove(name);
+    }
+}
+
+/// What the cache keeps of an app: not its managedFields, labels or annotations (nothing reads
+/// them; kubectl's last-applied annotation alone is a copy of the whole object), and its status
+/// apart, as text (see [`AppStatuses`]).
+fn trim_app(app: &mut GuardedApp, statuses: &AppStatuses) {
     let meta = app.meta_mut();
     meta.managed_fields = None;
-    if let Some(annotations) = meta.annotations.as_mut() {
-        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    meta.labels = None;
+    meta.annotations = None;
+    if let Ok(app) = &mut app.0 {
+        statuses.keep(app);
     }
 }
 

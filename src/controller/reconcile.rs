@@ -41,7 +41,11 @@ pub(super) async fn reconcile(guarded: Arc<GuardedApp>, ctx: Arc<Context>) -> Re
         () = ctx.shutdown.clone().requested() => return Ok(Action::await_change()),
     }
     let app = match &guarded.0 {
-        Ok(app) => Arc::new(app.clone()),
+        Ok(app) => {
+            let mut app = app.clone();
+            app.status = ctx.statuses.get(&app.name_any());
+            Arc::new(app)
+        }
         Err(invalid) => return undecodable(&guarded, invalid, &ctx).await,
     };
     let api: Api<ResilientApp> = Api::all(ctx.client.clone());
