@@ -64,7 +64,11 @@ pub enum OutputFormat {
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
     /// Reconciles running at once.
-    #[arg(long, env = "RESILIENT_CONCURRENCY", default_value_t = 256)]
+    ///
+    /// 128: a pass that writes waits on the API server (a Service create can take seconds under
+    /// load), so a new app must not wait behind slow ones; but every pass in flight holds its
+    /// rendered children and answers, so more slots only raise the memory of a burst.
+    #[arg(long, env = "RESILIENT_CONCURRENCY", default_value_t = 128)]
     pub concurrency: u16,
     /// Seconds between two checks of an app when nothing changes (drift of fields nobody watches).
     #[arg(long, env = "RESILIENT_RESYNC_SECONDS", default_value_t = 300)]
