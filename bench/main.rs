@@ -865,7 +865,7 @@ async fn main() -> anyhow::Result<()> {
     }
     bench.start_operator_synced().await?;
     conditions["operator"] = json!({
-        "version": version, "build": format!("release, {target}"), "settings": bench.operator().settings(),
+        "version": version, "build": format!("{}, {target}", std::env::var("OPERATOR_PROFILE").unwrap_or("release".into())), "settings": bench.operator().settings(),
         "credentials": "token of its ServiceAccount (config/rbac)",
     });
     let mut results = json!({"conditions": conditions, "phases": [], "restarts": []});

@@ -54,8 +54,10 @@ fi
 case "$BUILD" in
   glibc) ;; # the default build
   musl)
-    cargo build --locked --release --quiet --target x86_64-unknown-linux-musl --bin resilient-operator
-    OPERATOR=${CARGO_TARGET_DIR:-$ROOT/target}/x86_64-unknown-linux-musl/release/resilient-operator ;;
+    # The image's build: the `image` profile (Cargo.toml), for musl.
+    cargo build --locked --profile image --quiet --target x86_64-unknown-linux-musl --bin resilient-operator
+    OPERATOR=${CARGO_TARGET_DIR:-$ROOT/target}/x86_64-unknown-linux-musl/image/resilient-operator
+    export OPERATOR_PROFILE="image profile (opt-level s, fat LTO)" ;;
   mimalloc)
     # Copied aside: the next default build relinks the default binary.
     cargo build --locked --release --quiet --features mimalloc --bin resilient-operator
