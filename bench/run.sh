@@ -4,7 +4,7 @@
 #   make bench            full run (about 45 minutes): writes docs/benchmarks.md and bench/results.json
 #   make bench QUICK=1    a few minutes, smaller sizes: writes bench/out/quick/{benchmarks.md,results.json}
 #
-# Knobs (environment): RATE (apps created per second, 20), ZONE_OUTAGE=0 (skip scenario 6), OUTAGE_SIZES
+# Knobs (environment): RATE (apps created per second, 20), ZONE_OUTAGE=0 (skip scenario 6), OUTAGE_RESULTS (report these scenario-6 JSON files of an earlier run instead of running it), OUTAGE_SIZES
 # (nodes per zone, "2 9 30"), BARE=false (skip the bare-client baseline),
 # SINGLES SMALL BURST LARGE DRIFT (sizes, see bench/main.rs), KEEP_CLUSTER=1.
 #
@@ -128,12 +128,16 @@ versions=$(e2e/cluster.sh status 2>/dev/null | sed -n 's/^versions: //p')
 version_of() { echo "$versions" | grep -o "$1 v[0-9.]*" | cut -d' ' -f2; }
 OUTAGES=()
 leftover=$(kubectl get rapp -l bench=load -o name 2>/dev/null | wc -l || true)
-if [ "$leftover" -gt 0 ] && [ "${ZONE_OUTAGE:-1}" != 0 ]; then
+if [ "$leftover" -gt 0 ] && [ "${ZONE_OUTAGE:-1}" != 0 ] && [ -z "${OUTAGE_RESULTS:-}" ]; then
   log "$leftover apps of an earlier, interrupted run are still here: scenario 6 would fail them over too. Stopping."
   log "Run with ZONE_OUTAGE=0 once (scenarios 1-5 remove them first), or e2e/cluster.sh down for a fresh cluster."
   exit 1
 fi
-if [ "${ZONE_OUTAGE:-1}" = 0 ]; then
+if [ -n "${OUTAGE_RESULTS:-}" ]; then
+  # Scenario 6's results of an earlier run (its JSON files), reported as they are: say which.
+  for f in $OUTAGE_RESULTS; do OUTAGES+=(--zone-outage "$f"); done
+  log "scenario 6 not run: reporting $OUTAGE_RESULTS from an earlier run"
+elif [ "${ZONE_OUTAGE:-1}" = 0 ]; then
   log "scenario 6 (zone outage) skipped: ZONE_OUTAGE=0"
 else
   if [ "$MODE" = quick ]; then
