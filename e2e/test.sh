@@ -44,8 +44,9 @@ cleanup() {
     step "what failed"
     awk '/^     Running /{bin=$2}
          /^test .* FAILED$/{print bin ": " $0}
-         /panicked at /{print bin ": " $0; n=2; next}
-         n>0{print "    " $0; n--}' "$results" | head -n 60
+         /panicked at /{print bin ": " $0; n=30; next}
+         /^(stack backtrace:|note: run with)/{n=0}
+         n>0{print "    " $0; n--}' "$results" | head -n 100
   fi
   rm -f "$results"
 }

@@ -118,6 +118,37 @@ async fn pods_of(client: &Client, ns: &str) -> BTreeMap<String, (String, String,
         .collect()
 }
 
+/// What a timed-out wait needs to be understood from a CI log alone: the namespace's pods (node,
+/// phase, conditions, deletion), the lost node's taints and the namespace's latest Events, on one
+/// line each.
+fn cluster_state(ns: &str, node: &str) -> String {
+    let out = |args: &[&str]| {
+        let o = kubectl(args, None);
+        format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    };
+    let pods = out(&[
+        "get",
+        "pods",
+        "-n",
+        ns,
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name} uid={.metadata.uid} node={.spec.nodeName} phase={.status.phase} deleting={.metadata.deletionTimestamp} conditions={.status.conditions[*].type}={.status.conditions[*].status} {.status.conditions[*].message}{\"\\n\"}{end}",
+    ]);
+    let taints = out(&["get", "node", node, "-o", "jsonpath={.spec.taints}"]);
+    let events = out(&[
+        "get",
+        "events",
+        "-n",
+        ns,
+        "--sort-by=.lastTimestamp",
+        "-o",
+        "jsonpath={range .items[*]}{.lastTimestamp} {.involvedObject.kind}/{.involvedObject.name} {.reason}: {.message}{\"\\n\"}{end}",
+    ]);
+    let events: Vec<&str> = events.lines().collect();
+    let recent = events[events.len().saturating_sub(12)..].join("\n  ");
+    format!("pods:\n  {}\n{node} taints: {taints}\nlast events:\n  {recent}", pods.trim().replace('\n', "\n  "))
+}
+
 /// Claim name -> bound volume name.
 async fn claims_of(client: &Client, ns: &str) -> BTreeMap<String, String> {
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
@@ -239,15 +270,22 @@ async fn a_stateful_component_survives_a_zone_loss_without_replacements_and_keep
     // The zone returns: the same pods (by name) on the same nodes and volumes.
     let back = Instant::now();
     drop(guard);
-    let after = wait_for("all three pods ready again", Duration::from_secs(120), || async {
+    let up = back.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let after = loop {
         let now = pods_of(&client, &name).await;
-        (now.len() == 3 && now.values().all(|(_, _, r, t)| *r && !*t)).then_some(now)
-    })
-    .await;
-    eprintln!(
-        "zone-up called: 3 of 3 ready again {:?} later (zone-up waits for the nodes to be Ready)",
-        back.elapsed()
-    );
+        if now.len() == 3 && now.values().all(|(_, _, r, t)| *r && !*t) {
+            break now;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "all three pods not ready 120s after zone-up returned (zone-up took {up:?}); {}",
+                cluster_state(&name, &lost_node)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    eprintln!("zone-up took {up:?}; 3 of 3 ready again {:?} after it", back.elapsed() - up);
     for (pod, (_, node, ..)) in &before {
         assert_eq!(&after[pod].1, node, "{pod} is back on its node");
     }
