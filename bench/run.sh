@@ -91,6 +91,19 @@ cleanup() {
 }
 trap cleanup EXIT
 install_operator_identity
+# Established is not yet served: on a cluster just started, creating an app can still answer 503
+# ("Resource kind ... not found") for a moment. Wait until a dry-run creation is accepted.
+deadline=$((SECONDS + 60))
+until kubectl create --dry-run=server -o name -f - >/dev/null 2>&1 <<'EOA'
+apiVersion: resilient.dev/v1alpha1
+kind: ResilientApp
+metadata: {name: bench-served-check}
+spec: {components: [{name: web, image: "registry.example/web:1", minAvailable: 1}]}
+EOA
+do
+  [ $SECONDS -lt $deadline ] || { log "ResilientApps are not served 60 s after the CRD is Established"; exit 1; }
+  sleep 0.5
+done
 # Installed as a cluster with MutatingAdmissionPolicy would have it: the finalizer comes from
 # admission, not from a write of the operator (docs/benchmarks.md).
 kubectl apply --server-side --force-conflicts -k config/admission-finalizer >/dev/null
