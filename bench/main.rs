@@ -129,6 +129,11 @@ struct Operator {
 
 impl Operator {
     fn start(args: &Args, ticks: f64) -> anyhow::Result<Self> {
+        // Its readiness and metrics are read on this address: an operator left by an earlier,
+        // killed run would answer for this one (and its writes count as this one's).
+        if std::net::TcpStream::connect(METRICS).is_ok() {
+            bail!("something already listens on {METRICS} (an operator of an earlier run?): stop it first");
+        }
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&args.operator_log)?;
         let child = Command::new(&args.operator)
             .args(["run", "--metrics-address", METRICS])
@@ -198,6 +203,16 @@ impl Operator {
         // SIGTERM: a clean shutdown, as in a rolling restart.
         let _ = Command::new("kill").arg(self.child.id().to_string()).status();
         let _ = self.child.wait();
+    }
+}
+
+impl Drop for Operator {
+    /// A run that fails half-way does not leave its operator running (a no-op after `stop`).
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+            let _ = self.child.wait();
+        }
     }
 }
 
