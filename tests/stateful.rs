@@ -224,8 +224,14 @@ async fn a_stateful_component_survives_a_zone_loss_without_replacements_and_keep
     let mut lowest = 3;
     let mut timeline = Vec::new();
     let mut last = String::new();
-    // Through the taint, failoverSeconds (30 s) and well past the operator's zone failover.
-    while outage.elapsed() < Duration::from_secs(95) {
+    // Through the taint, failoverSeconds (30 s) and well past the operator's zone failover, and
+    // until the taint manager has evicted the lost pod (its tolerationSeconds is failoverSeconds;
+    // about 60 s here, later on a loaded machine). The fake kubelet makes only a Pending pod
+    // ready: a pod still Running (not Ready) when its zone returns would stay not Ready, where a
+    // real kubelet would report it ready again; evicted, it is replaced by the same pod (name,
+    // node, volume) when the zone returns.
+    let mut evicted = false;
+    while outage.elapsed() < Duration::from_secs(95) || (!evicted && outage.elapsed() < Duration::from_secs(240)) {
         let now = pods_of(&client, &name).await;
         let ready = now.values().filter(|(_, _, r, t)| *r && !*t).count();
         lowest = lowest.min(ready);
@@ -234,6 +240,7 @@ async fn a_stateful_component_survives_a_zone_loss_without_replacements_and_keep
         assert_eq!(now.len(), 3, "no replacement pod: {now:?}");
         let replicas = sts.get("db").await.unwrap().spec.unwrap().replicas;
         assert_eq!(replicas, Some(3), "the StatefulSet is not scaled up during the outage");
+        evicted |= lost.3;
         let line = format!("ready {ready}, {lost_pod} ready={} terminating={}", lost.2, lost.3);
         if line != last {
             timeline.push(format!("{:>5.1}s {line}", outage.elapsed().as_secs_f64()));
@@ -244,6 +251,7 @@ async fn a_stateful_component_survives_a_zone_loss_without_replacements_and_keep
     eprintln!("outage timeline:\n{}", timeline.join("\n"));
     assert!(lowest >= 2, "ready pods dropped to {lowest}");
     assert!(timeline.iter().any(|l| l.contains("ready=false")), "the zone was lost: {timeline:?}");
+    assert!(evicted, "the taint manager evicts the lost pod within 240 s: {timeline:?}");
     let during = wait_status(&client, &name, "the status of the outage", Duration::from_secs(30), |s| {
         s.zones == ["zone-b", "zone-c"]
     })
