@@ -275,8 +275,8 @@ type Http2Service = tower::util::BoxService<
 /// Over HTTP/2 every request and watch shares one connection, as with client-go. Keep-alive pings
 /// find a dead connection; HTTP/1.1 stays the fallback where a server does not offer h2, with at
 /// most 8 idle connections kept. Known limit: kube-apiserver allows 100 streams at once per
-/// HTTP/2 connection and the watches hold a dozen of them; under a loaded API server this is
-/// the suspected cap on a burst's throughput (docs/benchmarks.md, issue 15).
+/// HTTP/2 connection and the watches hold a dozen of them. It was suspected of capping a burst's
+/// throughput; profiles of the API server showed the machine's CPU does that (bench/notes.md).
 fn http2_client(config: &kube::Config) -> anyhow::Result<kube::client::ClientBuilder<Http2Service>> {
     use kube::client::{ConfigExt as _, DynBody};
     use tower::ServiceExt as _;
