@@ -48,7 +48,7 @@ pub struct Metrics {
     leader: Gauge,
     build: Family<BuildLabels, Gauge>,
     /// Last known ZoneFailureTolerant status per app, to keep the apps gauge exact.
-    tolerant_by_app: Mutex<HashMap<String, String>>,
+    tolerant_by_app: Mutex<HashMap<Box<str>, &'static str>>,
 }
 
 impl Default for Metrics {
@@ -120,24 +120,28 @@ impl Metrics {
 
     /// Track an app's ZoneFailureTolerant status and the usable zones it saw.
     pub fn observe_app(&self, name: &str, status: &ResilientAppStatus) {
-        let tolerant = status
+        let tolerant = match status
             .conditions
             .iter()
             .find(|c| c.type_ == ConditionType::ZoneFailureTolerant.as_str())
-            .map_or("Unknown", |c| c.status.as_str())
-            .to_string();
+            .map(|c| c.status.as_str())
+        {
+            Some("True") => "True",
+            Some("False") => "False",
+            _ => "Unknown",
+        };
         self.usable_zones.set(status.zones.len() as i64);
         let mut by_app = self.tolerant_by_app.lock().expect("metrics lock");
-        if let Some(old) = by_app.insert(name.to_string(), tolerant.clone()) {
-            self.apps.get_or_create(&TolerantLabels { tolerant: old }).dec();
+        if let Some(old) = by_app.insert(name.into(), tolerant) {
+            self.apps.get_or_create(&TolerantLabels { tolerant: old.to_string() }).dec();
         }
-        self.apps.get_or_create(&TolerantLabels { tolerant }).inc();
+        self.apps.get_or_create(&TolerantLabels { tolerant: tolerant.to_string() }).inc();
     }
 
     /// Forget a deleted app.
     pub fn forget_app(&self, name: &str) {
         if let Some(old) = self.tolerant_by_app.lock().expect("metrics lock").remove(name) {
-            self.apps.get_or_create(&TolerantLabels { tolerant: old }).dec();
+            self.apps.get_or_create(&TolerantLabels { tolerant: old.to_string() }).dec();
         }
     }
 

@@ -151,10 +151,30 @@ pub struct Memory {
     last_status: HashMap<String, (String, ResilientAppStatus)>,
     /// When the first pass of a generation whose status is not written yet ran (uid, generation).
     first_pass: HashMap<String, (String, Option<i64>, Instant)>,
-    /// Apps (by name, with their uid) seen Ready by this process, or Ready when first seen.
-    been_ready: HashMap<String, String>,
-    /// Spec warnings already published, per app (uid, generation): once per generation each.
-    warned: HashMap<String, (String, Option<i64>, Vec<String>)>,
+    /// What the passes of each app (by name) have seen: kept for every app, so small.
+    seen: HashMap<Box<str>, Seen>,
+    /// Apps waiting for a change of their own (an invalid spec): the resync sweep leaves them.
+    parked: std::collections::HashSet<String>,
+}
+
+/// What the passes of one app have seen, for the Events worth publishing.
+struct Seen {
+    /// A hash of the app's uid: a new app of the same name starts over.
+    uid: u64,
+    /// Seen Ready by this process, or Ready when first seen.
+    been_ready: bool,
+    /// The generation whose spec warnings `warned` holds.
+    generation: Option<i64>,
+    /// Hashes of the spec warnings already published for `generation`: once per generation each.
+    warned: Vec<u64>,
+}
+
+/// A hash of a text, the same in every pass of this process.
+fn digest(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
 }
 
 /// How long the first status of a generation may wait for the rollout to settle.
@@ -227,15 +247,22 @@ impl Memory {
         status: &ResilientAppStatus,
         events: Vec<status::Notice>,
     ) -> Vec<status::Notice> {
-        let was_ready = self.been_ready.get(name).is_some_and(|u| u == uid);
-        if is_ready(status) {
-            self.been_ready.insert(name.to_string(), uid.to_string());
+        let (uid, generation) = (digest(uid), status.observed_generation);
+        let seen = self.seen.entry(name.into()).or_insert_with(|| Seen {
+            uid,
+            been_ready: false,
+            generation,
+            warned: Vec::new(),
+        });
+        if seen.uid != uid {
+            *seen = Seen { uid, been_ready: false, generation, warned: Vec::new() };
         }
-        let generation = status.observed_generation;
-        let warned = self.warned.entry(name.to_string()).or_insert_with(|| (uid.to_string(), generation, Vec::new()));
-        if warned.0 != uid || warned.1 != generation {
-            *warned = (uid.to_string(), generation, Vec::new());
+        if seen.generation != generation {
+            seen.generation = generation;
+            seen.warned.clear();
         }
+        let was_ready = seen.been_ready;
+        seen.been_ready |= is_ready(status);
         events
             .into_iter()
             .filter(|e| was_ready || !status::is_recovery(e))
@@ -243,13 +270,22 @@ impl Memory {
                 if !status::is_spec_warning(e) {
                     return true;
                 }
-                if warned.2.contains(&e.note) {
+                let note = digest(&e.note);
+                if seen.warned.contains(&note) {
                     return false;
                 }
-                warned.2.push(e.note.clone());
+                seen.warned.push(note);
                 true
             })
             .collect()
+    }
+
+    /// Whether the app waits for a change of its own (`parked`), set after every pass.
+    pub fn park(&mut self, name: &str, parked: bool) {
+        match parked {
+            true => self.parked.insert(name.to_string()),
+            false => self.parked.remove(name),
+        };
     }
 
     /// One more consecutive failure; returns how many there are now.
@@ -268,8 +304,8 @@ impl Memory {
         self.failures.remove(name);
         self.last_status.remove(name);
         self.first_pass.remove(name);
-        self.been_ready.remove(name);
-        self.warned.remove(name);
+        self.seen.remove(name);
+        self.parked.remove(name);
     }
 
     /// Apps anything is remembered about.
@@ -301,6 +337,13 @@ impl Context {
     /// Count one more consecutive failure of the app, and how long to wait before the next try.
     fn backoff(&self, name: &str) -> Duration {
         backoff_delay(self.memory.lock().expect("memory lock").failed(name))
+    }
+
+    /// Whether the resync sweep leaves this app to its own requeue: its spec waits for a change,
+    /// or its passes fail and back off.
+    fn skips_resync(&self, name: &str) -> bool {
+        let memory = self.memory.lock().expect("memory lock");
+        memory.parked.contains(name) || memory.failures.contains_key(name)
     }
 
     /// Forget a deleted app: its status, failures and metrics.
@@ -417,12 +460,17 @@ pub async fn run(
     }
     let controller = Controller::for_stream(app_stream, app_store.clone());
     let forget = ctx.clone();
+    let swept = ctx.clone();
+    let sweep = watch::resync_sweep(app_store.clone(), settings.resync, move |app| {
+        app.0.is_err() || app.meta().deletion_timestamp.is_some() || swept.skips_resync(&app.name_any())
+    });
     controller
         .with_config(controller::Config::default().concurrency(settings.concurrency))
         // Once the caches (the apps' included) are synced: an app drained before this replica led
         // is in the cache by then.
         .reconcile_all_on(futures::stream::once(synced_then))
         .reconcile_on(child_triggers)
+        .reconcile_on(sweep)
         .watches_stream(pod_stream, watch::app_of_pod)
         .watches_stream(node_stream, move |node| watch::apps_in_zone_of(&app_store, &node))
         .graceful_shutdown_on(shutdown.requested())
@@ -445,19 +493,39 @@ pub async fn run(
     Ok(())
 }
 
-/// The status of every app as the watch last delivered it, kept as JSON text beside the app
-/// cache (a typed status is about twice the size: a string, a vector or a map per field) and put
-/// back on the app at the start of each pass.
+/// The status of every app as the watch last delivered it, kept beside the app cache as JSON text
+/// compressed with LZ4 against a dictionary of typical statuses (a typed status is about twice the
+/// size of its text, and the text of a new app's status about 850 bytes, mostly the same keys,
+/// condition types, reasons and messages in every app), and put back on the app at the start of
+/// each pass.
 #[derive(Clone, Default)]
-pub struct AppStatuses(Arc<Mutex<HashMap<String, Box<str>>>>);
+pub struct AppStatuses(Arc<Mutex<HashMap<String, Box<[u8]>>>>);
+
+/// What statuses are compressed against: typical statuses (`status_dictionary.json`) as serde
+/// writes them, so in the field order of the text they are compared with.
+static STATUS_DICTIONARY: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+    let samples: Vec<ResilientAppStatus> =
+        serde_json::from_str(include_str!("status_dictionary.json")).expect("the status dictionary is statuses");
+    samples.iter().flat_map(|s| serde_json::to_vec(s).expect("a status serializes")).collect()
+});
+
+fn compress_status(status: &ResilientAppStatus) -> Option<Box<[u8]>> {
+    let text = serde_json::to_vec(status).ok()?;
+    Some(lz4_flex::block::compress_prepend_size_with_dict(&text, &STATUS_DICTIONARY).into_boxed_slice())
+}
+
+fn decompress_status(kept: &[u8]) -> Option<ResilientAppStatus> {
+    let text = lz4_flex::block::decompress_size_prepended_with_dict(kept, &STATUS_DICTIONARY).ok()?;
+    serde_json::from_slice(&text).ok()
+}
 
 impl AppStatuses {
     /// Take the status off `app` and keep it (or forget the last one, for an app without status).
     fn keep(&self, app: &mut ResilientApp) {
         let name = app.name_any();
         let mut statuses = self.0.lock().expect("statuses lock");
-        match app.status.take().and_then(|s| serde_json::to_string(&s).ok()) {
-            Some(text) => statuses.insert(name, text.into_boxed_str()),
+        match app.status.take().and_then(|s| compress_status(&s)) {
+            Some(kept) => statuses.insert(name, kept),
             None => statuses.remove(&name),
         };
     }
@@ -465,7 +533,7 @@ impl AppStatuses {
     /// The status last delivered for the app `name`.
     fn get(&self, name: &str) -> Option<ResilientAppStatus> {
         let statuses = self.0.lock().expect("statuses lock");
-        statuses.get(name).and_then(|text| serde_json::from_str(text).ok())
+        statuses.get(name).and_then(|kept| decompress_status(kept))
     }
 
     fn forget(&self, name: &str) {
@@ -502,6 +570,34 @@ pub fn backoff_delay(attempt: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn statuses_are_kept_compressed_and_come_back_whole() {
+        let text = r#"{"observedGeneration":3,"zones":["eu-1a","eu-1b","eu-1c"],"conditions":[
+            {"lastTransitionTime":"2026-11-28T12:11:42Z","message":"2 components are at or above minAvailable",
+             "observedGeneration":3,"reason":"MinAvailableMet","status":"True","type":"Ready"},
+            {"lastTransitionTime":"2026-11-28T12:13:07Z","message":"every component keeps minAvailable ready pods if any 1 of the 3 usable zones (eu-1a, eu-1b, eu-1c) are lost",
+             "observedGeneration":3,"reason":"ZoneLossSurvivable","status":"True","type":"ZoneFailureTolerant"}],
+            "components":[{"name":"checkout","zones":["eu-1a","eu-1b","eu-1c"],"replicas":5,"readyReplicas":5,
+             "minAvailable":3,"readyByZone":{"eu-1a":2,"eu-1b":2,"eu-1c":1},"readyAfterWorstZoneLoss":3},
+             {"name":"worker","zones":["eu-1a","eu-1b"],"replicas":2,"readyReplicas":2,"minAvailable":1,
+             "readyByZone":{"eu-1a":1,"eu-1b":1},"readyAfterWorstZoneLoss":1}]}"#;
+        let status: ResilientAppStatus = serde_json::from_str(text).unwrap();
+        let plain = serde_json::to_vec(&status).unwrap().len();
+        let kept = compress_status(&status).unwrap();
+        assert_eq!(decompress_status(&kept).as_ref(), Some(&status));
+        eprintln!("status text {plain} bytes, kept {} bytes", kept.len());
+        // Not one of the dictionary's samples (other zones, names and counts), still a third or less.
+        assert!(kept.len() * 3 <= plain, "{} compressed bytes for {plain}", kept.len());
+        let mut app = ResilientApp::new("shop", serde_json::from_value(serde_json::json!({"components": []})).unwrap());
+        app.status = Some(status.clone());
+        let statuses = AppStatuses::default();
+        statuses.keep(&mut app);
+        assert!(app.status.is_none());
+        assert_eq!(statuses.get("shop"), Some(status));
+        statuses.forget("shop");
+        assert_eq!(statuses.get("shop"), None);
+    }
 
     #[test]
     fn a_deleted_app_is_forgotten() {

@@ -150,6 +150,7 @@ async fn reconcile_app(app: &ResilientApp, ctx: &Context) -> Result<Action> {
         other => other?,
     };
     let attempt = ctx.count_rejections(&name, &gate);
+    ctx.memory.lock().expect("memory lock").park(&name, status::parked(&gate));
     tracing::Span::current().record("writes", applied.writes);
     let observed = observe(ctx, &name, &namespace, &nodes);
     let failover = Duration::from_secs(u64::from(app.spec.resilience.failover_seconds));

@@ -148,8 +148,18 @@ pub fn requeue(pass: &Pass, resync: Duration) -> Action {
         Err(b) if b.why.is_stalled() => Action::requeue(STALLED_RETRY),
         Err(_) => Action::requeue(WAITING_RETRY),
         Ok(_) if pass.rebalanced.is_some() => Action::requeue(REBALANCE_RETRY),
-        Ok(_) => Action::requeue(pass.failover_in.map_or(resync, |f| f.min(resync))),
+        // In sync: the resync sweep (`watch::resync_sweep`) brings it back, unless a zone is due
+        // to be failed over sooner.
+        Ok(_) => match pass.failover_in {
+            Some(f) if f < resync => Action::requeue(f),
+            _ => Action::await_change(),
+        },
     }
+}
+
+/// Whether the app waits for a change of its own: the resync sweep leaves it alone.
+pub fn parked(gate: &Gate) -> bool {
+    matches!(gate, Err(b) if matches!(b.why, Blocker::InvalidSpec(_) | Blocker::ForbiddenField(_)))
 }
 
 /// Whether this pass may evict a pod to even out the spread: only in a pass that changed nothing

@@ -245,6 +245,46 @@ pub fn apps_in_zone_of(apps: &Store<GuardedApp>, node: &Node) -> Vec<AppRef> {
         .collect()
 }
 
+/// The slot of `resync`'s `slots` an app's resync falls in: a hash of its name (FNV-1a, the same
+/// in every process), so each app comes back at the same point of every round.
+pub fn resync_slot(name: &str, slots: u64) -> u64 {
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    hash % slots.max(1)
+}
+
+/// Every app once per `resync` even without events, as one sweep over the app cache: the apps are
+/// spread over the seconds of `resync` by [`resync_slot`], and each tick triggers those of its
+/// slot. A pass that leaves an app in sync requeues nothing: a timer per app in kube's scheduler
+/// held about 1 KB for each app, for good. Apps `skip` says no to (an invalid spec waiting for a
+/// change, a failing app backing off, one being deleted) are left to their own requeue.
+pub fn resync_sweep(
+    apps: Store<GuardedApp>,
+    resync: std::time::Duration,
+    skip: impl Fn(&GuardedApp) -> bool + Send + Sync + 'static,
+) -> impl Stream<Item = AppRef> + Send {
+    let slots = resync.as_secs().clamp(1, 3600);
+    let mut ticks = tokio::time::interval_at(
+        tokio::time::Instant::now() + resync / slots as u32,
+        (resync / slots as u32).max(std::time::Duration::from_millis(100)),
+    );
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let skip = std::sync::Arc::new(skip);
+    futures::stream::unfold((ticks, 0_u64), move |(mut ticks, slot)| {
+        let (apps, skip) = (apps.clone(), skip.clone());
+        async move {
+            ticks.tick().await;
+            let due: Vec<AppRef> = apps
+                .state()
+                .iter()
+                .filter(|app| resync_slot(&app.name_any(), slots) == slot && !skip(app))
+                .map(|app| ObjectRef::from_obj(app.as_ref()))
+                .collect();
+            Some((futures::stream::iter(due), (ticks, (slot + 1) % slots)))
+        }
+    })
+    .flatten()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -193,7 +193,10 @@ fn the_requeue_is_chosen_in_one_place() {
     // A rejected write backs off with the number of consecutive rejections (3 here).
     assert_eq!(action(&blocked(Blocker::Rejected("r".into())), None), Action::requeue(Duration::from_secs(4)));
     assert_eq!(action(&ok(&a, &zones()), Some("moved".into())), Action::requeue(REBALANCE_RETRY));
-    assert_eq!(action(&ok(&a, &zones()), None), Action::requeue(resync));
+    // In sync: nothing requeued, the resync sweep comes back to it.
+    assert_eq!(action(&ok(&a, &zones()), None), Action::await_change());
+    assert!(parked(&blocked(Blocker::InvalidSpec(vec![]))) && parked(&blocked(Blocker::ForbiddenField(vec![]))));
+    assert!(!parked(&blocked(Blocker::QuotaTooSmall("q".into()))) && !parked(&ok(&a, &zones())));
     // A zone down everywhere for less than failoverSeconds: look again when it will be time.
     let gate = ok(&a, &zones());
     let soon = Pass {
