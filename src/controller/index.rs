@@ -44,7 +44,7 @@ const KEPT_LABELS: &str = "resilient.dev/";
 /// What a cache keeps of an object of a kind, and how it gives the object back.
 pub trait Compact: Resource<DynamicType = ()> + Clone + Debug + Serialize + Send + Sync + Sized + 'static {
     /// The fields of this kind kept beside the common metadata.
-    type Kept: Send + Sync + 'static;
+    type Kept: PartialEq + Send + Sync + 'static;
     /// Whether passes compare objects of this kind with a desired state (children: yes; pods: no).
     const JUDGED: bool = true;
     fn keep(&self) -> Self::Kept;
@@ -515,44 +515,57 @@ impl<K: Compact> Cache<K> {
         }
     }
 
-    /// Follow one watch event.
-    pub fn apply(&self, event: &watcher::Event<K>) {
+    /// Follow one watch event. Returns whether it shows something a pass can see: an object
+    /// new to the cache, deleted, or whose content (all but status and resourceVersion) or kept
+    /// fields changed; not a status update the cache keeps nothing of (a quota's usage, a
+    /// PodDisruptionBudget's counters) nor a relist of what the cache already holds.
+    pub fn apply(&self, event: &watcher::Event<K>) -> bool {
         let mut inner = self.inner.write().expect("cache lock");
         match event {
             watcher::Event::Apply(obj) => {
-                let entry = entry_for(&inner.objects, obj);
+                let (entry, news) = entry_for(&inner.objects, obj);
                 inner.objects.insert(key_of(obj.meta()), entry);
+                news
             }
             watcher::Event::Delete(obj) => {
                 inner.objects.remove(&key_of(obj.meta()));
+                true
             }
-            watcher::Event::Init => inner.relisting = Some(BTreeMap::new()),
+            watcher::Event::Init => {
+                inner.relisting = Some(BTreeMap::new());
+                false
+            }
             watcher::Event::InitApply(obj) => {
-                let entry = entry_for(&inner.objects, obj);
+                let (entry, news) = entry_for(&inner.objects, obj);
                 inner.relisting.get_or_insert_default().insert(key_of(obj.meta()), entry);
+                news
             }
             watcher::Event::InitDone => {
                 inner.objects = inner.relisting.take().unwrap_or_default();
                 self.ready_tx.send_replace(true);
+                false
             }
         }
     }
 }
 
-/// The entry for an object just received. A verdict on the same content carries over (a status
-/// update, a relist); otherwise the object is kept until a pass judges it.
-fn entry_for<K: Compact>(objects: &BTreeMap<Key, Box<Entry<K>>>, obj: &K) -> Box<Entry<K>> {
+/// The entry for an object just received, and whether it is news (see [`Cache::apply`]). A
+/// verdict on the same content carries over (a status update, a relist); otherwise the object is
+/// kept until a pass judges it.
+fn entry_for<K: Compact>(objects: &BTreeMap<Key, Box<Entry<K>>>, obj: &K) -> (Box<Entry<K>>, bool) {
     let (meta, kept) = (Meta::of(obj.meta()), obj.keep());
+    let before = objects.get(&key_of(obj.meta())).filter(|e| e.meta.uid == meta.uid);
     if !K::JUDGED {
-        return Box::new(Entry { meta, kept, content: 0, judged: None, full: None });
+        let news =
+            before.is_none_or(|e| e.kept != kept || e.meta.deletion != meta.deletion || e.meta.labels != meta.labels);
+        return (Box::new(Entry { meta, kept, content: 0, judged: None, full: None }), news);
     }
     let (content, text) = content(obj);
-    let judged = objects
-        .get(&key_of(obj.meta()))
-        .filter(|e| e.content == content && e.meta.uid == meta.uid)
-        .and_then(|e| e.judged);
+    let same = before.filter(|e| e.content == content);
+    let news = same.is_none_or(|e| e.kept != kept);
+    let judged = same.and_then(|e| e.judged);
     let full = judged.is_none().then(|| lz4_flex::compress_prepend_size(text.as_bytes()).into_boxed_slice());
-    Box::new(Entry { meta, kept, content, judged, full })
+    (Box::new(Entry { meta, kept, content, judged, full }), news)
 }
 
 #[cfg(test)]
@@ -659,6 +672,42 @@ mod tests {
         assert_eq!((&back.spec, &back.status), (&ns.spec, &ns.status));
         assert_eq!(back.metadata.resource_version.as_deref(), Some("7"));
         assert_eq!(cache.of_app("shop", "").len(), 1, "cluster-scoped: the empty namespace");
+    }
+
+    #[test]
+    fn only_what_a_pass_can_see_is_news() {
+        let pdb = |version: &str, label: &str, healthy: i32| -> PodDisruptionBudget {
+            serde_json::from_value(json!({
+                "metadata": {"name": "web", "namespace": "shop", "uid": "u1", "resourceVersion": version,
+                             "labels": {LABEL_APP: "shop", "tier": label}},
+                "spec": {"minAvailable": 1},
+                "status": {"currentHealthy": healthy, "desiredHealthy": 1, "disruptionsAllowed": 0, "expectedPods": 1}
+            }))
+            .unwrap()
+        };
+        let cache = Cache::<PodDisruptionBudget>::default();
+        assert!(cache.apply(&watcher::Event::Apply(pdb("1", "a", 0))), "new");
+        assert!(!cache.apply(&watcher::Event::Apply(pdb("2", "a", 1))), "a status update the cache keeps nothing of");
+        assert!(cache.apply(&watcher::Event::Apply(pdb("3", "b", 1))), "content (a label) changed");
+        assert!(!cache.apply(&watcher::Event::Init));
+        assert!(!cache.apply(&watcher::Event::InitApply(pdb("3", "b", 1))), "relisted as it was");
+        assert!(!cache.apply(&watcher::Event::InitDone));
+        assert!(cache.apply(&watcher::Event::Delete(pdb("4", "b", 1))), "deleted");
+
+        let deployment = |version: &str, ready: i32| -> Deployment {
+            serde_json::from_value(json!({
+                "metadata": {"name": "web", "namespace": "shop", "uid": "u2", "resourceVersion": version},
+                "spec": {"replicas": 2, "selector": {}, "template": {}},
+                "status": {"replicas": 2, "readyReplicas": ready, "conditions": [{"type": "Available", "status": "False"}]}
+            }))
+            .unwrap()
+        };
+        let cache = Cache::<Deployment>::default();
+        assert!(cache.apply(&watcher::Event::Apply(deployment("1", 1))));
+        assert!(cache.apply(&watcher::Event::Apply(deployment("2", 2))), "a rollout counter the status reads");
+        let mut other_condition = deployment("3", 2);
+        other_condition.status.as_mut().unwrap().conditions = None;
+        assert!(!cache.apply(&watcher::Event::Apply(other_condition)), "status the cache does not keep");
     }
 
     #[test]

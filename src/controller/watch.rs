@@ -77,13 +77,21 @@ where
     K: Compact + DeserializeOwned,
 {
     let cache = Cache::<K>::default();
+    let kept = cache.clone();
+    // Only events that show a pass something new reach the controller: a status update the cache
+    // keeps nothing of would cost a pass that finds nothing to do (a new app's quota changes with
+    // each pod, its PodDisruptionBudget with each ready one).
     let stream = watcher(Api::<K>::all(client.clone()), config)
         .backoff(watch_backoff())
-        .inspect(caching(cache.clone()))
-        .touched_objects()
-        .filter_map(|touched| {
-            futures::future::ready(match touched {
-                Ok(child) => owner(child),
+        .filter_map(move |event| {
+            futures::future::ready(match event {
+                Ok(event) => match (kept.apply(&event), event) {
+                    (
+                        true,
+                        watcher::Event::Apply(child) | watcher::Event::InitApply(child) | watcher::Event::Delete(child),
+                    ) => owner(child),
+                    _ => None,
+                },
                 Err(e) => {
                     // The watcher backs off and retries by itself.
                     warn!(kind = %K::kind(&()), error = %e, "watch of a child kind failed");
@@ -99,7 +107,7 @@ where
 fn caching<K: Compact>(cache: Cache<K>) -> impl Fn(&Result<watcher::Event<K>, watcher::Error>) + Send + 'static {
     move |event| {
         if let Ok(event) = event {
-            cache.apply(event);
+            let _ = cache.apply(event);
         }
     }
 }
