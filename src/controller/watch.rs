@@ -149,8 +149,16 @@ pub fn pods(client: &Client) -> (Cache<Pod>, PodStream) {
             p.metadata.deletion_timestamp.is_some(),
         ))
     })
+    .filter(|pod| futures::future::ready(pod.as_ref().is_err() || pod.as_ref().is_ok_and(placed)))
     .boxed();
     (cache, stream)
+}
+
+/// Whether a pod's change can matter to a pass: one on a node (placement and readiness are what
+/// passes read of pods), or being deleted. A new pod not yet scheduled cannot (its scheduling is
+/// the next event), nor can an unscheduled one deleted.
+fn placed(pod: &Pod) -> bool {
+    pod.spec.as_ref().is_some_and(|s| s.node_name.is_some()) || pod.metadata.deletion_timestamp.is_some()
 }
 
 fn trim_node(node: &mut Node) {
@@ -298,6 +306,18 @@ mod tests {
     use super::*;
     use kube::runtime::utils::Backoff as _;
     use std::time::Duration;
+
+    #[test]
+    fn only_pods_on_a_node_or_going_away_reach_the_controller() {
+        let mut pod = Pod { spec: Some(PodSpec::default()), ..Default::default() };
+        assert!(!placed(&pod), "created, not yet scheduled");
+        pod.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::UNIX_EPOCH));
+        assert!(placed(&pod), "deleted");
+        pod.metadata.deletion_timestamp = None;
+        pod.spec.as_mut().unwrap().node_name = Some("node-a-1".into());
+        assert!(placed(&pod), "scheduled");
+    }
 
     #[test]
     fn a_failed_watch_retries_within_seconds_and_starts_over_after_a_reset() {
