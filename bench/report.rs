@@ -597,8 +597,8 @@ pub fn render(r: &Value, notes: Option<&str>) -> String {
         let _ = writeln!(
             o,
             "- Operator CPU: {} (everything it did until the apps settled, status updates as pods became ready \
-             included). A reconcile finds its own children and pods through a per-app index of its caches, so \
-             this should stay flat as apps are added.",
+             included). A pass finds an app's children and pods by a range scan of its namespace in the \
+             caches, so this should stay flat as apps are added.",
             cpu_per_app.join(", ")
         );
     }
@@ -608,10 +608,9 @@ pub fn render(r: &Value, notes: Option<&str>) -> String {
          (admission, an etcd write, a watch event to the operator, the controller manager and the scheduler). \
          What the operator sent, per verb, resource and response code, is in `operatorRequestsPerResource` of \
          each phase in the JSON.\n\
-         - Memory grows with what is cached, per app: the app (managedFields dropped), each child as a full \
-         typed object (managedFields dropped), its pod (trimmed to what placement reads, still a full `Pod` \
-         struct) and two index entries per object. The per-child verdict, slim pod records and one index \
-         instead of two (see the design section) are what would bring it to the goal.\n\
+         - Memory grows with what is kept per app: a record and a verdict per child and pod (not the \
+         objects), the app's spec and metadata, its status as compressed text, and a few dozen bytes of \
+         per-app state; where the bytes are is in the design section below.\n\
          - On a real cluster the API server and etcd have their own cores; here everything shares two, so \
          these are worst-case numbers for the latency under load and fair ones for the request counts and \
          memory, which do not depend on the machine."
