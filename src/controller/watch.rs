@@ -308,6 +308,22 @@ mod tests {
     use std::time::Duration;
 
     #[test]
+    fn the_resync_spreads_apps_evenly_over_its_seconds_and_keeps_each_in_its_slot() {
+        let slots = 300;
+        let mut per_slot = vec![0_u32; slots as usize];
+        for i in 0..30_000 {
+            let name = format!("app-{i:05}");
+            let slot = resync_slot(&name, slots);
+            assert_eq!(slot, resync_slot(&name, slots), "the same slot every round");
+            per_slot[slot as usize] += 1;
+        }
+        // 100 per slot on average: none empty, none with more than twice its share.
+        assert!(per_slot.iter().all(|n| (30..=200).contains(n)), "{per_slot:?}");
+        assert_eq!(resync_slot("shop", 1), 0);
+        assert_eq!(resync_slot("shop", 0), 0, "no slots: one");
+    }
+
+    #[test]
     fn only_pods_on_a_node_or_going_away_reach_the_controller() {
         let mut pod = Pod { spec: Some(PodSpec::default()), ..Default::default() };
         assert!(!placed(&pod), "created, not yet scheduled");
