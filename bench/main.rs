@@ -347,6 +347,27 @@ impl Bench {
         Ok(())
     }
 
+    /// Waits until ResilientApps are served for server-side apply, as the bench creates them. On a
+    /// cluster just started, a dry-run `create` (bench/run.sh) was accepted and the first apply two
+    /// seconds later still answered 503 ("Resource kind ... not found"); the API server serves a
+    /// new CRD's apply once its schema's models are built.
+    async fn wait_served(&self) -> anyhow::Result<()> {
+        let name = "bench-served-check";
+        let params = PatchParams::apply(BENCH_AGENT).force().dry_run();
+        let started = Instant::now();
+        loop {
+            match self.apps.patch(name, &params, &Patch::Apply(app(name))).await {
+                Ok(_) => return Ok(()),
+                Err(kube::Error::Api(s))
+                    if (s.code == 503 || s.code == 429) && started.elapsed() < Duration::from_secs(60) =>
+                {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => bail!("ResilientApps are not served for server-side apply: {e}"),
+            }
+        }
+    }
+
     /// Deletes every bench app and waits until their namespaces are gone.
     async fn delete_all(&self) -> anyhow::Result<()> {
         // A CRD that was just installed answers 429 for a moment while its storage initializes.
@@ -649,6 +670,7 @@ impl Bench {
     /// Single apps on an idle cluster, each created after the previous one is Ready.
     async fn singles(&self, n: usize) -> anyhow::Result<Value> {
         log(format!("single apps on the idle cluster: {n}, one at a time"));
+        self.wait_served().await?;
         let since = measure::now();
         let mut ready = Vec::new();
         let mut offered = BTreeMap::new();
