@@ -169,14 +169,6 @@ struct Seen {
     warned: Vec<u64>,
 }
 
-/// A hash of a text, the same in every pass of this process.
-fn digest(text: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::hash::DefaultHasher::new();
-    text.hash(&mut h);
-    h.finish()
-}
-
 /// How long the first status of a generation may wait for the rollout to settle.
 pub const FIRST_STATUS_HOLD: Duration = Duration::from_secs(10);
 
@@ -247,15 +239,11 @@ impl Memory {
         status: &ResilientAppStatus,
         events: Vec<status::Notice>,
     ) -> Vec<status::Notice> {
-        let (uid, generation) = (digest(uid), status.observed_generation);
-        let seen = self.seen.entry(name.into()).or_insert_with(|| Seen {
-            uid,
-            been_ready: false,
-            generation,
-            warned: Vec::new(),
-        });
+        let (uid, generation) = (watch::fingerprint(uid), status.observed_generation);
+        let fresh = || Seen { uid, been_ready: false, generation, warned: Vec::new() };
+        let seen = self.seen.entry(name.into()).or_insert_with(fresh);
         if seen.uid != uid {
-            *seen = Seen { uid, been_ready: false, generation, warned: Vec::new() };
+            *seen = fresh();
         }
         if seen.generation != generation {
             seen.generation = generation;
@@ -270,7 +258,7 @@ impl Memory {
                 if !status::is_spec_warning(e) {
                     return true;
                 }
-                let note = digest(&e.note);
+                let note = watch::fingerprint(e.note.as_str());
                 if seen.warned.contains(&note) {
                     return false;
                 }

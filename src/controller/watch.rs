@@ -188,7 +188,8 @@ fn trim_pod(pod: &mut Pod) {
     });
 }
 
-fn fingerprint<T: Hash>(value: &T) -> u64 {
+/// A hash of `value`, the same for the same value within this process.
+pub(super) fn fingerprint<T: Hash + ?Sized>(value: &T) -> u64 {
     let mut h = DefaultHasher::new();
     value.hash(&mut h);
     h.finish()
