@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{LimitRange, Namespace, Node, Pod, ResourceQuota, Service};
@@ -130,8 +130,9 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Re-check every app this often even without events.
     pub resync: Duration,
-    /// What the controller remembers per app, forgotten when the app is deleted.
-    memory: Mutex<Memory>,
+    /// What the controller remembers per app, forgotten when the app is deleted (shared with the
+    /// app watch, which tells the echo of a status write from a change).
+    memory: Arc<Mutex<Memory>>,
     /// The apps' statuses, kept apart from the app cache.
     statuses: AppStatuses,
     /// Children written that the caches have not shown yet.
@@ -198,6 +199,24 @@ impl Memory {
     /// The cache shows the status last written: no need to remember it any more.
     pub fn cache_caught_up(&mut self, name: &str) {
         self.last_status.remove(name);
+    }
+
+    /// Whether `app`, as a watch event delivers it, is the echo of this process's own status
+    /// write and nothing else: the status is the one last written for this uid, it describes the
+    /// current spec (observedGeneration), and the app is not being deleted. Such an event shows a
+    /// pass nothing new. The copy of the status written is dropped either way once the cache shows
+    /// it (the cache holds it from here on).
+    fn status_echo(&mut self, app: &ResilientApp) -> bool {
+        let name = app.name_any();
+        let Some(written) = self.last_status(&name, &app.uid().unwrap_or_default()) else {
+            return false;
+        };
+        if app.status.as_ref() != Some(written) {
+            return false;
+        }
+        let echo = app.meta().deletion_timestamp.is_none() && app.meta().generation == written.observed_generation;
+        self.cache_caught_up(&name);
+        echo
     }
 
     /// Whether to hold back writing `status`, and for how long at most: the first status of a
@@ -381,9 +400,22 @@ pub async fn run(
     let (apps_listed_tx, mut apps_listed) = tokio::sync::watch::channel(false);
     let statuses = AppStatuses::default();
     let (kept, deleted) = (statuses.clone(), statuses.clone());
+    let memory = Arc::new(Mutex::new(Memory::default()));
+    // The echo of a status write of ours triggers no pass (see `Memory::status_echo`): it is
+    // marked here, before the status goes from the app into `statuses`, and skipped below once
+    // the cache holds it. Relists (`InitApply`) always trigger.
+    let echoes: Arc<Mutex<std::collections::HashSet<String>>> = Arc::default();
+    let (heard, skipped, echo_memory) = (echoes.clone(), echoes, memory.clone());
     let mut app_stream = watcher(apps, list_config())
         .backoff(watch::watch_backoff())
-        .modify(move |app| trim_app(app, &kept))
+        .map_ok(move |event| {
+            if let watcher::Event::Apply(kube::core::DeserializeGuard(Ok(app))) = &event
+                && echo_memory.lock().expect("memory lock").status_echo(app)
+            {
+                heard.lock().expect("echoes lock").insert(app.name_any());
+            }
+            event.modify(|app| trim_app(app, &kept))
+        })
         .reflect(app_writer)
         .inspect(move |event| match event {
             Ok(watcher::Event::InitDone) => {
@@ -393,6 +425,7 @@ pub async fn run(
             _ => {}
         })
         .applied_objects()
+        .try_filter(move |app| futures::future::ready(!skipped.lock().expect("echoes lock").remove(&app.name_any())))
         .boxed();
     let (synced_tx, synced_rx) = tokio::sync::watch::channel(false);
     {
@@ -421,7 +454,7 @@ pub async fn run(
         synced: Synced(synced_rx),
         metrics,
         resync: settings.resync,
-        memory: Mutex::new(Memory::default()),
+        memory,
         statuses,
         written: apply::Written::default(),
         shutdown: shutdown.clone(),
@@ -585,6 +618,70 @@ mod tests {
         assert_eq!(statuses.get("shop"), Some(status));
         statuses.forget("shop");
         assert_eq!(statuses.get("shop"), None);
+    }
+
+    #[test]
+    fn only_the_echo_of_our_own_status_write_is_an_echo() {
+        let app = |uid: &str, generation: i64, observed: i64| {
+            let mut app =
+                ResilientApp::new("shop", serde_json::from_value(serde_json::json!({"components": []})).unwrap());
+            app.metadata.uid = Some(uid.into());
+            app.metadata.generation = Some(generation);
+            app.status = Some(ResilientAppStatus { observed_generation: Some(observed), ..Default::default() });
+            app
+        };
+        let written = app("uid-1", 2, 2).status.unwrap();
+        let mut m = Memory::default();
+        // Nothing written: any event is news.
+        assert!(!m.status_echo(&app("uid-1", 2, 2)));
+        m.wrote_status("shop", "uid-1", written.clone());
+        // Another status (someone else's write, or an older one): news, and the copy is kept.
+        assert!(!m.status_echo(&app("uid-1", 2, 1)));
+        assert!(m.last_status("shop", "uid-1").is_some());
+        // Another app of the same name: news.
+        assert!(!m.status_echo(&app("uid-2", 2, 2)));
+        // Our status, but the spec moved on meanwhile: news; the copy is dropped (the cache has it).
+        assert!(!m.status_echo(&app("uid-1", 3, 2)));
+        assert!(m.last_status("shop", "uid-1").is_none());
+        // Our status on the spec it describes: the echo, once.
+        m.wrote_status("shop", "uid-1", written.clone());
+        assert!(m.status_echo(&app("uid-1", 2, 2)));
+        assert!(m.last_status("shop", "uid-1").is_none());
+        assert!(!m.status_echo(&app("uid-1", 2, 2)), "a later event with the same status is news");
+        // Being deleted: news.
+        m.wrote_status("shop", "uid-1", written);
+        let mut deleting = app("uid-1", 2, 2);
+        deleting.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()));
+        assert!(!m.status_echo(&deleting));
+    }
+
+    #[test]
+    fn a_stamped_status_reads_back_equal() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+        // The API server keeps whole seconds: a status stamped with a fraction would never equal
+        // itself read back, and its echo would look like a change.
+        let at: jiff::Timestamp = "2026-11-28T15:32:48.123456789Z".parse().unwrap();
+        let status = |time| ResilientAppStatus {
+            observed_generation: Some(1),
+            conditions: vec![Condition {
+                last_transition_time: time,
+                message: "m".into(),
+                observed_generation: Some(1),
+                reason: "R".into(),
+                status: "True".into(),
+                type_: "Ready".into(),
+            }],
+            ..Default::default()
+        };
+        let read_back = |s: &ResilientAppStatus| -> ResilientAppStatus {
+            serde_json::from_value(serde_json::to_value(s).unwrap()).unwrap()
+        };
+        let stamped = status(status::stamp(at));
+        assert_eq!(read_back(&stamped), stamped);
+        assert_eq!(stamped.conditions[0].last_transition_time.0.as_second(), at.as_second());
+        let exact = status(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at));
+        assert_ne!(read_back(&exact), exact, "the API's time format drops the fraction");
     }
 
     #[test]

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{ApiResource, DynamicObject, EvictParams, Patch, PatchParams};
 use kube::core::error_boundary::InvalidObject;
 use kube::runtime::controller::Action;
@@ -102,7 +101,8 @@ async fn undecodable(guarded: &GuardedApp, invalid: &InvalidObject, ctx: &Contex
         return Ok(Action::await_change());
     }
     let previous = ctx.memory.lock().expect("memory lock").last_status(&name, &uid).cloned().unwrap_or_default();
-    let status = status::undecodable(&previous, guarded.meta().generation, &message, &Time(jiff::Timestamp::now()));
+    let status =
+        status::undecodable(&previous, guarded.meta().generation, &message, &status::stamp(jiff::Timestamp::now()));
     if status != previous {
         publish(
             ctx,
@@ -129,7 +129,9 @@ async fn reconcile_app(app: &ResilientApp, ctx: &Context) -> Result<Action> {
     let nodes: Vec<Arc<Node>> = ctx.stores.nodes.state();
     let node_refs: Vec<&Node> = nodes.iter().map(AsRef::as_ref).collect();
     let plan = Plan::new(app, plan_app_zones(&node_refs, app, app.status.as_ref()));
-    let now = Time(jiff::Timestamp::now());
+    // Exact for the failover clock; in whole seconds for everything the status shows.
+    let exact = jiff::Timestamp::now();
+    let now = status::stamp(exact);
     // The namespace as the cache knows it; one missing there is created (no GET first). A create
     // answered 409 means it exists after all (someone else's, or ours and the cache lags): only
     // then is it read from the API server and the gate decided again.
@@ -155,7 +157,7 @@ async fn reconcile_app(app: &ResilientApp, ctx: &Context) -> Result<Action> {
     let observed = observe(ctx, &name, &namespace, &nodes);
     let failover = Duration::from_secs(u64::from(app.spec.resilience.failover_seconds));
     let (lost, failover_in) =
-        zone_failover(nodes.iter().map(AsRef::as_ref), &app.spec.resilience.zones, now.0, failover);
+        zone_failover(nodes.iter().map(AsRef::as_ref), &app.spec.resilience.zones, exact, failover);
     let failed_over = match &gate {
         Ok(_) if !lost.is_empty() => fail_over(ctx, app, &namespace, &observed, &lost).await?,
         _ => None,
@@ -413,9 +415,14 @@ async fn write_status_of(ctx: &Context, name: &str, uid: &str, status: &Resilien
         "kind": ResilientApp::kind(&()),
         "status": status,
     });
-    api.patch_status(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await.map_err(Error::Status)?;
-    ctx.metrics.api_write("apply", "ResilientApp/status");
+    // Remembered before the write: its echo can come through the watch before the response.
     ctx.memory.lock().expect("memory lock").wrote_status(name, uid, status.clone());
+    if let Err(e) = api.patch_status(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await {
+        // Not written: the next pass starts from what the cache shows.
+        ctx.memory.lock().expect("memory lock").cache_caught_up(name);
+        return Err(Error::Status(e));
+    }
+    ctx.metrics.api_write("apply", "ResilientApp/status");
     Ok(())
 }
 

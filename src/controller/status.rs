@@ -87,6 +87,13 @@ pub struct Outcome {
     pub action: Action,
 }
 
+/// A status timestamp: `at` in whole seconds, as the API server keeps it (metav1.Time). A status
+/// built with it compares equal to the same status read back from the watch, which is how the
+/// echo of a status write is told from a change (`Memory::status_echo`).
+pub fn stamp(at: jiff::Timestamp) -> Time {
+    Time(jiff::Timestamp::from_second(at.as_second()).unwrap_or(at))
+}
+
 /// The status, Events and requeue of a pass, given the status the app had before it.
 pub fn compute(pass: &Pass, previous: &ResilientAppStatus, now: &Time, resync: Duration) -> Outcome {
     let app = pass.app;
