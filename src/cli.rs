@@ -70,8 +70,10 @@ pub struct RunArgs {
     /// rendered children and answers, so more slots only raise the memory of a burst.
     #[arg(long, env = "RESILIENT_CONCURRENCY", default_value_t = 128)]
     pub concurrency: u16,
-    /// Seconds between two checks of an app when nothing changes (drift of fields nobody watches).
-    #[arg(long, env = "RESILIENT_RESYNC_SECONDS", default_value_t = 300)]
+    /// Seconds between two checks of an app when nothing changes (drift of fields nobody watches),
+    /// 1 to 86400.
+    #[arg(long, env = "RESILIENT_RESYNC_SECONDS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub resync_seconds: u64,
     /// Address of the /metrics, /healthz and /readyz endpoints.
     #[arg(long, env = "RESILIENT_METRICS_ADDRESS", default_value = "127.0.0.1:8080")]
@@ -467,4 +469,22 @@ pub fn render_plan_yaml(app: &ResilientApp, plan: &Plan) -> anyhow::Result<Strin
         out.push_str(&to_yaml(&child)?);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn the_resync_period_is_checked() {
+        let parse = |seconds: &str| Cli::try_parse_from(["resilient-operator", "run", "--resync-seconds", seconds]);
+        assert!(parse("2").is_ok());
+        assert!(parse("86400").is_ok());
+        // 0 would re-check every app all the time; a day is plenty for drift nobody watches.
+        for bad in ["0", "86401", "-1"] {
+            let err = parse(bad).unwrap_err().to_string();
+            assert!(err.contains("--resync-seconds"), "{bad}: {err}");
+        }
+    }
 }
