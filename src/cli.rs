@@ -478,7 +478,8 @@ mod tests {
 
     #[test]
     fn the_resync_period_is_checked() {
-        let parse = |seconds: &str| Cli::try_parse_from(["resilient-operator", "run", "--resync-seconds", seconds]);
+        let parse =
+            |seconds: &str| Cli::try_parse_from(["resilient-operator", "run", &format!("--resync-seconds={seconds}")]);
         assert!(parse("2").is_ok());
         assert!(parse("86400").is_ok());
         // 0 would re-check every app all the time; a day is plenty for drift nobody watches.
