@@ -110,15 +110,9 @@ async fn undecodable(guarded: &GuardedApp, invalid: &InvalidObject, ctx: &Contex
             &Notice { type_: EventType::Warning, reason: "InvalidObject".into(), action: "Decode", note: message },
         )
         .await;
-        let patch =
-            json!({"apiVersion": ResilientApp::api_version(&()), "kind": ResilientApp::kind(&()), "status": status});
-        match api.patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch)).await {
-            Ok(_) => {
-                ctx.metrics.api_write("apply", "ResilientApp/status");
-                ctx.memory.lock().expect("memory lock").wrote_status(&name, &uid, status);
-            }
-            // The status may be refused too (the stored spec fails today's schema): the Event told.
-            Err(e) => warn!(app = %name, error = %e, "could not write the status of an undecodable app"),
+        // The status may be refused too (the stored spec fails today's schema): the Event told.
+        if let Err(e) = write_status_of(ctx, &name, &uid, &status).await {
+            warn!(app = %name, error = %e, "could not write the status of an undecodable app");
         }
     }
     Ok(Action::await_change())
