@@ -26,8 +26,16 @@ fn main() {
     println!("cargo:rustc-env=RESILIENT_COMMIT={commit}{}", if dirty { "-dirty" } else { "" });
     // The target names the C library and so the allocator (glibc's or musl's, as in the image).
     println!("cargo:rustc-env=RESILIENT_TARGET={}", std::env::var("TARGET").unwrap_or_default());
-    for path in ["src", "bench", "build.rs", "Cargo.toml", "Cargo.lock"] {
+    for path in ["src", "build.rs", "Cargo.toml", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={path}");
+    }
+    // Not the whole of bench/: every run writes bench/out and bench/results.json, and watching the
+    // directory rebuilt the crate (minutes with fat LTO) at the start of every benchmark run.
+    let written_by_runs = ["out", "results.json"];
+    for entry in std::fs::read_dir("bench").into_iter().flatten().flatten() {
+        if !written_by_runs.iter().any(|w| entry.file_name() == *w) {
+            println!("cargo:rerun-if-changed={}", entry.path().display());
+        }
     }
     // A new commit moves the branch's ref (HEAD itself only names the branch).
     let branch = git(&["rev-parse", "--symbolic-full-name", "HEAD"]).unwrap_or_default();

@@ -172,6 +172,8 @@ most=$((LARGE > most ? LARGE : most))
 need=$((most + 300 - 6 * 110))
 per_zone=0
 while [ $((per_zone * 3 * 250)) -lt "$need" ]; do per_zone=$((per_zone + 1)); done
+# EXTRA_NODES_PER_ZONE: more kwok nodes than the largest phase needs (to compare runs by node count).
+per_zone=$((per_zone > ${EXTRA_NODES_PER_ZONE:-0} ? per_zone : ${EXTRA_NODES_PER_ZONE:-0}))
 bench_nodes "$per_zone"
 nodes=$(kubectl get nodes --no-headers | wc -l)
 log "$nodes nodes for the load scenarios; machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, load average $(cut -d' ' -f1-3 /proc/loadavg)"
