@@ -67,9 +67,19 @@ pub struct RunArgs {
     ///
     /// 128: a pass that writes waits on the API server (a Service create can take seconds under
     /// load), so a new app must not wait behind slow ones; but every pass in flight holds its
-    /// rendered children and answers, so more slots only raise the memory of a burst.
+    /// rendered children and answers, so more slots only raise the memory of a burst. How many of
+    /// their writes go to the API server at once is `--writes-in-flight`.
     #[arg(long, env = "RESILIENT_CONCURRENCY", default_value_t = 128)]
     pub concurrency: u16,
+    /// Writes (creates, applies, deletes, Events) in flight to the API server at once, 1 to 1024;
+    /// further writes wait their turn, first come first served. Reads and watches are not counted.
+    ///
+    /// A burst of new apps on a saturated API server: with every pass writing at once (128 passes,
+    /// several writes each) the API server spent about a third more CPU per app and the whole
+    /// burst took longer than with 16 passes (bench/notes.md).
+    #[arg(long, env = "RESILIENT_WRITES_IN_FLIGHT", default_value_t = 16,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub writes_in_flight: u16,
     /// Seconds between two checks of an app when nothing changes (drift of fields nobody watches),
     /// 1 to 86400.
     #[arg(long, env = "RESILIENT_RESYNC_SECONDS", default_value_t = 300,
@@ -156,13 +166,17 @@ fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
         crate::telemetry::serve(args.metrics_address, metrics.clone(), health.clone())
             .await
             .with_context(|| format!("listening on {}", args.metrics_address))?;
-        let settings = Settings { concurrency: args.concurrency, resync: Duration::from_secs(args.resync_seconds) };
+        let settings = Settings {
+            concurrency: args.concurrency,
+            writes_in_flight: args.writes_in_flight,
+            resync: Duration::from_secs(args.resync_seconds),
+        };
         metrics.build_info(VERSION, &settings, args.leader_elect);
         let reporter =
             kube::runtime::events::Reporter { controller: crate::api::MANAGER.to_string(), instance: Some(identity()) };
         if !args.leader_elect {
             metrics.set_leader(true);
-            let client = operator_client(crate::leader::Fence::open()).await?;
+            let client = operator_client(crate::leader::Fence::open(), settings.writes_in_flight).await?;
             let leading = std::future::ready(());
             return controller::run(client, settings, metrics, health, reporter, leading, shutdown).await;
         }
@@ -175,7 +189,7 @@ fn run_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
         };
         // Writes stay fenced off until the lease is held and confirmed.
         let fence = crate::leader::Fence::closed();
-        let client = operator_client(fence.clone()).await?;
+        let client = operator_client(fence.clone(), settings.writes_in_flight).await?;
         let lease_client = lease_client().await?;
         let (leading_tx, mut leading_rx) = tokio::sync::watch::channel(false);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -248,9 +262,13 @@ async fn client_config() -> anyhow::Result<kube::Config> {
     Ok(config)
 }
 
+/// Writes in flight for commands other than `run` (which has `--writes-in-flight`).
+const DEFAULT_WRITES_IN_FLIGHT: u16 = 16;
+
 /// The operator's client. Every request but a read passes the `fence`: a replica that may no
-/// longer hold the leader lease sends no write at all.
-pub async fn operator_client(fence: Arc<crate::leader::Fence>) -> anyhow::Result<kube::Client> {
+/// longer hold the leader lease sends no write at all. At most `writes_in_flight` writes are in
+/// flight at once ([`WriteLimit`]).
+pub async fn operator_client(fence: Arc<crate::leader::Fence>, writes_in_flight: u16) -> anyhow::Result<kube::Client> {
     let config = client_config().await?;
     let fenced = tower::filter::FilterLayer::new(move |req: http::Request<kube::client::Body>| {
         let read = matches!(*req.method(), http::Method::GET | http::Method::HEAD);
@@ -260,7 +278,7 @@ pub async fn operator_client(fence: Arc<crate::leader::Fence>) -> anyhow::Result
             Err(tower::BoxError::from("not the leader (or the lease could not be confirmed): write refused"))
         }
     });
-    Ok(http2_client(&config)?.with_layer(&fenced).build())
+    Ok(http2_client(&config, writes_in_flight)?.with_layer(&fenced).build())
 }
 
 type Http2Service = tower::util::BoxService<
@@ -279,7 +297,10 @@ type Http2Service = tower::util::BoxService<
 /// most 8 idle connections kept. Known limit: kube-apiserver allows 100 streams at once per
 /// HTTP/2 connection and the watches hold a dozen of them. It was suspected of capping a burst's
 /// throughput; profiles of the API server showed the machine's CPU does that (bench/notes.md).
-fn http2_client(config: &kube::Config) -> anyhow::Result<kube::client::ClientBuilder<Http2Service>> {
+fn http2_client(
+    config: &kube::Config,
+    writes_in_flight: u16,
+) -> anyhow::Result<kube::client::ClientBuilder<Http2Service>> {
     use kube::client::{ConfigExt as _, DynBody};
     use tower::ServiceExt as _;
     let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
@@ -310,12 +331,75 @@ fn http2_client(config: &kube::Config) -> anyhow::Result<kube::client::ClientBui
         .option_layer(config.auth_layer().context("the client's credentials")?)
         .layer(config.extra_headers_layer().context("the client's headers")?)
         .map_err(tower::BoxError::from)
+        .layer(WriteLimitLayer::new(writes_in_flight))
         .service(client)
         .map_response(|response| {
             response.map(|body| Box::new(http_body_util::BodyExt::map_err(body, tower::BoxError::from)) as Box<DynBody>)
         })
         .boxed();
     Ok(kube::client::ClientBuilder::new(service, config.default_namespace.clone()))
+}
+
+/// At most `n` writes (any method but GET and HEAD) in flight through the service at once; the
+/// others wait for a turn in the order they came (tokio's semaphore is fair). A turn lasts until
+/// the response's head arrives. Reads, lists and watches (long-lived GETs) pass freely.
+///
+/// It keeps a burst from flooding a saturated API server: the writes of 128 passes at once made
+/// every request cost it more CPU (bench/notes.md), and no pass can starve: the earliest waiting
+/// write goes first.
+#[derive(Clone)]
+struct WriteLimitLayer(Arc<tokio::sync::Semaphore>);
+
+impl WriteLimitLayer {
+    fn new(n: u16) -> Self {
+        Self(Arc::new(tokio::sync::Semaphore::new(usize::from(n.max(1)))))
+    }
+}
+
+impl<S> tower::Layer<S> for WriteLimitLayer {
+    type Service = WriteLimit<S>;
+
+    fn layer(&self, inner: S) -> WriteLimit<S> {
+        WriteLimit { inner, turns: self.0.clone() }
+    }
+}
+
+#[derive(Clone)]
+struct WriteLimit<S> {
+    inner: S,
+    turns: Arc<tokio::sync::Semaphore>,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for WriteLimit<S>
+where
+    S: tower::Service<http::Request<B>> + Clone + Send + 'static,
+    S::Future: Send,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        use futures::FutureExt as _;
+        if matches!(*request.method(), http::Method::GET | http::Method::HEAD) {
+            return self.inner.call(request).boxed();
+        }
+        // The service made ready is the one that must be called: keep it, leave a clone behind.
+        let clone = self.inner.clone();
+        let mut ready = std::mem::replace(&mut self.inner, clone);
+        let turns = self.turns.clone();
+        async move {
+            // Never closed: the semaphore lives as long as the layer.
+            let _turn = turns.acquire_owned().await.expect("the write semaphore is never closed");
+            ready.call(request).await
+        }
+        .boxed()
+    }
 }
 
 /// A client for the leader Lease alone, with short timeouts: a renewal must fail fast on a dead
@@ -332,7 +416,7 @@ async fn lease_client() -> anyhow::Result<kube::Client> {
 fn simulate_cmd(args: &SimulateArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let report = runtime.block_on(async {
-        let client = operator_client(crate::leader::Fence::open()).await?;
+        let client = operator_client(crate::leader::Fence::open(), DEFAULT_WRITES_IN_FLIGHT).await?;
         simulation(&client, &args.zones, None).await
     })?;
     match args.output {
@@ -475,6 +559,80 @@ pub fn render_plan_yaml(app: &ResilientApp, plan: &Plan) -> anyhow::Result<Strin
 mod tests {
     use super::*;
     use clap::Parser;
+
+    /// Writes wait for a turn, first come first served; reads never wait.
+    #[tokio::test]
+    async fn at_most_n_writes_are_in_flight_and_they_go_in_order() {
+        use std::sync::Mutex;
+        use tower::{Layer as _, Service as _, ServiceExt as _};
+        type Gate = tokio::sync::oneshot::Receiver<()>;
+        // Each request names itself in its URI and is answered when its gate opens.
+        let started: Arc<Mutex<Vec<String>>> = Arc::default();
+        let gates: Arc<Mutex<std::collections::HashMap<String, Gate>>> = Arc::default();
+        let (log, waiting) = (started.clone(), gates.clone());
+        let inner = tower::service_fn(move |request: http::Request<()>| {
+            let (log, waiting) = (log.clone(), waiting.clone());
+            async move {
+                let name = request.uri().path().to_string();
+                log.lock().unwrap().push(name.clone());
+                let gate = waiting.lock().unwrap().remove(&name);
+                if let Some(gate) = gate {
+                    let _ = gate.await;
+                }
+                Ok::<_, std::convert::Infallible>(name)
+            }
+        });
+        let service = WriteLimitLayer::new(2).layer(inner);
+        let mut open = std::collections::HashMap::new();
+        let mut answers = Vec::new();
+        for (method, name) in [("POST", "/w1"), ("PATCH", "/w2"), ("DELETE", "/w3"), ("PATCH", "/w4"), ("GET", "/r1")] {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            gates.lock().unwrap().insert(name.to_string(), rx);
+            open.insert(name, tx);
+            let request = http::Request::builder().method(method).uri(name).body(()).unwrap();
+            let mut service = service.clone();
+            answers.push(tokio::spawn(async move { service.ready().await?.call(request).await }));
+        }
+        let started_now = || {
+            let mut names = started.lock().unwrap().clone();
+            names.sort();
+            names
+        };
+        async fn wait_for(started: &std::sync::Mutex<Vec<String>>, n: usize) {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while started.lock().unwrap().len() < n {
+                assert!(tokio::time::Instant::now() < deadline, "only {:?} started", started.lock().unwrap());
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        // Two writes and the read; the other writes wait.
+        wait_for(&started, 3).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(started_now(), ["/r1", "/w1", "/w2"]);
+        // An answer frees a turn for the earliest waiting write, not the latest.
+        open.remove("/w1").unwrap().send(()).unwrap();
+        wait_for(&started, 4).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(started_now(), ["/r1", "/w1", "/w2", "/w3"]);
+        for (_, gate) in open {
+            let _ = gate.send(());
+        }
+        for answer in answers {
+            answer.await.unwrap().unwrap();
+        }
+        assert_eq!(started.lock().unwrap().len(), 5);
+    }
+
+    #[test]
+    fn the_writes_in_flight_are_checked() {
+        let parse = |n: &str| Cli::try_parse_from(["resilient-operator", "run", &format!("--writes-in-flight={n}")]);
+        assert!(parse("1").is_ok());
+        assert!(parse("1024").is_ok());
+        for bad in ["0", "1025", "-1"] {
+            let err = parse(bad).unwrap_err().to_string();
+            assert!(err.contains("writes-in-flight"), "{err}");
+        }
+    }
 
     #[test]
     fn the_resync_period_is_checked() {

@@ -28,6 +28,7 @@ struct WriteLabels {
 struct BuildLabels {
     version: String,
     concurrency: String,
+    writes_in_flight: String,
     resync_seconds: String,
     leader_elect: String,
 }
@@ -108,6 +109,7 @@ impl Metrics {
         let labels = BuildLabels {
             version: version.to_string(),
             concurrency: settings.concurrency.to_string(),
+            writes_in_flight: settings.writes_in_flight.to_string(),
             resync_seconds: settings.resync.as_secs().to_string(),
             leader_elect: leader_elect.to_string(),
         };

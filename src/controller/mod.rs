@@ -366,6 +366,8 @@ impl Context {
 pub struct Settings {
     /// Reconciles running at once.
     pub concurrency: u16,
+    /// Writes in flight to the API server at once (the client's limit; recorded in build_info).
+    pub writes_in_flight: u16,
     /// Re-check every app this often even without events (drift of unwatched fields, clock-based state).
     pub resync: Duration,
 }
