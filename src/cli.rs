@@ -76,8 +76,9 @@ pub struct RunArgs {
     ///
     /// A burst of new apps on a saturated API server: with every pass writing at once (128 passes,
     /// several writes each) the API server spent about a third more CPU per app and the whole
-    /// burst took longer than with 16 passes (bench/notes.md).
-    #[arg(long, env = "RESILIENT_WRITES_IN_FLIGHT", default_value_t = 16,
+    /// burst took longer than with 16 passes (bench/notes.md). Too few turns cap the rate instead:
+    /// 16 writes of about 150 ms each under load are about 10 new apps per second.
+    #[arg(long, env = "RESILIENT_WRITES_IN_FLIGHT", default_value_t = 32,
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub writes_in_flight: u16,
     /// Seconds between two checks of an app when nothing changes (drift of fields nobody watches),
@@ -263,7 +264,7 @@ async fn client_config() -> anyhow::Result<kube::Config> {
 }
 
 /// Writes in flight for commands other than `run` (which has `--writes-in-flight`).
-const DEFAULT_WRITES_IN_FLIGHT: u16 = 16;
+const DEFAULT_WRITES_IN_FLIGHT: u16 = 32;
 
 /// The operator's client. Every request but a read passes the `fence`: a replica that may no
 /// longer hold the leader lease sends no write at all. At most `writes_in_flight` writes are in

@@ -516,10 +516,11 @@ impl<K: Compact> Cache<K> {
     }
 
     /// Follow one watch event. Returns whether it shows something a pass can see: an object
-    /// new to the cache, deleted, or whose content (all but status and resourceVersion) or kept
-    /// fields changed; not a status update the cache keeps nothing of (a quota's usage, a
-    /// PodDisruptionBudget's counters) nor a relist of what the cache already holds.
-    pub fn apply(&self, event: &watcher::Event<K>) -> bool {
+    /// new to the cache, deleted, or whose content (all but status and resourceVersion) changed
+    /// ([`News::Content`]), or whose kept status fields alone changed (a Deployment's rollout
+    /// counters, [`News::Status`]); not a status update the cache keeps nothing of (a quota's
+    /// usage, a PodDisruptionBudget's counters) nor a relist of what the cache already holds.
+    pub fn apply(&self, event: &watcher::Event<K>) -> News {
         let mut inner = self.inner.write().expect("cache lock");
         match event {
             watcher::Event::Apply(obj) => {
@@ -529,11 +530,11 @@ impl<K: Compact> Cache<K> {
             }
             watcher::Event::Delete(obj) => {
                 inner.objects.remove(&key_of(obj.meta()));
-                true
+                News::Content
             }
             watcher::Event::Init => {
                 inner.relisting = Some(BTreeMap::new());
-                false
+                News::None
             }
             watcher::Event::InitApply(obj) => {
                 let (entry, news) = entry_for(&inner.objects, obj);
@@ -543,26 +544,52 @@ impl<K: Compact> Cache<K> {
             watcher::Event::InitDone => {
                 inner.objects = inner.relisting.take().unwrap_or_default();
                 self.ready_tx.send_replace(true);
-                false
+                News::None
             }
         }
+    }
+}
+
+/// What a watch event shows a pass (see [`Cache::apply`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum News {
+    /// Nothing a pass reads.
+    None,
+    /// Only kept status fields: what the app's status shows, never a reason to write a child.
+    Status,
+    /// A new, changed (drifted) or deleted object.
+    Content,
+}
+
+impl News {
+    pub fn any(self) -> bool {
+        self != News::None
     }
 }
 
 /// The entry for an object just received, and whether it is news (see [`Cache::apply`]). A
 /// verdict on the same content carries over (a status update, a relist); otherwise the object is
 /// kept until a pass judges it.
-fn entry_for<K: Compact>(objects: &BTreeMap<Key, Box<Entry<K>>>, obj: &K) -> (Box<Entry<K>>, bool) {
+fn entry_for<K: Compact>(objects: &BTreeMap<Key, Box<Entry<K>>>, obj: &K) -> (Box<Entry<K>>, News) {
     let (meta, kept) = (Meta::of(obj.meta()), obj.keep());
     let before = objects.get(&key_of(obj.meta())).filter(|e| e.meta.uid == meta.uid);
     if !K::JUDGED {
-        let news =
-            before.is_none_or(|e| e.kept != kept || e.meta.deletion != meta.deletion || e.meta.labels != meta.labels);
+        let news = match before {
+            Some(e) if e.meta.deletion == meta.deletion && e.meta.labels == meta.labels => match e.kept == kept {
+                true => News::None,
+                false => News::Status,
+            },
+            _ => News::Content,
+        };
         return (Box::new(Entry { meta, kept, content: 0, judged: None, full: None }), news);
     }
     let (content, text) = content(obj);
     let same = before.filter(|e| e.content == content);
-    let news = same.is_none_or(|e| e.kept != kept);
+    let news = match same {
+        None => News::Content,
+        Some(e) if e.kept != kept => News::Status,
+        Some(_) => News::None,
+    };
     let judged = same.and_then(|e| e.judged);
     let full = judged.is_none().then(|| lz4_flex::compress_prepend_size(text.as_bytes()).into_boxed_slice());
     (Box::new(Entry { meta, kept, content, judged, full }), news)
@@ -686,28 +713,48 @@ mod tests {
             .unwrap()
         };
         let cache = Cache::<PodDisruptionBudget>::default();
-        assert!(cache.apply(&watcher::Event::Apply(pdb("1", "a", 0))), "new");
-        assert!(!cache.apply(&watcher::Event::Apply(pdb("2", "a", 1))), "a status update the cache keeps nothing of");
-        assert!(cache.apply(&watcher::Event::Apply(pdb("3", "b", 1))), "content (a label) changed");
-        assert!(!cache.apply(&watcher::Event::Init));
-        assert!(!cache.apply(&watcher::Event::InitApply(pdb("3", "b", 1))), "relisted as it was");
-        assert!(!cache.apply(&watcher::Event::InitDone));
-        assert!(cache.apply(&watcher::Event::Delete(pdb("4", "b", 1))), "deleted");
+        let news = |event| cache.apply(&event);
+        assert_eq!(news(watcher::Event::Apply(pdb("1", "a", 0))), News::Content, "new");
+        assert_eq!(
+            news(watcher::Event::Apply(pdb("2", "a", 1))),
+            News::None,
+            "a status update the cache keeps nothing of"
+        );
+        assert_eq!(news(watcher::Event::Apply(pdb("3", "b", 1))), News::Content, "content (a label) changed");
+        assert_eq!(news(watcher::Event::Init), News::None);
+        assert_eq!(news(watcher::Event::InitApply(pdb("3", "b", 1))), News::None, "relisted as it was");
+        assert_eq!(news(watcher::Event::InitDone), News::None);
+        assert_eq!(news(watcher::Event::Delete(pdb("4", "b", 1))), News::Content, "deleted");
 
-        let deployment = |version: &str, ready: i32| -> Deployment {
+        let deployment = |version: &str, replicas: i32, ready: i32| -> Deployment {
             serde_json::from_value(json!({
                 "metadata": {"name": "web", "namespace": "shop", "uid": "u2", "resourceVersion": version},
-                "spec": {"replicas": 2, "selector": {}, "template": {}},
+                "spec": {"replicas": replicas, "selector": {}, "template": {}},
                 "status": {"replicas": 2, "readyReplicas": ready, "conditions": [{"type": "Available", "status": "False"}]}
             }))
             .unwrap()
         };
         let cache = Cache::<Deployment>::default();
-        assert!(cache.apply(&watcher::Event::Apply(deployment("1", 1))));
-        assert!(cache.apply(&watcher::Event::Apply(deployment("2", 2))), "a rollout counter the status reads");
-        let mut other_condition = deployment("3", 2);
+        let news = |event| cache.apply(&event);
+        assert_eq!(news(watcher::Event::Apply(deployment("1", 2, 1))), News::Content);
+        assert_eq!(
+            news(watcher::Event::Apply(deployment("2", 2, 2))),
+            News::Status,
+            "a rollout counter the status reads"
+        );
+        let mut other_condition = deployment("3", 2, 2);
         other_condition.status.as_mut().unwrap().conditions = None;
-        assert!(!cache.apply(&watcher::Event::Apply(other_condition)), "status the cache does not keep");
+        assert_eq!(news(watcher::Event::Apply(other_condition)), News::None, "status the cache does not keep");
+        assert_eq!(news(watcher::Event::Apply(deployment("4", 5, 2))), News::Content, "scaled by someone: drift");
+
+        let cache = Cache::<Pod>::default();
+        let news = |event| cache.apply(&event);
+        let mut unready = pod("p", "shop", Some("shop"));
+        unready.status.as_mut().unwrap().conditions.as_mut().unwrap()[1].status = "False".into();
+        assert_eq!(news(watcher::Event::Apply(unready)), News::Content, "new");
+        assert_eq!(news(watcher::Event::Apply(pod("p", "shop", Some("shop")))), News::Status, "ready now");
+        assert_eq!(news(watcher::Event::Apply(pod("p", "shop", Some("shop")))), News::None);
+        assert_eq!(news(watcher::Event::Apply(pod("p", "shop", Some("other")))), News::Content, "relabelled");
     }
 
     #[test]

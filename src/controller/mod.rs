@@ -372,6 +372,9 @@ pub struct Settings {
     pub resync: Duration,
 }
 
+/// How long status changes of an app's children are gathered into one pass ([`watch::coalesced`]).
+const STATUS_WINDOW: Duration = Duration::from_millis(500);
+
 /// Lists in pages of 100 (kube's default is 500): a relist of 11 caches at once holds one page of
 /// each in memory beside the caches, so smaller pages lower the peak of a restart.
 pub fn list_config() -> watcher::Config {
@@ -481,6 +484,17 @@ pub async fn run(
             Some(_) = app_stream.next() => {}
         }
     }
+    // A pod's placement or readiness is status: it never makes a pass write a child.
+    let pod_triggers = pod_stream.filter_map(|pod| {
+        futures::future::ready(match pod {
+            Ok(pod) => watch::app_of_pod(pod).map(|app| (app, index::News::Status)),
+            Err(e) => {
+                // The watcher backs off and retries by itself.
+                warn!(error = %e, "watch of pods failed");
+                None
+            }
+        })
+    });
     let controller = Controller::for_stream(app_stream, app_store.clone());
     let forget = ctx.clone();
     let swept = ctx.clone();
@@ -492,9 +506,8 @@ pub async fn run(
         // Once the caches (the apps' included) are synced: an app drained before this replica led
         // is in the cache by then.
         .reconcile_all_on(futures::stream::once(synced_then))
-        .reconcile_on(child_triggers)
+        .reconcile_on(watch::coalesced(futures::stream::select(child_triggers, pod_triggers), STATUS_WINDOW))
         .reconcile_on(sweep)
-        .watches_stream(pod_stream, watch::app_of_pod)
         .watches_stream(node_stream, move |node| watch::apps_in_zone_of(&app_store, &node))
         .graceful_shutdown_on(shutdown.requested())
         .run(reconcile::reconcile, error_policy, ctx)

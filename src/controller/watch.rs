@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use tracing::warn;
 
 use super::GuardedApp;
-use super::index::{Cache, Compact};
+use super::index::{Cache, Compact, News};
 use crate::api::LABEL_APP;
 
 /// How a failed watch retries: 0.5 s doubling up to 8 s, with jitter, starting over after two
@@ -63,8 +63,8 @@ impl kube::runtime::utils::Backoff for Exponential {
 pub type AppRef = ObjectRef<GuardedApp>;
 use crate::resilience::{node_usable, node_zone};
 
-/// The apps whose children changed.
-pub type AppTriggers = BoxStream<'static, AppRef>;
+/// The apps whose children changed, and what changed.
+pub type AppTriggers = BoxStream<'static, (AppRef, News)>;
 /// Nodes whose usability or zone changed.
 pub type NodeStream = BoxStream<'static, Result<Node, watcher::Error>>;
 /// Pods of apps whose placement or readiness changed.
@@ -86,10 +86,11 @@ where
         .filter_map(move |event| {
             futures::future::ready(match event {
                 Ok(event) => match (kept.apply(&event), event) {
+                    (News::None, _) => None,
                     (
-                        true,
+                        news,
                         watcher::Event::Apply(child) | watcher::Event::InitApply(child) | watcher::Event::Delete(child),
-                    ) => owner(child),
+                    ) => owner(child).map(|app| (app, news)),
                     _ => None,
                 },
                 Err(e) => {
@@ -101,6 +102,87 @@ where
         })
         .boxed();
     (cache, stream)
+}
+
+/// The apps to reconcile, from `triggers`: an app whose child is new, changed or deleted at once;
+/// one whose children's status alone changed (a rollout's counters, a pod ready) at the end of a
+/// `window` that starts with the first such trigger, once however many came meanwhile.
+///
+/// A new app's rollout brings about six status changes in a second or two (Deployment counters
+/// and pods), each a pass that renders and checks every child to find nothing to write; the
+/// status they feed is only written once the rollout settles. Drift, by contrast, is repaired at
+/// once.
+pub fn coalesced(
+    triggers: impl Stream<Item = (AppRef, News)> + Send + 'static,
+    window: std::time::Duration,
+) -> Coalesced {
+    Coalesced {
+        triggers: Some(triggers.boxed()),
+        window,
+        waiting: Vec::new(),
+        seen: std::collections::HashSet::new(),
+        flush: None,
+        due: std::collections::VecDeque::new(),
+    }
+}
+
+/// See [`coalesced`].
+pub struct Coalesced {
+    /// `None` once it ended.
+    triggers: Option<BoxStream<'static, (AppRef, News)>>,
+    window: std::time::Duration,
+    /// Apps with a status change in the current window, in the order they came.
+    waiting: Vec<AppRef>,
+    seen: std::collections::HashSet<AppRef>,
+    /// The end of the current window.
+    flush: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// Apps to hand out now.
+    due: std::collections::VecDeque<AppRef>,
+}
+
+impl Stream for Coalesced {
+    type Item = AppRef;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<AppRef>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        loop {
+            if let Some(app) = this.due.pop_front() {
+                return Poll::Ready(Some(app));
+            }
+            while let Some(triggers) = this.triggers.as_mut() {
+                match triggers.poll_next_unpin(cx) {
+                    Poll::Ready(Some((app, News::Status))) => {
+                        if this.seen.insert(app.clone()) {
+                            this.waiting.push(app);
+                        }
+                        if this.flush.is_none() {
+                            this.flush = Some(Box::pin(tokio::time::sleep(this.window)));
+                        }
+                    }
+                    Poll::Ready(Some((app, _))) => this.due.push_back(app),
+                    Poll::Ready(None) => this.triggers = None,
+                    Poll::Pending => break,
+                }
+            }
+            let window_over = this.flush.as_mut().is_some_and(|flush| flush.as_mut().poll(cx).is_ready());
+            if window_over || (this.triggers.is_none() && !this.waiting.is_empty()) {
+                this.flush = None;
+                this.seen.clear();
+                this.due.extend(this.waiting.drain(..));
+            }
+            if !this.due.is_empty() {
+                continue;
+            }
+            return match this.triggers {
+                None => Poll::Ready(None),
+                Some(_) => Poll::Pending,
+            };
+        }
+    }
 }
 
 /// Keeps `cache` in step with the events of its watch.
@@ -307,6 +389,37 @@ mod tests {
     use super::*;
     use kube::runtime::utils::Backoff as _;
     use std::time::Duration;
+
+    /// Drift goes through at once; status changes wait for the end of their window, once per app,
+    /// in the order they came; the stream ends when its triggers end, with nothing held back.
+    #[tokio::test(start_paused = true)]
+    async fn status_changes_are_gathered_and_drift_is_not() {
+        use futures::FutureExt as _;
+        let (tx, rx) = futures::channel::mpsc::unbounded::<(AppRef, News)>();
+        let mut apps = std::pin::pin!(coalesced(rx, Duration::from_millis(500)));
+        let app = |name: &str| AppRef::new(name);
+        let ready_now = |apps: &mut std::pin::Pin<&mut Coalesced>| {
+            let mut out = Vec::new();
+            while let Some(Some(a)) = apps.next().now_or_never() {
+                out.push(a.name);
+            }
+            out
+        };
+        for (name, news) in [("b", News::Status), ("a", News::Status), ("b", News::Status), ("c", News::Content)] {
+            tx.unbounded_send((app(name), news)).unwrap();
+        }
+        assert_eq!(ready_now(&mut apps), ["c"], "drift at once");
+        tokio::time::advance(Duration::from_millis(499)).await;
+        assert!(ready_now(&mut apps).is_empty(), "the window is not over");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(ready_now(&mut apps), ["b", "a"], "once each, in order");
+        // A new window starts with the next status change.
+        tx.unbounded_send((app("a"), News::Status)).unwrap();
+        assert!(ready_now(&mut apps).is_empty());
+        drop(tx);
+        assert_eq!(ready_now(&mut apps), ["a"], "nothing held back when the triggers end");
+        assert_eq!(apps.next().await, None);
+    }
 
     #[test]
     fn the_resync_spreads_apps_evenly_over_its_seconds_and_keeps_each_in_its_slot() {
