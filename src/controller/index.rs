@@ -561,12 +561,6 @@ pub enum News {
     Content,
 }
 
-impl News {
-    pub fn any(self) -> bool {
-        self != News::None
-    }
-}
-
 /// The entry for an object just received, and whether it is news (see [`Cache::apply`]). A
 /// verdict on the same content carries over (a status update, a relist); otherwise the object is
 /// kept until a pass judges it.
