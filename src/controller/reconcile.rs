@@ -22,7 +22,7 @@ use super::apply::{Applied, apply};
 use super::cleanup::cleanup;
 use super::error::{Error, Result, error_chain};
 use super::gate::{Blocked, Blocker, Gate, gate, plan_of};
-use super::status::{self, Notice, Observed, Pass, may_rebalance};
+use super::status::{self, Notice, Observed, Pass, Rebalanced, may_rebalance};
 use crate::api::{FINALIZER, LABEL_COMPONENT, MANAGER, ResilientApp, ResilientAppStatus};
 use crate::render::{Plan, StorageClassModes, storage_classes, storage_warnings};
 use crate::resilience::{
@@ -158,7 +158,7 @@ async fn reconcile_app(app: &ResilientApp, ctx: &Context) -> Result<Action> {
     };
     let rebalanced = match lost.is_empty() && may_rebalance(app, &gate, applied.writes) {
         true => rebalance(ctx, app, &namespace, &nodes, &gate, &observed).await?,
-        false => None,
+        false => Rebalanced::Nothing,
     };
     let writes = applied.writes + usize::from(failed_over.is_some());
     let pass = Pass { app, gate: &gate, observed: &observed, writes, rebalanced, attempt, failed_over, failover_in };
@@ -335,7 +335,6 @@ async fn fail_over(
 }
 
 /// Evict at most one pod of the app to restore an even spread, once every allowed zone is back.
-/// Returns what was moved, for the Event.
 async fn rebalance(
     ctx: &Context,
     app: &ResilientApp,
@@ -343,7 +342,7 @@ async fn rebalance(
     nodes: &[Arc<Node>],
     gate: &Gate,
     observed: &Observed,
-) -> Result<Option<String>> {
+) -> Result<Rebalanced> {
     let zones = &plan_of(gate).zones;
     let healthy = allowed_zones_healthy(nodes.iter().map(AsRef::as_ref), &app.spec.resilience.zones, zones);
     // Stateful pods cannot move: their volumes pin them to their zone.
@@ -380,8 +379,13 @@ async fn rebalance(
         let api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
         match api.evict(&chosen.pod, &EvictParams::default()).await {
             Ok(_) => {}
-            // The PodDisruptionBudget says not now: try again on the next pass.
-            Err(kube::Error::Api(s)) if s.code == 429 || s.is_not_found() => return Ok(None),
+            // The PodDisruptionBudget (or the API server's rate limit) says not now: try again soon.
+            Err(kube::Error::Api(s)) if s.code == 429 => {
+                debug!(app = %app.name_any(), pod = %chosen.pod, "eviction refused for now: {}", s.message);
+                return Ok(Rebalanced::Refused);
+            }
+            // Gone meanwhile: its deletion triggers the next pass.
+            Err(kube::Error::Api(s)) if s.is_not_found() => return Ok(Rebalanced::Nothing),
             Err(source) => {
                 return Err(Error::Evict { name: chosen.pod, source });
             }
@@ -397,9 +401,9 @@ async fn rebalance(
             counts.join(", ")
         );
         info!(app = %app.name_any(), "{moved}");
-        return Ok(Some(moved));
+        return Ok(Rebalanced::Moved(moved));
     }
-    Ok(None)
+    Ok(Rebalanced::Nothing)
 }
 
 async fn write_status_of(ctx: &Context, name: &str, uid: &str, status: &ResilientAppStatus) -> Result<()> {

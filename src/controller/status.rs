@@ -16,7 +16,7 @@ use crate::api::{ComponentStatus, ConditionType, Conditions, LABEL_COMPONENT, Re
 use crate::render::{LABEL_PLACEHOLDER_FOR, Plan, Warning, reservations};
 use crate::resilience::{Dimension, Shortfall, ZoneMap, pod_ready, ready_after_worst_zone_loss};
 
-/// After an eviction, look again this soon (pod events usually come first).
+/// After an eviction (or one refused for now), look again this soon (pod events usually come first).
 pub const REBALANCE_RETRY: Duration = Duration::from_secs(5);
 /// A namespace being deleted is checked again after this long.
 pub const WAITING_RETRY: Duration = Duration::from_secs(5);
@@ -48,6 +48,17 @@ impl Observed {
     }
 }
 
+/// What rebalancing did in a pass.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rebalanced {
+    /// Nothing to move, or not now (the spread is even, a zone is down, pods are settling).
+    Nothing,
+    /// Evicted a pod: what moved, for the Event.
+    Moved(String),
+    /// The eviction API said not now (429).
+    Refused,
+}
+
 /// What one pass decided, saw and did.
 pub struct Pass<'a> {
     pub app: &'a ResilientApp,
@@ -55,8 +66,8 @@ pub struct Pass<'a> {
     pub observed: &'a Observed,
     /// Children created, updated or deleted in this pass.
     pub writes: usize,
-    /// What rebalancing moved in this pass, if anything.
-    pub rebalanced: Option<String>,
+    /// What rebalancing did in this pass.
+    pub rebalanced: Rebalanced,
     /// Consecutive passes whose writes were rejected (0 when this one was not), for the backoff.
     pub attempt: u32,
     /// What failing over a lost zone did in this pass, if anything.
@@ -107,7 +118,7 @@ pub fn compute(pass: &Pass, previous: &ResilientAppStatus, now: &Time, resync: D
         components,
     };
     let mut events = Vec::new();
-    if let Some(moved) = &pass.rebalanced {
+    if let Rebalanced::Moved(moved) = &pass.rebalanced {
         events.push(Notice::new(EventType::Normal, "Rebalanced", "Rebalance", moved));
     }
     if let Some(deleted) = &pass.failed_over {
@@ -154,7 +165,10 @@ pub fn requeue(pass: &Pass, resync: Duration) -> Action {
         Err(b) if matches!(b.why, Blocker::Rejected(_)) => Action::requeue(super::backoff_delay(pass.attempt)),
         Err(b) if b.why.is_stalled() => Action::requeue(STALLED_RETRY),
         Err(_) => Action::requeue(WAITING_RETRY),
-        Ok(_) if pass.rebalanced.is_some() => Action::requeue(REBALANCE_RETRY),
+        // A move to check on, or one the eviction API refused for now (a PodDisruptionBudget whose
+        // counters lag the pods, or the API server's rate limit): nothing else may come to
+        // trigger the next pass, so look again.
+        Ok(_) if pass.rebalanced != Rebalanced::Nothing => Action::requeue(REBALANCE_RETRY),
         // In sync: the resync sweep (`watch::resync_sweep`) brings it back, unless a zone is due
         // to be failed over sooner.
         Ok(_) => match pass.failover_in {
