@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Event, Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod, Service};
 use kube::api::{ListParams, Patch, PatchParams};
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 use resilient_operator::api::ResilientApp;
 use resilient_operator::controller::diff::list_types::{self, Table};
 use serde_json::{Value, json};
@@ -164,6 +164,7 @@ async fn what_others_add_costs_no_write_and_what_the_operator_owns_is_put_back()
     let client = setup_with_operator().await;
     let _zones = ZONES.read().await;
     let name = unique("owned");
+    let _delete = DeleteApp(name.clone());
     apply_app(&client, &app(&name)).await;
     wait_status(&client, &name, "Ready and not Reconciling", READY_TIMEOUT, |s| {
         is_true(s, "Ready") && condition(s, "Reconciling").is_none()
@@ -314,7 +315,6 @@ async fn what_others_add_costs_no_write_and_what_the_operator_owns_is_put_back()
     let service = services.get("hello").await.unwrap();
     assert_eq!(service.metadata.annotations.unwrap()["example.com/note"], "added by someone else");
     assert_eq!(restored.metadata.annotations.unwrap()["example.com/injected"], "true");
-    let _ = apps.delete(&name, &Default::default()).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -322,6 +322,7 @@ async fn what_the_operator_stops_setting_is_removed() {
     let client = setup_with_operator().await;
     let _zones = ZONES.read().await;
     let name = unique("dropped");
+    let _delete = DeleteApp(name.clone());
     let mut spec = app(&name);
     apply_app(&client, &spec).await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &name);
@@ -339,8 +340,6 @@ async fn what_the_operator_stops_setting_is_removed() {
         pod_spec(&d).containers[0].env.as_ref().is_none_or(Vec::is_empty).then_some(())
     })
     .await;
-    let apps: Api<ResilientApp> = Api::all(client.clone());
-    let _ = apps.delete(&name, &Default::default()).await;
 }
 
 /// Brings a zone back even when an assertion fails half-way.
@@ -369,6 +368,30 @@ async fn ready_by_zone(client: &Client, ns: &str, zones: &HashMap<String, String
     ready
 }
 
+/// What a failed wait for an even spread reports: the ready pods by zone, every pod not ready or
+/// terminating, the nodes not usable, and the app's conditions.
+async fn what_holds_the_spread(client: &Client, name: &str, ready: BTreeMap<String, i32>) -> String {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), name);
+    let unsettled: Vec<String> = (pods.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default())
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_some() || !resilient_operator::resilience::pod_ready(p))
+        .map(|p| format!("{} on {:?}", p.name_any(), p.spec.and_then(|s| s.node_name)))
+        .collect();
+    let nodes: Api<Node> = Api::all(client.clone());
+    let unusable: Vec<String> = (nodes.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default())
+        .into_iter()
+        .filter(|n| !resilient_operator::resilience::node_usable(n))
+        .map(|n| n.name_any())
+        .collect();
+    let conditions: Vec<String> = (Api::<ResilientApp>::all(client.clone()).get(name).await.ok())
+        .and_then(|a| a.status)
+        .map(|s| s.conditions.into_iter().map(|c| format!("{}={} ({})", c.type_, c.status, c.reason)).collect())
+        .unwrap_or_default();
+    format!(
+        "ready by zone {ready:?}; not ready or terminating {unsettled:?}; unusable nodes {unusable:?}; conditions {conditions:?}"
+    )
+}
+
 /// Rebalancing waits for a pass that writes nothing. With a sidecar another manager injected, a
 /// comparison by list position wrote on every pass, so a zone that came back was never
 /// rebalanced.
@@ -378,6 +401,7 @@ async fn a_returned_zone_is_rebalanced_with_a_sidecar_injected() {
     let _zones = ZONES.write().await;
     let zones = node_zones(&client).await;
     let name = unique("sidecar");
+    let _delete = DeleteApp(name.clone());
     let app = json!({"apiVersion": "resilient.dev/v1alpha1", "kind": "ResilientApp", "metadata": {"name": name},
         "spec": {"components": [{"name": "web", "image": "registry.example/web:1", "minAvailable": 4,
             "ports": [{"name": "http", "containerPort": 8080}]}]}});
@@ -411,8 +435,12 @@ async fn a_returned_zone_is_rebalanced_with_a_sidecar_injected() {
     .await;
     drop(guard);
     let back = Instant::now();
-    wait_for("the spread to be 2/2/2 again", Duration::from_secs(180), || async {
-        (ready_by_zone(&client, &name, &zones).await == even).then_some(())
+    wait_for_seen("the spread to be 2/2/2 again", Duration::from_secs(180), || async {
+        let ready = ready_by_zone(&client, &name, &zones).await;
+        if ready == even {
+            return Ok(());
+        }
+        Err(what_holds_the_spread(&client, &name, ready).await)
     })
     .await;
     eprintln!("rebalanced with a sidecar {:?} after the zone returned", back.elapsed());
@@ -422,5 +450,4 @@ async fn a_returned_zone_is_rebalanced_with_a_sidecar_injected() {
     assert!(rebalanced.iter().any(|e| e.reason.as_deref() == Some("Rebalanced")), "no Rebalanced event");
     let d = deployments.get("web").await.unwrap();
     assert_eq!(pod_spec(&d).containers.len(), 2, "the sidecar is still there");
-    let _ = Api::<ResilientApp>::all(client.clone()).delete(&name, &Default::default()).await;
 }

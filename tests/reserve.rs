@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use kube::api::{DeleteParams, ListParams, PostParams};
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 use resilient_operator::api::ResilientApp;
 use serde_json::{Value, json};
 
@@ -99,10 +99,30 @@ async fn fill(client: &Client, ns: &str, nodes: &[String], cpu: &str) {
         .unwrap();
         pods.create(&PostParams::default(), &pod).await.expect("creating a filler pod");
     }
-    wait_for("the filler pods to run", Duration::from_secs(60), || async {
-        let list = pods.list(&ListParams::default().labels("filler=true")).await.ok()?;
-        (list.items.len() == nodes.len() && list.items.iter().all(resilient_operator::resilience::pod_ready))
-            .then_some(())
+    wait_for_seen("the filler pods to run", Duration::from_secs(60), || async {
+        let list = pods.list(&ListParams::default().labels("filler=true")).await.map_err(|e| e.to_string())?;
+        if list.items.len() == nodes.len() && list.items.iter().all(resilient_operator::resilience::pod_ready) {
+            return Ok(());
+        }
+        // What else takes the nodes' room.
+        let mut on_nodes = Vec::new();
+        for node in nodes {
+            let fields = format!("spec.nodeName={node}");
+            let here = Api::<Pod>::all(client.clone()).list(&ListParams::default().fields(&fields)).await;
+            let names: Vec<String> = here
+                .map(|l| l.items)
+                .unwrap_or_default()
+                .iter()
+                .map(|p| format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()))
+                .collect();
+            on_nodes.push(format!("{node}: {names:?}"));
+        }
+        Err(format!(
+            "{} filler pods, ready: {}; pods on the nodes: {}",
+            list.items.len(),
+            list.items.iter().filter(|p| resilient_operator::resilience::pod_ready(p)).count(),
+            on_nodes.join("; ")
+        ))
     })
     .await;
 }

@@ -224,6 +224,25 @@ where
     }
 }
 
+/// Like [`wait_for`], and a timeout says what was last seen: `f` returns `Err(what it sees)`
+/// until the wait is over.
+pub async fn wait_for_seen<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(seen) => {
+                assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}; last seen: {seen}")
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// The message of the first Event on ResilientApp `app` with `reason`, waiting up to `timeout`.
 pub async fn event_message(client: &Client, app: &str, reason: &str, timeout: Duration) -> String {
     let events: Api<k8s_openapi::api::core::v1::Event> = Api::all(client.clone());
@@ -233,6 +252,17 @@ pub async fn event_message(client: &Client, app: &str, reason: &str, timeout: Du
         list.items.into_iter().find(|e| e.reason.as_deref() == Some(reason)).and_then(|e| e.message)
     })
     .await
+}
+
+/// Deletes ResilientApp `.0` when dropped, also when the test fails: an app left behind is
+/// reconciled by the operators of the test binaries that run later, and spreads into the zones
+/// they add (a reserve test's small nodes then have no room left for its fillers).
+pub struct DeleteApp(pub String);
+
+impl Drop for DeleteApp {
+    fn drop(&mut self) {
+        let _ = kubectl(&["delete", "resilientapp", &self.0, "--ignore-not-found", "--wait=false"], None);
+    }
 }
 
 /// A name no other test (or earlier run) uses.
