@@ -214,18 +214,15 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_for_seen(what, timeout, || {
+        let polled = f();
+        async move { polled.await.ok_or_else(String::new) }
+    })
+    .await
 }
 
 /// Like [`wait_for`], and a timeout says what was last seen: `f` returns `Err(what it sees)`
-/// until the wait is over.
+/// until the wait is over (an empty one says nothing more).
 pub async fn wait_for_seen<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
 where
     F: FnMut() -> Fut,
@@ -235,9 +232,11 @@ where
     loop {
         match f().await {
             Ok(v) => return v,
-            Err(seen) => {
-                assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}; last seen: {seen}")
+            Err(seen) if Instant::now() >= deadline => {
+                let seen = if seen.is_empty() { seen } else { format!("; last seen: {seen}") };
+                panic!("timed out after {timeout:?} waiting for {what}{seen}")
             }
+            Err(_) => {}
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
